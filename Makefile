@@ -1,0 +1,44 @@
+# FleetMQ developer entry points. `make run` and `make test` are the two commands a newcomer
+# needs; CI runs `.ci/run`, which installs the test dependencies and then `make test`.
+
+CARGO        ?= cargo
+PYTHON_VENV  ?= $(HOME)/.cache/fleetmq-venv
+PYTHON       ?= $(PYTHON_VENV)/bin/python
+TARGET_DIR   := $(shell $(CARGO) metadata --format-version 1 --no-deps 2>/dev/null | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])' 2>/dev/null || echo target)
+BROKER_BIN   := $(TARGET_DIR)/debug/fleetmq-broker
+
+.PHONY: run build test test-rust test-python lint fmt check-python-deps clean
+
+## run: build and start the broker on 127.0.0.1:1883 (anonymous, state under ./data)
+run:
+	$(CARGO) run -p fleetmq-broker --bin fleetmq-broker -- --data-dir ./data
+
+## build: build every crate
+build:
+	$(CARGO) build --workspace --all-targets
+
+## test: every test (Rust unit + integration, Python paho/mosquitto suites)
+test: lint test-rust test-python
+
+## lint: formatting and clippy with warnings as errors
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+test-rust:
+	$(CARGO) build --workspace --all-targets
+	$(CARGO) test --workspace
+
+test-python: check-python-deps
+	$(CARGO) build -p fleetmq-broker --bin fleetmq-broker
+	FLEETMQ_BROKER=$(BROKER_BIN) $(PYTHON) -m pytest -q tests/python
+
+check-python-deps:
+	@command -v mosquitto_pub >/dev/null || { echo "mosquitto_pub missing: run .ci/run or 'apt-get install mosquitto-clients'"; exit 1; }
+	@$(PYTHON) -c 'import paho.mqtt, pytest, yaml' 2>/dev/null || { echo "Python test deps missing in $(PYTHON_VENV): run .ci/run (or python3 -m venv $(PYTHON_VENV) && $(PYTHON_VENV)/bin/pip install -r tests/requirements.txt)"; exit 1; }
+
+fmt:
+	$(CARGO) fmt --all
+
+clean:
+	$(CARGO) clean

@@ -1,0 +1,376 @@
+//! FleetMQ broker configuration.
+//!
+//! One set of types for the YAML file the broker reads (`fleetmq-broker --config`) and the
+//! file the operator renders into a ConfigMap, so the operator can never write a config the
+//! broker rejects. Every key is documented in `docs/configuration.md` with its default.
+//!
+//! Parsing is strict: unknown keys and malformed values are errors that name the key and the
+//! line ([`BrokerConfig::from_yaml_str`]); semantic checks that serde cannot express live in
+//! [`BrokerConfig::validate`].
+
+mod units;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+pub use units::{ByteSize, byte_size, duration, opt_duration};
+
+/// The largest packet MQTT can encode: a 4-byte remaining length of 268,435,455 plus the
+/// fixed header (MQTT 5.0 §1.5.5).
+pub const MQTT_MAX_PACKET_SIZE: u64 = 268_435_460;
+
+/// Errors from loading or validating a configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Io {
+        /// File that failed.
+        path: PathBuf,
+        /// Underlying error.
+        source: std::io::Error,
+    },
+    /// YAML syntax error, unknown key or a value of the wrong type. The message names the key
+    /// path and the line.
+    #[error("{origin}: {message}")]
+    Parse {
+        /// File name, or `<string>` for in-memory YAML.
+        origin: String,
+        /// What was wrong, with the key path and position.
+        message: String,
+    },
+    /// A value parsed but is not acceptable.
+    #[error("invalid value for `{key}`: {reason}")]
+    Invalid {
+        /// Dotted key path, e.g. `limits.max_inflight`.
+        key: String,
+        /// Why the value is refused.
+        reason: String,
+    },
+}
+
+impl ConfigError {
+    fn invalid(key: impl Into<String>, reason: impl Into<String>) -> Self {
+        ConfigError::Invalid { key: key.into(), reason: reason.into() }
+    }
+}
+
+/// The whole broker configuration (the YAML document's root).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BrokerConfig {
+    /// Network listeners. Default: one MQTT listener on `127.0.0.1:1883`.
+    pub listeners: Vec<Listener>,
+    /// Where and how state is kept.
+    pub storage: Storage,
+    /// Who may connect.
+    pub auth: Auth,
+    /// Per-connection and per-session limits.
+    pub limits: Limits,
+    /// Session lifetime policy.
+    pub sessions: Sessions,
+    /// `$SYS` topic publishing.
+    pub sys: Sys,
+    /// Process-level settings.
+    pub server: Server,
+    /// Logging.
+    pub log: Log,
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        BrokerConfig {
+            listeners: vec![Listener::default()],
+            storage: Storage::default(),
+            auth: Auth::default(),
+            limits: Limits::default(),
+            sessions: Sessions::default(),
+            sys: Sys::default(),
+            server: Server::default(),
+            log: Log::default(),
+        }
+    }
+}
+
+/// Transport of a listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ListenerProtocol {
+    /// Plain MQTT over TCP.
+    #[default]
+    Mqtt,
+}
+
+/// One listening socket.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Listener {
+    /// Name used in logs and metrics. Default: `<protocol>-<port>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Transport. Default: `mqtt`.
+    #[serde(default)]
+    pub protocol: ListenerProtocol,
+    /// Address and port, e.g. `0.0.0.0:1883` or `[::]:1883`.
+    pub bind: SocketAddr,
+}
+
+impl Default for Listener {
+    fn default() -> Self {
+        Listener {
+            name: None,
+            protocol: ListenerProtocol::Mqtt,
+            bind: SocketAddr::from(([127, 0, 0, 1], 1883)),
+        }
+    }
+}
+
+impl Listener {
+    /// The listener's name for logs: the configured one or `mqtt-<port>`.
+    pub fn display_name(&self) -> String {
+        match &self.name {
+            Some(name) => name.clone(),
+            None => format!("mqtt-{}", self.bind.port()),
+        }
+    }
+}
+
+/// State storage.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Storage {
+    /// Directory for durable state. Default: `./data`.
+    pub data_dir: PathBuf,
+}
+
+impl Default for Storage {
+    fn default() -> Self {
+        Storage { data_dir: PathBuf::from("./data") }
+    }
+}
+
+/// Authentication policy.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Auth {
+    /// Accept clients without credentials. Default (unset): allowed only when every listener
+    /// binds a loopback address, like Mosquitto's local-only mode; set `true` or `false` to
+    /// decide explicitly.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub allow_anonymous: Option<bool>,
+}
+
+/// Limits on connections, packets and session queues.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Maximum concurrent client connections across all listeners; 0 = unlimited.
+    pub max_connections: u32,
+    /// Largest packet accepted from a client (advertised as Maximum Packet Size in v5).
+    #[serde(with = "byte_size")]
+    pub max_packet_size: ByteSize,
+    /// Outbound QoS 1/2 messages in flight per session (also the inbound Receive Maximum
+    /// the broker advertises). The client's own Receive Maximum lowers it further.
+    pub max_inflight: u16,
+    /// Messages queued per session (offline, or waiting for the in-flight window).
+    pub max_queued_messages: u32,
+    /// Payload bytes queued per session; 0 = unlimited.
+    #[serde(with = "byte_size")]
+    pub max_queued_bytes: ByteSize,
+    /// Largest keep-alive a client may use, in seconds. v5 clients asking for more (or for
+    /// none) are told this value via Server Keep Alive; v3 clients asking for more are
+    /// refused. 65535 accepts every value.
+    pub max_keepalive: u16,
+    /// Deepest topic name or filter accepted, in levels.
+    pub max_topic_levels: u16,
+    /// Topic aliases a v5 client may use towards the broker (Topic Alias Maximum).
+    pub max_topic_alias: u16,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_connections: 0,
+            max_packet_size: ByteSize::mib(1),
+            max_inflight: 64,
+            max_queued_messages: 1000,
+            max_queued_bytes: ByteSize::mib(16),
+            max_keepalive: 65535,
+            max_topic_levels: 128,
+            max_topic_alias: 64,
+        }
+    }
+}
+
+/// Session lifetime policy.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Sessions {
+    /// How long a v3 persistent session (clean session = 0) outlives its connection. Unset
+    /// (the default) = until the client cleans it, as in Mosquitto.
+    #[serde(with = "opt_duration", skip_serializing_if = "Option::is_none")]
+    pub persistent_session_expiry: Option<Duration>,
+    /// Upper bound for the Session Expiry Interval a v5 client may ask for. Unset = no cap.
+    #[serde(with = "opt_duration", skip_serializing_if = "Option::is_none")]
+    pub max_session_expiry: Option<Duration>,
+}
+
+/// `$SYS` publishing.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Sys {
+    /// Interval between `$SYS/broker/...` updates; `0s` disables them.
+    #[serde(with = "duration")]
+    pub interval: Duration,
+}
+
+impl Default for Sys {
+    fn default() -> Self {
+        Sys { interval: Duration::from_secs(10) }
+    }
+}
+
+/// Process settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Server {
+    /// Network worker threads; 0 = one per CPU core.
+    pub workers: usize,
+    /// How long a graceful shutdown waits for clients to be disconnected.
+    #[serde(with = "duration")]
+    pub shutdown_timeout: Duration,
+}
+
+impl Default for Server {
+    fn default() -> Self {
+        Server { workers: 0, shutdown_timeout: Duration::from_secs(5) }
+    }
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Logging.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Log {
+    /// `error`, `warn`, `info`, `debug` (every packet, like `mosquitto -v`) or `trace`, or a
+    /// full `tracing` filter such as `info,fleetmq_broker::core=debug`.
+    pub level: String,
+    /// `text` or `json`.
+    pub format: LogFormat,
+}
+
+impl Default for Log {
+    fn default() -> Self {
+        Log { level: "info".to_string(), format: LogFormat::Text }
+    }
+}
+
+impl BrokerConfig {
+    /// Parses YAML. An empty document gives the defaults. `origin` names the source in errors.
+    pub fn from_yaml_str(yaml: &str, origin: &str) -> Result<Self, ConfigError> {
+        if yaml.trim().is_empty() {
+            return Ok(BrokerConfig::default());
+        }
+        let de = serde_yaml::Deserializer::from_str(yaml);
+        BrokerConfig::deserialize(de)
+            .map_err(|err| ConfigError::Parse { origin: origin.to_string(), message: err.to_string() })
+    }
+
+    /// Reads, parses and validates a config file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Io { path: path.to_path_buf(), source })?;
+        let config = Self::from_yaml_str(&text, &path.display().to_string())?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Renders the config as YAML (what the operator writes into the ConfigMap).
+    pub fn to_yaml(&self) -> String {
+        serde_yaml::to_string(self).expect("broker config is always representable as YAML")
+    }
+
+    /// Checks what serde cannot: ranges, uniqueness, cross-field rules.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.listeners.is_empty() {
+            return Err(ConfigError::invalid("listeners", "at least one listener is required"));
+        }
+        for (i, listener) in self.listeners.iter().enumerate() {
+            if let Some(name) = &listener.name
+                && name.trim().is_empty()
+            {
+                return Err(ConfigError::invalid(format!("listeners[{i}].name"), "must not be empty"));
+            }
+            for (j, other) in self.listeners.iter().enumerate().take(i) {
+                if other.bind == listener.bind {
+                    return Err(ConfigError::invalid(
+                        format!("listeners[{i}].bind"),
+                        format!("{} is already used by listeners[{j}]", listener.bind),
+                    ));
+                }
+            }
+        }
+        let limits = &self.limits;
+        let packet = limits.max_packet_size.as_u64();
+        if !(64..=MQTT_MAX_PACKET_SIZE).contains(&packet) {
+            return Err(ConfigError::invalid(
+                "limits.max_packet_size",
+                format!("{packet} bytes is outside 64 B ..= {MQTT_MAX_PACKET_SIZE} B (the MQTT maximum)"),
+            ));
+        }
+        if limits.max_inflight == 0 {
+            return Err(ConfigError::invalid("limits.max_inflight", "must be at least 1"));
+        }
+        if limits.max_queued_messages == 0 {
+            return Err(ConfigError::invalid("limits.max_queued_messages", "must be at least 1"));
+        }
+        if limits.max_keepalive == 0 {
+            return Err(ConfigError::invalid("limits.max_keepalive", "must be at least 1 second"));
+        }
+        if limits.max_topic_levels == 0 {
+            return Err(ConfigError::invalid("limits.max_topic_levels", "must be at least 1"));
+        }
+        for (key, value) in [
+            ("sessions.persistent_session_expiry", self.sessions.persistent_session_expiry),
+            ("sessions.max_session_expiry", self.sessions.max_session_expiry),
+        ] {
+            if let Some(d) = value
+                && d.as_secs() >= u64::from(u32::MAX)
+            {
+                return Err(ConfigError::invalid(
+                    key,
+                    "must be below 4294967295 s (leave it unset for \"never\")",
+                ));
+            }
+        }
+        if self.server.shutdown_timeout.is_zero() {
+            return Err(ConfigError::invalid("server.shutdown_timeout", "must be above 0s"));
+        }
+        if self.log.level.trim().is_empty() {
+            return Err(ConfigError::invalid("log.level", "must not be empty"));
+        }
+        Ok(())
+    }
+
+    /// Whether clients without credentials are accepted, after applying the default rule
+    /// (allowed only when every listener is on a loopback address).
+    pub fn anonymous_allowed(&self) -> bool {
+        self.auth.allow_anonymous.unwrap_or_else(|| self.listeners.iter().all(|l| l.bind.ip().is_loopback()))
+    }
+}
+
+#[cfg(test)]
+mod tests;

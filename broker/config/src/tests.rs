@@ -1,0 +1,145 @@
+use super::*;
+
+fn parse(yaml: &str) -> Result<BrokerConfig, ConfigError> {
+    let config = BrokerConfig::from_yaml_str(yaml, "test.yaml")?;
+    config.validate()?;
+    Ok(config)
+}
+
+#[test]
+fn empty_document_gives_loopback_defaults() {
+    let config = parse("").unwrap();
+    assert_eq!(config, BrokerConfig::default());
+    assert_eq!(config.listeners[0].bind, "127.0.0.1:1883".parse().unwrap());
+    assert!(config.anonymous_allowed(), "loopback-only default allows anonymous");
+    assert_eq!(config.limits.max_packet_size, ByteSize::mib(1));
+    assert_eq!(config.sys.interval, Duration::from_secs(10));
+}
+
+#[test]
+fn full_document_parses_units() {
+    let config = parse(
+        r#"
+listeners:
+  - name: public
+    bind: 0.0.0.0:1884
+storage:
+  data_dir: /var/lib/fleetmq
+auth:
+  allow_anonymous: true
+limits:
+  max_connections: 100
+  max_packet_size: 256KiB
+  max_inflight: 10
+  max_queued_messages: 50
+  max_queued_bytes: 1048576
+  max_keepalive: 600
+  max_topic_levels: 8
+  max_topic_alias: 5
+sessions:
+  persistent_session_expiry: 7d
+  max_session_expiry: 3600
+sys:
+  interval: 0s
+server:
+  workers: 2
+  shutdown_timeout: 1m 30s
+log:
+  level: debug
+  format: json
+"#,
+    )
+    .unwrap();
+    assert_eq!(config.listeners[0].display_name(), "public");
+    assert_eq!(config.limits.max_packet_size.as_u64(), 256 * 1024);
+    assert_eq!(config.limits.max_queued_bytes.as_u64(), 1_048_576);
+    assert_eq!(config.sessions.persistent_session_expiry, Some(Duration::from_secs(7 * 86400)));
+    assert_eq!(config.sessions.max_session_expiry, Some(Duration::from_secs(3600)));
+    assert!(config.sys.interval.is_zero());
+    assert_eq!(config.server.shutdown_timeout, Duration::from_secs(90));
+    assert_eq!(config.log.format, LogFormat::Json);
+}
+
+#[test]
+fn unknown_key_is_named_with_its_line() {
+    let err = parse("limits:\n  max_inflight: 5\n  max_infligt: 6\n").unwrap_err();
+    let msg = err.to_string();
+    assert!(msg.contains("max_infligt"), "{msg}");
+    assert!(msg.contains("line 3"), "{msg}");
+    assert!(msg.starts_with("test.yaml"), "{msg}");
+}
+
+#[test]
+fn unknown_top_level_key_is_an_error() {
+    let msg = parse("listner: []\n").unwrap_err().to_string();
+    assert!(msg.contains("listner"), "{msg}");
+}
+
+#[test]
+fn bad_values_name_the_key() {
+    let msg = parse("limits:\n  max_inflight: lots\n").unwrap_err().to_string();
+    assert!(msg.contains("max_inflight"), "{msg}");
+
+    let msg = parse("sys:\n  interval: soon\n").unwrap_err().to_string();
+    assert!(msg.contains("interval") && msg.contains("soon"), "{msg}");
+
+    let msg = parse("listeners:\n  - bind: localhost\n").unwrap_err().to_string();
+    assert!(msg.contains("bind") || msg.contains("address"), "{msg}");
+}
+
+#[test]
+fn semantic_checks_name_the_key() {
+    for (yaml, key) in [
+        ("listeners: []\n", "listeners"),
+        ("limits:\n  max_inflight: 0\n", "limits.max_inflight"),
+        ("limits:\n  max_packet_size: 10\n", "limits.max_packet_size"),
+        ("limits:\n  max_packet_size: 1GiB\n", "limits.max_packet_size"),
+        ("limits:\n  max_queued_messages: 0\n", "limits.max_queued_messages"),
+        ("limits:\n  max_keepalive: 0\n", "limits.max_keepalive"),
+        ("sessions:\n  max_session_expiry: 200y\n", "sessions.max_session_expiry"),
+        ("server:\n  shutdown_timeout: 0s\n", "server.shutdown_timeout"),
+        ("listeners:\n  - bind: 127.0.0.1:1\n  - bind: 127.0.0.1:1\n", "listeners[1].bind"),
+    ] {
+        match parse(yaml) {
+            Err(ConfigError::Invalid { key: got, .. }) => assert_eq!(got, key, "{yaml}"),
+            other => panic!("{yaml}: expected invalid {key}, got {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn anonymous_default_depends_on_exposure() {
+    let public = parse("listeners:\n  - bind: 0.0.0.0:1883\n").unwrap();
+    assert!(!public.anonymous_allowed());
+    let explicit = parse("listeners:\n  - bind: 0.0.0.0:1883\nauth:\n  allow_anonymous: true\n").unwrap();
+    assert!(explicit.anonymous_allowed());
+    let locked = parse("auth:\n  allow_anonymous: false\n").unwrap();
+    assert!(!locked.anonymous_allowed());
+}
+
+#[test]
+fn yaml_round_trip_is_lossless() {
+    let mut config = BrokerConfig::default();
+    config.listeners.push(Listener {
+        name: Some("lan".into()),
+        protocol: ListenerProtocol::Mqtt,
+        bind: "[::]:1883".parse().unwrap(),
+    });
+    config.sessions.persistent_session_expiry = Some(Duration::from_secs(3600 * 24));
+    config.limits.max_queued_bytes = ByteSize::kib(64);
+    config.auth.allow_anonymous = Some(false);
+    let yaml = config.to_yaml();
+    let back = parse(&yaml).unwrap();
+    assert_eq!(back, config, "{yaml}");
+}
+
+#[test]
+fn byte_sizes_render_exactly() {
+    let mut config = BrokerConfig::default();
+    config.limits.max_queued_bytes = ByteSize::b(1_000_001);
+    config.limits.max_packet_size = ByteSize::kib(3);
+    let yaml = config.to_yaml();
+    assert!(yaml.contains("max_queued_bytes: 1000001\n"), "{yaml}");
+    assert!(yaml.contains("max_packet_size: 3KiB\n"), "{yaml}");
+    assert!(yaml.contains("max_queued_bytes") && parse(&yaml).unwrap() == config);
+}

@@ -1,0 +1,182 @@
+//! Front ends: ntex-mqtt's v3 (3.1/3.1.1) and v5 servers, translating packets into core
+//! calls and core deliveries into packets.
+//!
+//! ntex-mqtt does the codec, framing, version detection, CONNECT/CONNACK, keep-alive, PING
+//! and DISCONNECT. Inbound PUBLISH, the acknowledgements of both directions and
+//! SUBSCRIBE/UNSUBSCRIBE are handled by our middleware ([`v3::Inbound`], [`v5::Inbound`]) in
+//! front of ntex-mqtt's dispatcher, and outbound PUBLISH/PUBREL are encoded with
+//! ntex-mqtt's codec by the connection's writer ([`writer`]). Why not ntex-mqtt's own
+//! publish service and sink bookkeeping: in 8.2.1 a v5 QoS 2 packet id is never released
+//! after PUBREL (a reused id gets PUBACK 0x91 and the message is lost), acknowledgements out
+//! of order close the connection, a PUBREL cannot be resent after a reconnect, and a second
+//! CONNECT is ignored. Sessions need their own in-flight record anyway (it outlives the
+//! connection), so the core owns it and the sink only closes connections.
+
+pub mod mqtt31;
+pub mod v3;
+pub mod v5;
+pub mod writer;
+
+use std::cell::{Cell, RefCell};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::core::broker::{Broker, DisconnectKind, PublishError};
+use crate::core::session::{ConnSignal, Session};
+use crate::core::types::{ByteString, Bytes, Message, Properties, ProtocolVersion, QoS, expiry_deadline};
+
+/// Error type of the MQTT services. Connection problems are logged where they happen; this
+/// only has to satisfy ntex-mqtt's service signatures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("connection closed by the broker")]
+pub struct FrontendError;
+
+impl From<()> for FrontendError {
+    fn from((): ()) -> Self {
+        FrontendError
+    }
+}
+
+impl TryFrom<FrontendError> for ntex_mqtt::v5::PublishAck {
+    type Error = FrontendError;
+
+    fn try_from(err: FrontendError) -> Result<Self, Self::Error> {
+        Err(err)
+    }
+}
+
+/// Settings shared by all connections of a listener.
+#[derive(Debug, Clone)]
+pub struct ListenerContext {
+    /// The broker.
+    pub broker: Broker,
+    /// Listener name for logs.
+    pub name: String,
+}
+
+/// Per-connection state, shared by ntex-mqtt's services for one connection (it is the `St`
+/// of `Session<St>`). Dropping it is the end of the connection: the session is detached and
+/// the will handled.
+pub struct ConnState {
+    pub(crate) broker: Broker,
+    pub(crate) session: Arc<Session>,
+    pub(crate) generation: u64,
+    pub(crate) signal: Arc<ConnSignal>,
+    pub(crate) client_id: ByteString,
+    pub(crate) protocol: ProtocolVersion,
+    pub(crate) peer: Option<SocketAddr>,
+    pub(crate) listener: String,
+    /// Set when the client sent DISCONNECT.
+    pub(crate) disconnect: Cell<Option<DisconnectKind>>,
+    /// Why the connection ended, when it was not a client DISCONNECT.
+    pub(crate) close_reason: RefCell<Option<String>>,
+    pub(crate) connected_at: Instant,
+}
+
+impl std::fmt::Debug for ConnState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnState").field("client_id", &self.client_id).finish_non_exhaustive()
+    }
+}
+
+impl Drop for ConnState {
+    fn drop(&mut self) {
+        let how = self.disconnect.get().unwrap_or(DisconnectKind::Abnormal);
+        let reason = match how {
+            DisconnectKind::Normal { publish_will: false, .. } => "client sent DISCONNECT".to_string(),
+            DisconnectKind::Normal { publish_will: true, .. } => {
+                "client sent DISCONNECT with will (0x04)".to_string()
+            }
+            DisconnectKind::Abnormal => {
+                self.close_reason.borrow_mut().take().unwrap_or_else(|| "connection closed".to_string())
+            }
+        };
+        tracing::info!(
+            client_id = %self.client_id,
+            peer = %display_peer(self.peer),
+            listener = %self.listener,
+            protocol = self.protocol.as_str(),
+            duration_s = self.connected_at.elapsed().as_secs(),
+            "client disconnected: {reason}"
+        );
+        self.broker.disconnect(&self.session, self.generation, how);
+    }
+}
+
+/// `ip:port` or `unknown`.
+pub fn display_peer(peer: Option<SocketAddr>) -> String {
+    peer.map_or_else(|| "unknown".to_string(), |p| p.to_string())
+}
+
+/// A PUBLISH from a client, protocol details removed.
+#[derive(Debug)]
+pub(crate) struct InboundPublish {
+    pub topic: ByteString,
+    pub payload: Bytes,
+    pub qos: QoS,
+    pub retain: bool,
+    pub dup: bool,
+    pub packet_id: Option<u16>,
+    pub properties: Option<Box<Properties>>,
+    pub expiry_interval: Option<u32>,
+    pub packet_size: u32,
+}
+
+/// What became of an inbound PUBLISH.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum PublishOutcome {
+    /// Routed; `matched` is false when no subscription matched.
+    Accepted { matched: bool },
+    /// A QoS 2 retransmission of a message already routed: acknowledge again only.
+    Duplicate,
+    /// Refused.
+    Refused(PublishError),
+}
+
+impl ConnState {
+    /// Routes a client's PUBLISH (exactly once for QoS 2, by packet id, across reconnects).
+    pub(crate) fn publish(&self, p: InboundPublish) -> PublishOutcome {
+        self.broker.metrics().message_received(p.qos, u64::from(p.packet_size));
+        tracing::debug!(
+            client_id = %self.client_id,
+            "received PUBLISH (d{}, q{}, r{}, m{}, '{}', ... ({} bytes))",
+            u8::from(p.dup),
+            p.qos.level(),
+            u8::from(p.retain),
+            p.packet_id.unwrap_or(0),
+            p.topic,
+            p.payload.len()
+        );
+        if p.qos == QoS::ExactlyOnce
+            && let Some(id) = p.packet_id
+            && !self.session.lock().begin_inbound_qos2(id, p.dup)
+        {
+            return PublishOutcome::Duplicate;
+        }
+        let message = Message {
+            topic: p.topic,
+            payload: p.payload,
+            qos: p.qos,
+            retain: p.retain,
+            properties: p.properties,
+            expires_at: expiry_deadline(Instant::now(), p.expiry_interval),
+            origin: self.session.id,
+        };
+        match self.broker.publish(message) {
+            Ok(matched) => PublishOutcome::Accepted { matched: matched > 0 },
+            Err(err) => {
+                tracing::info!(client_id = %self.client_id, "PUBLISH refused: {err}");
+                PublishOutcome::Refused(err)
+            }
+        }
+    }
+
+    /// Records a protocol-level reason for the coming close, for the disconnect log line.
+    pub(crate) fn set_close_reason(&self, reason: impl Into<String>) {
+        let mut slot = self.close_reason.borrow_mut();
+        if slot.is_none() {
+            *slot = Some(reason.into());
+        }
+    }
+}

@@ -1,0 +1,176 @@
+//! MQTT 3.1 support on top of ntex-mqtt, which only understands 3.1.1 and 5.0.
+//!
+//! MQTT 3.1's CONNECT differs from 3.1.1's only in the protocol name (`MQIsdp`, level 3
+//! instead of `MQTT`, level 4); every later packet is identical. So before ntex-mqtt looks at
+//! a new connection, the CONNECT header of a 3.1 client is rewritten in the read buffer to
+//! the 3.1.1 form, and the connection is marked so the v3 handshake applies 3.1 rules
+//! (a client id is mandatory). No second codec: only the fixed header and protocol name are
+//! touched.
+
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::io;
+
+use ntex::io::{Filter, Id, Io, IoRef};
+use ntex::util::BytesMut;
+
+thread_local! {
+    /// Connections on this worker whose CONNECT was rewritten, until their handshake runs.
+    /// Bounded: a connection that fails before the handshake leaves its mark behind.
+    static MARKED: RefCell<VecDeque<Id>> = const { RefCell::new(VecDeque::new()) };
+}
+
+const MAX_MARKS: usize = 4096;
+const V31_NAME: &[u8] = b"\x00\x06MQIsdp\x03";
+const V311_NAME: &[u8] = b"\x00\x04MQTT\x04";
+
+/// Whether the connection was a 3.1 client (and forgets the mark).
+pub fn take_mark(io: &IoRef) -> bool {
+    let id = io.id();
+    MARKED.with(|marks| {
+        let mut marks = marks.borrow_mut();
+        match marks.iter().position(|m| *m == id) {
+            Some(pos) => {
+                marks.remove(pos);
+                true
+            }
+            None => false,
+        }
+    })
+}
+
+/// Waits for the start of the first packet and rewrites a 3.1 CONNECT to 3.1.1. Anything
+/// else is left for ntex-mqtt to accept or refuse.
+pub async fn normalize<F: Filter>(io: &Io<F>) -> io::Result<()> {
+    loop {
+        match io.with_read_buf(rewrite_connect) {
+            Some(true) => {
+                let id = io.get_ref().id();
+                MARKED.with(|marks| {
+                    let mut marks = marks.borrow_mut();
+                    if marks.len() >= MAX_MARKS {
+                        marks.pop_front();
+                    }
+                    marks.push_back(id);
+                });
+                return Ok(());
+            }
+            Some(false) => return Ok(()),
+            None => {
+                if io.read_ready().await?.is_none() {
+                    return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "closed before CONNECT"));
+                }
+            }
+        }
+    }
+}
+
+/// `None`: need more bytes. `Some(true)`: a 3.1 CONNECT, rewritten. `Some(false)`: not one.
+fn rewrite_connect(buf: &mut BytesMut) -> Option<bool> {
+    let first = *buf.first()?;
+    if first != 0x10 {
+        return Some(false);
+    }
+    // Remaining Length: 1 to 4 bytes, 7 bits each.
+    let mut remaining: usize = 0;
+    let mut header = 1;
+    loop {
+        let byte = *buf.get(header)?;
+        remaining |= usize::from(byte & 0x7f) << (7 * (header - 1));
+        header += 1;
+        if byte & 0x80 == 0 {
+            break;
+        }
+        if header > 4 {
+            return Some(false);
+        }
+    }
+    let name_end = header + V31_NAME.len();
+    if buf.len() < name_end {
+        // A 3.1.1 or 5.0 CONNECT may be shorter than the 3.1 name; decide on what we have.
+        return (buf[header..] != V31_NAME[..buf.len() - header]).then_some(false);
+    }
+    if &buf[header..name_end] != V31_NAME || remaining < V31_NAME.len() {
+        return Some(false);
+    }
+    let mut out = BytesMut::with_capacity(buf.len());
+    out.extend_from_slice(&[first]);
+    let mut len = remaining - (V31_NAME.len() - V311_NAME.len());
+    loop {
+        let mut byte = (len & 0x7f) as u8;
+        len >>= 7;
+        if len > 0 {
+            byte |= 0x80;
+        }
+        out.extend_from_slice(&[byte]);
+        if len == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(V311_NAME);
+    out.extend_from_slice(&buf[name_end..]);
+    *buf = out;
+    Some(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn connect(name: &[u8], rest: &[u8]) -> Vec<u8> {
+        let body: Vec<u8> = [name, rest].concat();
+        let mut out = vec![0x10];
+        let mut len = body.len();
+        loop {
+            let mut b = (len & 0x7f) as u8;
+            len >>= 7;
+            if len > 0 {
+                b |= 0x80;
+            }
+            out.push(b);
+            if len == 0 {
+                break;
+            }
+        }
+        out.extend(body);
+        out
+    }
+
+    #[test]
+    fn rewrites_31_connect_to_311() {
+        let rest = b"\x02\x00\x3c\x00\x03abc";
+        let mut buf = BytesMut::from(&connect(V31_NAME, rest)[..]);
+        assert_eq!(rewrite_connect(&mut buf), Some(true));
+        assert_eq!(&buf[..], &connect(V311_NAME, rest)[..]);
+    }
+
+    #[test]
+    fn remaining_length_can_shrink_by_a_byte() {
+        // 3.1 body of 129 bytes needs a 2-byte length; the 127-byte 3.1.1 body needs one.
+        let rest = vec![b'x'; 129 - V31_NAME.len()];
+        let mut buf = BytesMut::from(&connect(V31_NAME, &rest)[..]);
+        assert_eq!(buf.len(), 1 + 2 + 129);
+        assert_eq!(rewrite_connect(&mut buf), Some(true));
+        assert_eq!(&buf[..], &connect(V311_NAME, &rest)[..]);
+        assert_eq!(buf.len(), 1 + 1 + 127);
+    }
+
+    #[test]
+    fn leaves_other_packets_alone() {
+        let v311 = connect(V311_NAME, b"\x02\x00\x3c\x00\x01a");
+        let mut buf = BytesMut::from(&v311[..]);
+        assert_eq!(rewrite_connect(&mut buf), Some(false));
+        assert_eq!(&buf[..], &v311[..]);
+        let mut junk = BytesMut::from(&b"GET / HTTP/1.1\r\n"[..]);
+        assert_eq!(rewrite_connect(&mut junk), Some(false));
+    }
+
+    #[test]
+    fn waits_for_more_bytes() {
+        let full = connect(V31_NAME, b"\x02\x00\x3c\x00\x01a");
+        for cut in 0..6 {
+            let mut buf = BytesMut::from(&full[..cut]);
+            assert_eq!(rewrite_connect(&mut buf), None, "cut at {cut}");
+        }
+    }
+}

@@ -1,0 +1,102 @@
+//! `fleetmq-broker`: the FleetMQ MQTT broker.
+
+use std::io::IsTerminal;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use clap::Parser;
+use fleetmq_config::{BrokerConfig, Listener, ListenerProtocol, LogFormat};
+use tracing_subscriber::EnvFilter;
+
+/// FleetMQ MQTT broker (MQTT 3.1, 3.1.1 and 5.0).
+///
+/// Without --config it listens on 127.0.0.1:1883 and accepts anonymous clients (loopback
+/// only). Every config key is documented in docs/configuration.md.
+#[derive(Debug, Parser)]
+#[command(name = "fleetmq-broker", version)]
+struct Cli {
+    /// YAML config file.
+    #[arg(long, short = 'c', env = "FLEETMQ_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Listen on ADDR:PORT instead of the configured listeners (repeatable).
+    #[arg(long, value_name = "ADDR:PORT")]
+    bind: Vec<SocketAddr>,
+    /// Directory for durable state (overrides storage.data_dir).
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// Accept clients without credentials (overrides auth.allow_anonymous).
+    #[arg(long)]
+    allow_anonymous: bool,
+    /// Log level or tracing filter (overrides log.level), e.g. `debug` to log every packet.
+    #[arg(long, value_name = "LEVEL")]
+    log_level: Option<String>,
+    /// Validate the configuration, print the effective config and exit.
+    #[arg(long)]
+    check_config: bool,
+}
+
+fn load(cli: &Cli) -> anyhow::Result<BrokerConfig> {
+    let mut config = match &cli.config {
+        Some(path) => BrokerConfig::load(path)?,
+        None => BrokerConfig::default(),
+    };
+    if !cli.bind.is_empty() {
+        config.listeners = cli
+            .bind
+            .iter()
+            .map(|addr| Listener { name: None, protocol: ListenerProtocol::Mqtt, bind: *addr })
+            .collect();
+    }
+    if let Some(dir) = &cli.data_dir {
+        config.storage.data_dir = dir.clone();
+    }
+    if cli.allow_anonymous {
+        config.auth.allow_anonymous = Some(true);
+    }
+    if let Some(level) = &cli.log_level {
+        config.log.level = level.clone();
+    }
+    config.validate()?;
+    Ok(config)
+}
+
+fn init_logging(config: &BrokerConfig) -> anyhow::Result<()> {
+    let level = config.log.level.trim();
+    // A bare level applies to FleetMQ; libraries stay at warn unless a full filter is given.
+    let directives = match level {
+        "error" | "warn" | "info" | "debug" | "trace" => format!("warn,fleetmq_broker={level}"),
+        filter => filter.to_string(),
+    };
+    let filter = EnvFilter::try_from_env("RUST_LOG")
+        .or_else(|_| EnvFilter::try_new(&directives))
+        .with_context(|| format!("invalid value for `log.level`: {level:?}"))?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
+    match config.log.format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+    Ok(())
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let config = load(&cli)?;
+    if cli.check_config {
+        print!("{}", config.to_yaml());
+        return Ok(());
+    }
+    init_logging(&config)?;
+    std::fs::create_dir_all(&config.storage.data_dir)
+        .with_context(|| format!("cannot create storage.data_dir {}", config.storage.data_dir.display()))?;
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        anonymous = config.anonymous_allowed(),
+        data_dir = %config.storage.data_dir.display(),
+        "starting FleetMQ broker (state kept in memory)"
+    );
+    fleetmq_broker::server::run(config)
+}

@@ -1,0 +1,244 @@
+//! Listeners, the ntex server, background tasks and graceful shutdown.
+
+use std::future::Future;
+use std::net::{SocketAddr, TcpListener};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use fleetmq_config::BrokerConfig;
+use ntex::io::Io;
+use ntex::service::cfg::SharedCfg;
+use ntex::service::{ServiceFactory, chain_factory, fn_service};
+use ntex::time::Seconds;
+use ntex_mqtt::error::{HandshakeError, MqttError};
+use ntex_mqtt::{MqttServer, MqttServiceConfig, QoS, v3, v5};
+
+use crate::core::Broker;
+use crate::core::sys;
+use crate::frontend::{FrontendError, ListenerContext, mqtt31};
+
+/// How long a new connection may take to send CONNECT.
+const CONNECT_TIMEOUT: Seconds = Seconds(10);
+
+/// Sockets bound for the configured listeners, in config order.
+#[derive(Debug)]
+pub struct BoundListeners {
+    sockets: Vec<(String, TcpListener)>,
+}
+
+impl BoundListeners {
+    /// Binds every listener now, so a port conflict is reported before anything starts.
+    pub fn bind(config: &BrokerConfig) -> anyhow::Result<Self> {
+        let mut sockets = Vec::new();
+        for (i, listener) in config.listeners.iter().enumerate() {
+            let name = listener.display_name();
+            let socket = TcpListener::bind(listener.bind).with_context(|| {
+                format!("cannot listen on {} (listeners[{i}], \"{name}\")", listener.bind)
+            })?;
+            socket.set_nonblocking(true)?;
+            sockets.push((name, socket));
+        }
+        Ok(BoundListeners { sockets })
+    }
+
+    /// Actual addresses (resolves port 0).
+    pub fn addrs(&self) -> Vec<SocketAddr> {
+        self.sockets.iter().filter_map(|(_, s)| s.local_addr().ok()).collect()
+    }
+}
+
+fn mqtt_config(config: &BrokerConfig) -> SharedCfg {
+    let limits = &config.limits;
+    let max_packet = u32::try_from(limits.max_packet_size.as_u64()).unwrap_or(u32::MAX);
+    SharedCfg::new("mqtt")
+        .add(
+            MqttServiceConfig::new()
+                .set_max_qos(QoS::ExactlyOnce)
+                .set_max_size(max_packet)
+                // Whole payloads: the core needs the complete message anyway.
+                .set_min_chunk_size(max_packet)
+                .set_max_receive(limits.max_inflight)
+                .set_max_send(limits.max_inflight)
+                .set_max_receive_size((max_packet as usize).saturating_mul(2).max(64 * 1024))
+                .set_max_topic_alias(limits.max_topic_alias)
+                .set_connect_timeout(CONNECT_TIMEOUT),
+        )
+        .into()
+}
+
+/// The service stack for one listener: MQTT 3.1 normalisation, then ntex-mqtt with our v3
+/// and v5 front ends.
+fn mqtt_service(
+    ctx: ListenerContext,
+) -> impl ServiceFactory<Io, SharedCfg, Response = (), Error = MqttError<FrontendError>, InitError = ()> {
+    let ctx = Rc::new(ctx);
+    let (ctx3, ctx5) = (ctx.clone(), ctx);
+    chain_factory(fn_service(async |io: Io| match mqtt31::normalize(&io).await {
+        Ok(()) => Ok(io),
+        Err(err) => Err(MqttError::Handshake(HandshakeError::Disconnected(Some(err)))),
+    }))
+    .and_then(
+        MqttServer::new()
+            .v3(v3::MqttServer::new(move |h| crate::frontend::v3::handshake(h, ctx3.clone()))
+                .middleware(crate::frontend::v3::Inbound)
+                .protocol(crate::frontend::v3::protocol())
+                .control(crate::frontend::v3::control())
+                .publish(crate::frontend::v3::publish_unused()))
+            .v5(v5::MqttServer::new(move |h| crate::frontend::v5::handshake(h, ctx5.clone()))
+                .middleware(crate::frontend::v5::Inbound)
+                .protocol(crate::frontend::v5::protocol())
+                .control(crate::frontend::v5::control())
+                .publish(crate::frontend::v5::publish_unused())),
+    )
+}
+
+/// Serves until `shutdown` resolves, then shuts down gracefully: stop accepting, ask clients
+/// to leave (v5: DISCONNECT 0x8B), wait up to `server.shutdown_timeout`, stop.
+pub async fn serve(
+    broker: Broker,
+    listeners: BoundListeners,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let config = broker.config().clone();
+    let workers = match config.server.workers {
+        0 => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        n => n,
+    };
+    let mut builder = ntex::server::build().workers(workers).disable_signals().shutdown_timeout(
+        ntex::time::Millis(u32::try_from(config.server.shutdown_timeout.as_millis()).unwrap_or(u32::MAX)),
+    );
+    for (name, socket) in listeners.sockets {
+        tracing::info!(listener = %name, "listening on {} (MQTT 3.1, 3.1.1, 5.0)", socket.local_addr()?);
+        let ctx = ListenerContext { broker: broker.clone(), name: name.clone() };
+        builder = builder
+            .listen(name.clone(), socket, async move |_| mqtt_service(ctx.clone()))?
+            .config(name, mqtt_config(&config));
+    }
+    let server = builder.run();
+
+    let timers = broker.clone();
+    ntex::rt::spawn(async move { timers.run_timers().await });
+    let periodic = broker.clone();
+    let interval = config.sys.interval;
+    ntex::rt::spawn(async move {
+        let tick = if interval.is_zero() { Duration::from_secs(60) } else { interval };
+        loop {
+            tokio::time::sleep(tick).await;
+            if !interval.is_zero() {
+                sys::publish(&periodic);
+            }
+            periodic.housekeeping();
+        }
+    });
+    if !interval.is_zero() {
+        sys::publish(&broker);
+    }
+
+    shutdown.await;
+    tracing::info!(
+        connections = broker.connected(),
+        "shutting down: no new connections, disconnecting clients"
+    );
+    server.pause().await;
+    broker.begin_shutdown();
+    let deadline = Instant::now() + config.server.shutdown_timeout;
+    while broker.connected() > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    if broker.connected() > 0 {
+        tracing::warn!(remaining = broker.connected(), "shutdown timeout: closing remaining connections");
+    }
+    server.stop(true).await;
+    tracing::info!("broker stopped");
+    Ok(())
+}
+
+/// Runs the broker in this thread until SIGTERM or SIGINT.
+pub fn run(config: BrokerConfig) -> anyhow::Result<()> {
+    let listeners = BoundListeners::bind(&config)?;
+    let broker = Broker::new(config);
+    ntex::rt::System::build()
+        .name("fleetmq")
+        .disable_signals()
+        .build(ntex::rt::DefaultRuntime)
+        .block_on(async move { serve(broker, listeners, wait_for_signal()).await })
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(err) => {
+            tracing::error!("cannot listen for SIGTERM: {err}");
+            std::future::pending::<()>().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+    }
+}
+
+/// A broker running on its own thread, for tests and embedding.
+pub struct RunningBroker {
+    /// The core (metrics, sessions) for inspection.
+    pub broker: Broker,
+    /// Bound listener addresses, in config order.
+    pub addrs: Vec<SocketAddr>,
+    stop: Option<std::sync::mpsc::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<anyhow::Result<()>>>,
+}
+
+impl RunningBroker {
+    /// Starts a broker; listeners with port 0 get ephemeral ports (see [`RunningBroker::addrs`]).
+    pub fn start(config: BrokerConfig) -> anyhow::Result<Self> {
+        config.validate()?;
+        let listeners = BoundListeners::bind(&config)?;
+        let addrs = listeners.addrs();
+        let broker = Broker::new(config);
+        let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
+        let core = broker.clone();
+        let thread = std::thread::Builder::new().name("fleetmq-broker".into()).spawn(move || {
+            ntex::rt::System::build()
+                .name("fleetmq")
+                .disable_signals()
+                .build(ntex::rt::DefaultRuntime)
+                .block_on(async move {
+                    let stop = async move {
+                        // The std channel is polled from a blocking thread: tests stop rarely.
+                        let _ = tokio::task::spawn_blocking(move || stop_rx.recv()).await;
+                    };
+                    serve(core, listeners, stop).await
+                })
+        })?;
+        Ok(RunningBroker { broker, addrs, stop: Some(stop_tx), thread: Some(thread) })
+    }
+
+    /// The first listener's address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addrs[0]
+    }
+
+    /// Gracefully stops the broker and waits for it.
+    pub fn stop(mut self) -> anyhow::Result<()> {
+        self.shutdown()
+    }
+
+    fn shutdown(&mut self) -> anyhow::Result<()> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        match self.thread.take() {
+            Some(thread) => thread.join().map_err(|_| anyhow::anyhow!("broker thread panicked"))?,
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for RunningBroker {
+    fn drop(&mut self) {
+        let _ = self.shutdown();
+    }
+}

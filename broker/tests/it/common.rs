@@ -1,0 +1,288 @@
+//! Test harness: start a broker on 127.0.0.1:0 and drive it with rumqttc.
+
+#![allow(dead_code)]
+
+use std::time::Duration;
+
+use fleetmq_broker::server::RunningBroker;
+use fleetmq_config::{BrokerConfig, Listener, ListenerProtocol};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+/// How long a test waits for something that should happen.
+pub const WAIT: Duration = Duration::from_secs(5);
+/// How long a test waits to be sure something does not happen.
+pub const QUIET: Duration = Duration::from_millis(300);
+
+/// A broker with test defaults (anonymous, 2 workers, no `$SYS`), tweaked by `f`.
+pub fn broker_with(f: impl FnOnce(&mut BrokerConfig)) -> RunningBroker {
+    let mut config = BrokerConfig {
+        listeners: vec![Listener {
+            name: Some("test".into()),
+            protocol: ListenerProtocol::Mqtt,
+            bind: "127.0.0.1:0".parse().unwrap(),
+        }],
+        ..BrokerConfig::default()
+    };
+    config.server.workers = 2;
+    config.sys.interval = Duration::ZERO;
+    config.auth.allow_anonymous = Some(true);
+    f(&mut config);
+    RunningBroker::start(config).expect("broker starts")
+}
+
+/// A broker with test defaults.
+pub fn broker() -> RunningBroker {
+    broker_with(|_| {})
+}
+
+/// MQTT 3.1.1 client (rumqttc).
+pub mod v3 {
+    use super::*;
+    pub use rumqttc::{ConnAck, ConnectReturnCode, Event, MqttOptions, Packet, Publish, QoS, SubAck};
+
+    /// A connected client and its event stream.
+    pub struct Client {
+        pub client: rumqttc::AsyncClient,
+        pub events: mpsc::UnboundedReceiver<Result<Event, String>>,
+        task: JoinHandle<()>,
+    }
+
+    impl Drop for Client {
+        fn drop(&mut self) {
+            self.task.abort();
+        }
+    }
+
+    /// Options for `id` against `port` (clean session, 30 s keep-alive).
+    pub fn options(port: u16, id: &str) -> MqttOptions {
+        let mut o = MqttOptions::new(id, "127.0.0.1", port);
+        o.set_keep_alive(Duration::from_secs(30));
+        o
+    }
+
+    /// Starts the event loop; the first event should be the CONNACK.
+    pub fn start(options: MqttOptions) -> Client {
+        let (client, mut eventloop) = rumqttc::AsyncClient::new(options, 100);
+        let (tx, events) = mpsc::unbounded_channel();
+        let task = tokio::spawn(async move {
+            loop {
+                match eventloop.poll().await {
+                    Ok(ev) => {
+                        if tx.send(Ok(ev)).is_err() {
+                            return;
+                        }
+                    }
+                    Err(err) => {
+                        let _ = tx.send(Err(err.to_string()));
+                        return;
+                    }
+                }
+            }
+        });
+        Client { client, events, task }
+    }
+
+    /// Connects and returns the client after a successful CONNACK.
+    pub async fn connect(options: MqttOptions) -> (Client, ConnAck) {
+        let mut c = start(options);
+        let ack = c.connack().await.expect("CONNACK");
+        assert_eq!(ack.code, ConnectReturnCode::Success, "{ack:?}");
+        (c, ack)
+    }
+
+    impl Client {
+        /// Next incoming packet (skips outgoing events), or the connection error.
+        pub async fn next_packet(&mut self, within: Duration) -> Option<Result<Packet, String>> {
+            let deadline = tokio::time::Instant::now() + within;
+            loop {
+                match tokio::time::timeout_at(deadline, self.events.recv()).await {
+                    Ok(Some(Ok(Event::Incoming(p)))) => return Some(Ok(p)),
+                    Ok(Some(Ok(Event::Outgoing(_)))) => continue,
+                    Ok(Some(Err(e))) => return Some(Err(e)),
+                    Ok(None) | Err(_) => return None,
+                }
+            }
+        }
+
+        /// Waits for the CONNACK (or the refusal as an error).
+        pub async fn connack(&mut self) -> Result<ConnAck, String> {
+            match self.next_packet(WAIT).await {
+                Some(Ok(Packet::ConnAck(ack))) => Ok(ack),
+                Some(Ok(other)) => Err(format!("expected CONNACK, got {other:?}")),
+                Some(Err(e)) => Err(e),
+                None => Err("no CONNACK".into()),
+            }
+        }
+
+        /// Subscribes and waits for the SUBACK.
+        pub async fn subscribe(&mut self, filter: &str, qos: QoS) -> SubAck {
+            self.client.subscribe(filter, qos).await.unwrap();
+            loop {
+                match self.next_packet(WAIT).await {
+                    Some(Ok(Packet::SubAck(ack))) => return ack,
+                    Some(Ok(_)) => continue,
+                    other => panic!("expected SUBACK, got {other:?}"),
+                }
+            }
+        }
+
+        /// Next PUBLISH within `WAIT`.
+        pub async fn publish_within(&mut self, within: Duration) -> Option<Publish> {
+            loop {
+                match self.next_packet(within).await {
+                    Some(Ok(Packet::Publish(p))) => return Some(p),
+                    Some(Ok(_)) => continue,
+                    _ => return None,
+                }
+            }
+        }
+
+        /// Next PUBLISH, failing the test if none arrives.
+        pub async fn expect_publish(&mut self) -> Publish {
+            self.publish_within(WAIT).await.expect("a PUBLISH")
+        }
+
+        /// Asserts no PUBLISH arrives for a while.
+        pub async fn expect_no_publish(&mut self) {
+            if let Some(p) = self.publish_within(QUIET).await {
+                panic!("unexpected PUBLISH {p:?}");
+            }
+        }
+
+        /// Sends DISCONNECT and waits until it is written.
+        pub async fn disconnect(mut self) {
+            let _ = self.client.disconnect().await;
+            let _ = self.next_packet(Duration::from_millis(500)).await;
+        }
+    }
+}
+
+/// MQTT 5.0 client (rumqttc::v5).
+pub mod v5 {
+    use super::*;
+    pub use rumqttc::v5::mqttbytes::QoS;
+    pub use rumqttc::v5::mqttbytes::v5::{ConnAck, ConnectReturnCode, Packet, Publish, SubAck};
+    pub use rumqttc::v5::{Event, MqttOptions};
+
+    /// A connected client and its event stream.
+    pub struct Client {
+        pub client: rumqttc::v5::AsyncClient,
+        pub events: mpsc::UnboundedReceiver<Result<Event, String>>,
+        task: JoinHandle<()>,
+    }
+
+    impl Drop for Client {
+        fn drop(&mut self) {
+            self.task.abort();
+        }
+    }
+
+    /// Options for `id` against `port`.
+    pub fn options(port: u16, id: &str) -> MqttOptions {
+        let mut o = MqttOptions::new(id, "127.0.0.1", port);
+        o.set_keep_alive(Duration::from_secs(30));
+        o
+    }
+
+    /// Starts the event loop.
+    pub fn start(options: MqttOptions) -> Client {
+        let (client, mut eventloop) = rumqttc::v5::AsyncClient::new(options, 100);
+        let (tx, events) = mpsc::unbounded_channel();
+        let task = tokio::spawn(async move {
+            loop {
+                match eventloop.poll().await {
+                    Ok(ev) => {
+                        if tx.send(Ok(ev)).is_err() {
+                            return;
+                        }
+                    }
+                    Err(err) => {
+                        let _ = tx.send(Err(format!("{err:?}")));
+                        return;
+                    }
+                }
+            }
+        });
+        Client { client, events, task }
+    }
+
+    /// Connects and returns the client after a successful CONNACK.
+    pub async fn connect(options: MqttOptions) -> (Client, ConnAck) {
+        let mut c = start(options);
+        let ack = c.connack().await.expect("CONNACK");
+        assert_eq!(ack.code, ConnectReturnCode::Success, "{ack:?}");
+        (c, ack)
+    }
+
+    impl Client {
+        /// Next incoming packet, or the connection error.
+        pub async fn next_packet(&mut self, within: Duration) -> Option<Result<Packet, String>> {
+            let deadline = tokio::time::Instant::now() + within;
+            loop {
+                match tokio::time::timeout_at(deadline, self.events.recv()).await {
+                    Ok(Some(Ok(Event::Incoming(p)))) => return Some(Ok(p)),
+                    Ok(Some(Ok(Event::Outgoing(_)))) => continue,
+                    Ok(Some(Err(e))) => return Some(Err(e)),
+                    Ok(None) | Err(_) => return None,
+                }
+            }
+        }
+
+        /// Waits for the CONNACK (a refusal comes back as the error text).
+        pub async fn connack(&mut self) -> Result<ConnAck, String> {
+            match self.next_packet(WAIT).await {
+                Some(Ok(Packet::ConnAck(ack))) => Ok(ack),
+                Some(Ok(other)) => Err(format!("expected CONNACK, got {other:?}")),
+                Some(Err(e)) => Err(e),
+                None => Err("no CONNACK".into()),
+            }
+        }
+
+        /// Subscribes and waits for the SUBACK.
+        pub async fn subscribe(&mut self, filter: &str, qos: QoS) -> SubAck {
+            self.client.subscribe(filter, qos).await.unwrap();
+            self.suback().await
+        }
+
+        /// Waits for the next SUBACK.
+        pub async fn suback(&mut self) -> SubAck {
+            loop {
+                match self.next_packet(WAIT).await {
+                    Some(Ok(Packet::SubAck(ack))) => return ack,
+                    Some(Ok(_)) => continue,
+                    other => panic!("expected SUBACK, got {other:?}"),
+                }
+            }
+        }
+
+        /// Next PUBLISH within `within`.
+        pub async fn publish_within(&mut self, within: Duration) -> Option<Publish> {
+            loop {
+                match self.next_packet(within).await {
+                    Some(Ok(Packet::Publish(p))) => return Some(p),
+                    Some(Ok(_)) => continue,
+                    _ => return None,
+                }
+            }
+        }
+
+        /// Next PUBLISH, failing the test if none arrives.
+        pub async fn expect_publish(&mut self) -> Publish {
+            self.publish_within(WAIT).await.expect("a PUBLISH")
+        }
+
+        /// Asserts no PUBLISH arrives for a while.
+        pub async fn expect_no_publish(&mut self) {
+            if let Some(p) = self.publish_within(QUIET).await {
+                panic!("unexpected PUBLISH {p:?}");
+            }
+        }
+
+        /// Sends DISCONNECT and waits until it is written.
+        pub async fn disconnect(mut self) {
+            let _ = self.client.disconnect().await;
+            let _ = self.next_packet(Duration::from_millis(500)).await;
+        }
+    }
+}
