@@ -55,7 +55,9 @@ fn mqtt_config(config: &BrokerConfig) -> SharedCfg {
         .add(
             MqttServiceConfig::new()
                 .set_max_qos(QoS::ExactlyOnce)
-                .set_max_size(max_packet)
+                // CONNECT may be larger so the handshake can refuse it by name (CONNACK 0x95);
+                // the connection's limit is set to `max_packet` once CONNECT is accepted.
+                .set_max_size(max_packet.saturating_mul(2))
                 // Whole payloads: the core needs the complete message anyway.
                 .set_min_chunk_size(max_packet)
                 .set_max_receive(limits.max_inflight)

@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::core::broker::{Broker, DisconnectKind, PublishError};
-use crate::core::session::{ConnSignal, Session};
+use crate::core::session::{ConnSignal, Kick, Session};
 use crate::core::types::{ByteString, Bytes, Message, Properties, ProtocolVersion, QoS, expiry_deadline};
 
 /// Error type of the MQTT services. Connection problems are logged where they happen; this
@@ -83,12 +83,16 @@ impl std::fmt::Debug for ConnState {
 impl Drop for ConnState {
     fn drop(&mut self) {
         let how = self.disconnect.get().unwrap_or(DisconnectKind::Abnormal);
-        let reason = match how {
-            DisconnectKind::Normal { publish_will: false, .. } => "client sent DISCONNECT".to_string(),
-            DisconnectKind::Normal { publish_will: true, .. } => {
+        let reason = match (how, self.signal.kicked()) {
+            (DisconnectKind::Normal { publish_will: false, .. }, _) => "client sent DISCONNECT".to_string(),
+            (DisconnectKind::Normal { publish_will: true, .. }, _) => {
                 "client sent DISCONNECT with will (0x04)".to_string()
             }
-            DisconnectKind::Abnormal => {
+            (DisconnectKind::Abnormal, Some(Kick::TakenOver)) => {
+                "session taken over by another connection".to_string()
+            }
+            (DisconnectKind::Abnormal, Some(Kick::ServerShuttingDown)) => "broker shutting down".to_string(),
+            (DisconnectKind::Abnormal, _) => {
                 self.close_reason.borrow_mut().take().unwrap_or_else(|| "connection closed".to_string())
             }
         };

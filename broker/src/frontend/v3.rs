@@ -2,7 +2,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::future::Future;
-use std::num::NonZeroU16;
+use std::num::{NonZeroU16, NonZeroU32};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -107,6 +107,17 @@ pub async fn handshake(
             "connection refused: {reason}"
         );
     };
+    let max_packet = u32::try_from(limits.max_packet_size.as_u64()).unwrap_or(u32::MAX);
+    if h.packet_size() > max_packet {
+        // v3 has no CONNACK code for this: close without one, as Mosquitto does.
+        let reason = format!(
+            "CONNECT of {} bytes exceeds limits.max_packet_size ({max_packet} bytes)",
+            h.packet_size()
+        );
+        tracing::warn!(client_id = %client_id, peer = %display_peer(peer), "{reason}");
+        refused(&reason);
+        return Err(FrontendError);
+    }
     let timeout = match idle_timeout(pkt.keep_alive, limits.max_keepalive) {
         Ok(t) => t,
         Err(reason) => {
@@ -178,7 +189,11 @@ pub async fn handshake(
             connected_at: Instant::now(),
         },
     };
-    Ok(h.ack(state, connected.session_present).idle_timeout(timeout))
+    let ack = h.ack(state, connected.session_present).idle_timeout(timeout);
+    Ok(match NonZeroU32::new(max_packet) {
+        Some(max) => ack.max_packet_size(max),
+        None => ack,
+    })
 }
 
 /// Control service: records why a connection stops.

@@ -138,6 +138,16 @@ pub async fn handshake(
         broker.metrics().connection(false);
         tracing::info!(client_id = %client_id, peer = %display_peer(peer), protocol = "5.0", "connection refused: {reason}");
     };
+    let max_packet = u32::try_from(limits.max_packet_size.as_u64()).unwrap_or(u32::MAX);
+    if h.packet_size() > max_packet {
+        let reason = format!(
+            "CONNECT of {} bytes exceeds limits.max_packet_size ({max_packet} bytes)",
+            h.packet_size()
+        );
+        tracing::warn!(client_id = %client_id, peer = %display_peer(peer), "{reason}");
+        refused(&reason);
+        return Ok(refuse(h, codec::ConnectAckReason::PacketTooLarge, reason));
+    }
     if let Some(method) = &pkt.auth_method {
         let reason = format!("authentication method {method:?} is not supported");
         refused(&reason);
@@ -224,6 +234,7 @@ pub async fn handshake(
         ack.subscription_identifiers_available = true;
         ack.shared_subscription_available = true;
         ack.server_keepalive_sec = server_keepalive;
+        ack.max_packet_size = Some(max_packet);
     }))
 }
 
