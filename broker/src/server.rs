@@ -16,7 +16,7 @@ use ntex_mqtt::{MqttServer, MqttServiceConfig, QoS, v3, v5};
 
 use crate::core::Broker;
 use crate::core::sys;
-use crate::frontend::{FrontendError, ListenerContext, mqtt31};
+use crate::frontend::{FrontendError, ListenerContext, preamble};
 
 /// How long a new connection may take to send CONNECT.
 const CONNECT_TIMEOUT: Seconds = Seconds(10);
@@ -69,14 +69,14 @@ fn mqtt_config(config: &BrokerConfig) -> SharedCfg {
         .into()
 }
 
-/// The service stack for one listener: MQTT 3.1 normalisation, then ntex-mqtt with our v3
+/// The service stack for one listener: connection preamble (MQTT 3.1, empty client ids), then ntex-mqtt with our v3
 /// and v5 front ends.
 fn mqtt_service(
     ctx: ListenerContext,
 ) -> impl ServiceFactory<Io, SharedCfg, Response = (), Error = MqttError<FrontendError>, InitError = ()> {
     let ctx = Rc::new(ctx);
     let (ctx3, ctx5) = (ctx.clone(), ctx);
-    chain_factory(fn_service(async |io: Io| match mqtt31::normalize(&io).await {
+    chain_factory(fn_service(async |io: Io| match preamble::normalize(&io).await {
         Ok(()) => Ok(io),
         Err(err) => Err(MqttError::Handshake(HandshakeError::Disconnected(Some(err)))),
     }))

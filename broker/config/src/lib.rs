@@ -8,6 +8,7 @@
 //! line ([`BrokerConfig::from_yaml_str`]); semantic checks that serde cannot express live in
 //! [`BrokerConfig::validate`].
 
+mod rules;
 mod units;
 
 use std::net::SocketAddr;
@@ -63,6 +64,7 @@ impl ConfigError {
 #[serde(deny_unknown_fields, default)]
 pub struct BrokerConfig {
     /// Network listeners. Default: one MQTT listener on `127.0.0.1:1883`.
+    #[serde(deserialize_with = "rules::de_listeners")]
     pub listeners: Vec<Listener>,
     /// Where and how state is kept.
     pub storage: Storage,
@@ -170,12 +172,14 @@ pub struct Limits {
     /// Maximum concurrent client connections across all listeners; 0 = unlimited.
     pub max_connections: u32,
     /// Largest packet accepted from a client (advertised as Maximum Packet Size in v5).
-    #[serde(with = "byte_size")]
+    #[serde(serialize_with = "byte_size::serialize", deserialize_with = "rules::de_packet_size")]
     pub max_packet_size: ByteSize,
     /// Outbound QoS 1/2 messages in flight per session (also the inbound Receive Maximum
     /// the broker advertises). The client's own Receive Maximum lowers it further.
+    #[serde(deserialize_with = "rules::de_at_least_one")]
     pub max_inflight: u16,
     /// Messages queued per session (offline, or waiting for the in-flight window).
+    #[serde(deserialize_with = "rules::de_at_least_one")]
     pub max_queued_messages: u32,
     /// Payload bytes queued per session; 0 = unlimited.
     #[serde(with = "byte_size")]
@@ -183,8 +187,10 @@ pub struct Limits {
     /// Largest keep-alive a client may use, in seconds. v5 clients asking for more (or for
     /// none) are told this value via Server Keep Alive; v3 clients asking for more are
     /// refused. 65535 accepts every value.
+    #[serde(deserialize_with = "rules::de_at_least_one")]
     pub max_keepalive: u16,
     /// Deepest topic name or filter accepted, in levels.
+    #[serde(deserialize_with = "rules::de_at_least_one")]
     pub max_topic_levels: u16,
     /// Topic aliases a v5 client may use towards the broker (Topic Alias Maximum).
     pub max_topic_alias: u16,
@@ -211,10 +217,18 @@ impl Default for Limits {
 pub struct Sessions {
     /// How long a v3 persistent session (clean session = 0) outlives its connection. Unset
     /// (the default) = until the client cleans it, as in Mosquitto.
-    #[serde(with = "opt_duration", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        serialize_with = "opt_duration::serialize",
+        deserialize_with = "rules::de_session_expiry",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub persistent_session_expiry: Option<Duration>,
     /// Upper bound for the Session Expiry Interval a v5 client may ask for. Unset = no cap.
-    #[serde(with = "opt_duration", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        serialize_with = "opt_duration::serialize",
+        deserialize_with = "rules::de_session_expiry",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub max_session_expiry: Option<Duration>,
 }
 
@@ -240,7 +254,7 @@ pub struct Server {
     /// Network worker threads; 0 = one per CPU core.
     pub workers: usize,
     /// How long a graceful shutdown waits for clients to be disconnected.
-    #[serde(with = "duration")]
+    #[serde(serialize_with = "duration::serialize", deserialize_with = "rules::de_positive_duration")]
     pub shutdown_timeout: Duration,
 }
 
@@ -267,6 +281,7 @@ pub enum LogFormat {
 pub struct Log {
     /// `error`, `warn`, `info`, `debug` (every packet, like `mosquitto -v`) or `trace`, or a
     /// full `tracing` filter such as `info,fleetmq_broker::core=debug`.
+    #[serde(deserialize_with = "rules::de_nonempty")]
     pub level: String,
     /// `text` or `json`.
     pub format: LogFormat,
@@ -303,65 +318,26 @@ impl BrokerConfig {
         serde_yaml::to_string(self).expect("broker config is always representable as YAML")
     }
 
-    /// Checks what serde cannot: ranges, uniqueness, cross-field rules.
+    /// Checks ranges and uniqueness. Parsing already applies the same rules (so file errors
+    /// carry a line number); this covers configs built in code, such as the operator's.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.listeners.is_empty() {
-            return Err(ConfigError::invalid("listeners", "at least one listener is required"));
-        }
-        for (i, listener) in self.listeners.iter().enumerate() {
-            if let Some(name) = &listener.name
-                && name.trim().is_empty()
-            {
-                return Err(ConfigError::invalid(format!("listeners[{i}].name"), "must not be empty"));
-            }
-            for (j, other) in self.listeners.iter().enumerate().take(i) {
-                if other.bind == listener.bind {
-                    return Err(ConfigError::invalid(
-                        format!("listeners[{i}].bind"),
-                        format!("{} is already used by listeners[{j}]", listener.bind),
-                    ));
-                }
-            }
-        }
+        let check = |key: &str, result: Result<(), String>| {
+            result.map_err(|reason| ConfigError::invalid(key, reason))
+        };
+        rules::listeners(&self.listeners).map_err(|(key, reason)| ConfigError::invalid(key, reason))?;
         let limits = &self.limits;
-        let packet = limits.max_packet_size.as_u64();
-        if !(64..=MQTT_MAX_PACKET_SIZE).contains(&packet) {
-            return Err(ConfigError::invalid(
-                "limits.max_packet_size",
-                format!("{packet} bytes is outside 64 B ..= {MQTT_MAX_PACKET_SIZE} B (the MQTT maximum)"),
-            ));
-        }
-        if limits.max_inflight == 0 {
-            return Err(ConfigError::invalid("limits.max_inflight", "must be at least 1"));
-        }
-        if limits.max_queued_messages == 0 {
-            return Err(ConfigError::invalid("limits.max_queued_messages", "must be at least 1"));
-        }
-        if limits.max_keepalive == 0 {
-            return Err(ConfigError::invalid("limits.max_keepalive", "must be at least 1 second"));
-        }
-        if limits.max_topic_levels == 0 {
-            return Err(ConfigError::invalid("limits.max_topic_levels", "must be at least 1"));
-        }
-        for (key, value) in [
-            ("sessions.persistent_session_expiry", self.sessions.persistent_session_expiry),
-            ("sessions.max_session_expiry", self.sessions.max_session_expiry),
-        ] {
-            if let Some(d) = value
-                && d.as_secs() >= u64::from(u32::MAX)
-            {
-                return Err(ConfigError::invalid(
-                    key,
-                    "must be below 4294967295 s (leave it unset for \"never\")",
-                ));
-            }
-        }
-        if self.server.shutdown_timeout.is_zero() {
-            return Err(ConfigError::invalid("server.shutdown_timeout", "must be above 0s"));
-        }
-        if self.log.level.trim().is_empty() {
-            return Err(ConfigError::invalid("log.level", "must not be empty"));
-        }
+        check("limits.max_packet_size", rules::packet_size(&limits.max_packet_size))?;
+        check("limits.max_inflight", rules::at_least_one(&limits.max_inflight))?;
+        check("limits.max_queued_messages", rules::at_least_one(&limits.max_queued_messages))?;
+        check("limits.max_keepalive", rules::at_least_one(&limits.max_keepalive))?;
+        check("limits.max_topic_levels", rules::at_least_one(&limits.max_topic_levels))?;
+        check(
+            "sessions.persistent_session_expiry",
+            rules::session_expiry(&self.sessions.persistent_session_expiry),
+        )?;
+        check("sessions.max_session_expiry", rules::session_expiry(&self.sessions.max_session_expiry))?;
+        check("server.shutdown_timeout", rules::positive_duration(&self.server.shutdown_timeout))?;
+        check("log.level", rules::nonempty(&self.log.level))?;
         Ok(())
     }
 

@@ -88,23 +88,53 @@ fn bad_values_name_the_key() {
 }
 
 #[test]
-fn semantic_checks_name_the_key() {
-    for (yaml, key) in [
-        ("listeners: []\n", "listeners"),
-        ("limits:\n  max_inflight: 0\n", "limits.max_inflight"),
-        ("limits:\n  max_packet_size: 10\n", "limits.max_packet_size"),
-        ("limits:\n  max_packet_size: 1GiB\n", "limits.max_packet_size"),
-        ("limits:\n  max_queued_messages: 0\n", "limits.max_queued_messages"),
-        ("limits:\n  max_keepalive: 0\n", "limits.max_keepalive"),
-        ("sessions:\n  max_session_expiry: 200y\n", "sessions.max_session_expiry"),
-        ("server:\n  shutdown_timeout: 0s\n", "server.shutdown_timeout"),
-        ("listeners:\n  - bind: 127.0.0.1:1\n  - bind: 127.0.0.1:1\n", "listeners[1].bind"),
+fn out_of_range_values_in_a_file_name_key_and_line() {
+    for (yaml, key, line) in [
+        ("listeners: []\n", "listeners", 1),
+        ("limits:\n  max_inflight: 0\n", "limits.max_inflight", 2),
+        ("limits:\n  max_packet_size: 10\n", "limits.max_packet_size", 2),
+        ("limits:\n  max_packet_size: 1GiB\n", "limits.max_packet_size", 2),
+        ("limits:\n  max_queued_messages: 0\n", "limits.max_queued_messages", 2),
+        ("limits:\n  max_keepalive: 0\n", "limits.max_keepalive", 2),
+        ("sessions:\n  max_session_expiry: 200y\n", "sessions.max_session_expiry", 2),
+        ("server:\n  shutdown_timeout: 0s\n", "server.shutdown_timeout", 2),
+        ("log:\n  level: ' '\n", "log.level", 2),
+        ("sessions:\n  persistent_session_expiry: 150y\n", "sessions.persistent_session_expiry", 2),
+        ("listeners:\n  - bind: 127.0.0.1:1\n  - bind: 127.0.0.1:1\n", "listeners[1].bind", 2),
     ] {
-        match parse(yaml) {
-            Err(ConfigError::Invalid { key: got, .. }) => assert_eq!(got, key, "{yaml}"),
-            other => panic!("{yaml}: expected invalid {key}, got {other:?}"),
-        }
+        let msg = match parse(yaml) {
+            Err(err @ ConfigError::Parse { .. }) => err.to_string(),
+            other => panic!("{yaml}: expected a parse error, got {other:?}"),
+        };
+        assert!(msg.contains(&format!("{key}:")), "{yaml}: {msg}");
+        assert!(msg.contains(&format!("line {line}")), "{yaml}: {msg}");
     }
+}
+
+#[test]
+fn rule_errors_read_like_type_errors() {
+    let msg = parse("limits:\n  max_connections: 5\n  max_inflight: 0\n").unwrap_err().to_string();
+    assert_eq!(msg, "test.yaml: limits.max_inflight: must be at least 1 at line 3 column 17");
+}
+
+#[test]
+fn validate_names_the_key_for_configs_built_in_code() {
+    let mut c = BrokerConfig::default();
+    c.limits.max_inflight = 0;
+    assert!(matches!(c.validate(), Err(ConfigError::Invalid { key, .. }) if key == "limits.max_inflight"));
+    let mut c = BrokerConfig::default();
+    c.listeners.push(c.listeners[0].clone());
+    assert!(matches!(c.validate(), Err(ConfigError::Invalid { key, .. }) if key == "listeners[1].bind"));
+    let mut c = BrokerConfig::default();
+    c.listeners.clear();
+    assert!(matches!(c.validate(), Err(ConfigError::Invalid { key, .. }) if key == "listeners"));
+    let mut c = BrokerConfig::default();
+    c.limits.max_packet_size = ByteSize::b(10);
+    assert!(matches!(c.validate(), Err(ConfigError::Invalid { key, .. }) if key == "limits.max_packet_size"));
+    let mut c = BrokerConfig::default();
+    c.sessions.persistent_session_expiry = Some(Duration::from_secs(u64::from(u32::MAX)));
+    assert!(c.validate().is_err());
+    assert!(BrokerConfig::default().validate().is_ok());
 }
 
 #[test]

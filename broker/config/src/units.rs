@@ -20,7 +20,7 @@ pub mod duration {
         de.deserialize_any(DurationVisitor)
     }
 
-    pub(super) struct DurationVisitor;
+    pub(crate) struct DurationVisitor;
 
     impl de::Visitor<'_> for DurationVisitor {
         type Value = Duration;
@@ -62,32 +62,34 @@ pub mod opt_duration {
 
     /// Reads what [`super::duration`] reads, or `null`.
     pub fn deserialize<'de, D: Deserializer<'de>>(de: D) -> Result<Option<Duration>, D::Error> {
-        struct OptVisitor;
-        impl<'de> de::Visitor<'de> for OptVisitor {
-            type Value = Option<Duration>;
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("a duration such as \"30s\" or \"7d\", or null for never")
-            }
-            fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
-                Ok(None)
-            }
-            fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
-                Ok(None)
-            }
-            fn visit_some<D: Deserializer<'de>>(self, de: D) -> Result<Self::Value, D::Error> {
-                super::duration::deserialize(de).map(Some)
-            }
-            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
-                Ok(Some(Duration::from_secs(v)))
-            }
-            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
-                de::Visitor::visit_i64(super::duration::DurationVisitor, v).map(Some)
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
-                de::Visitor::visit_str(super::duration::DurationVisitor, v).map(Some)
-            }
-        }
         de.deserialize_option(OptVisitor)
+    }
+
+    pub(crate) struct OptVisitor;
+
+    impl<'de> de::Visitor<'de> for OptVisitor {
+        type Value = Option<Duration>;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a duration such as \"30s\" or \"7d\", or null for never")
+        }
+        fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_some<D: Deserializer<'de>>(self, de: D) -> Result<Self::Value, D::Error> {
+            super::duration::deserialize(de).map(Some)
+        }
+        fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
+            Ok(Some(Duration::from_secs(v)))
+        }
+        fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
+            de::Visitor::visit_i64(super::duration::DurationVisitor, v).map(Some)
+        }
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+            de::Visitor::visit_str(super::duration::DurationVisitor, v).map(Some)
+        }
     }
 }
 

@@ -141,6 +141,18 @@ pub enum PublishError {
     NotAuthorized,
 }
 
+/// What became of an accepted publish.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Published {
+    /// Routed now; `matched` sessions had a matching subscription.
+    Routed {
+        /// Sessions the message matched (0: v5 "No matching subscribers").
+        matched: usize,
+    },
+    /// A `$delayed` message, scheduled.
+    Delayed,
+}
+
 /// One entry of a SUBSCRIBE.
 #[derive(Debug, Clone)]
 pub struct SubscribeRequest {
@@ -478,8 +490,8 @@ impl Broker {
     }
 
     /// Publishes a client's message: validates the topic, handles `$delayed/`, stores or
-    /// clears retained state and routes it. Returns the number of sessions it was queued for.
-    pub fn publish(&self, message: Message) -> Result<usize, PublishError> {
+    /// clears retained state and routes it.
+    pub fn publish(&self, message: Message) -> Result<Published, PublishError> {
         let max_levels = self.inner.settings.max_topic_levels;
         if let Some(delayed) = topic::parse_delayed(&message.topic, max_levels) {
             let (delay, target) = delayed?;
@@ -489,16 +501,17 @@ impl Broker {
             self.inner
                 .scheduler
                 .schedule(Instant::now() + Duration::from_secs(u64::from(delay)), Job::Publish(message));
-            return Ok(0);
+            return Ok(Published::Delayed);
         }
         topic::validate_topic_name(&message.topic, max_levels)?;
         if message.topic.starts_with("$SYS") {
             return Err(PublishError::NotAuthorized);
         }
-        Ok(self.dispatch(Arc::new(message)))
+        Ok(Published::Routed { matched: self.dispatch(Arc::new(message)) })
     }
 
-    /// Publishes a broker-originated message (e.g. `$SYS`), bypassing client checks.
+    /// Publishes a broker-originated message (e.g. `$SYS`), bypassing client checks. Returns
+    /// the number of sessions it matched.
     pub fn publish_internal(&self, message: Message) -> usize {
         self.dispatch(Arc::new(message))
     }
@@ -515,20 +528,20 @@ impl Broker {
                 tracing::error!(topic = %message.topic, error = %err, "failed to persist retained message");
             }
         }
-        let mut queued = 0;
+        let mut matched = 0;
         inner.router.route(&message, |session, delivery| {
+            matched += 1;
             let outcome = session.lock().enqueue(delivery);
             match outcome {
-                Enqueued::Wake | Enqueued::Queued => queued += 1,
-                Enqueued::Overflow { queued: q, evicted } => {
-                    queued += usize::from(q);
-                    inner.metrics.dropped(DropReason::QueueFull, u64::from(evicted) + u64::from(!q));
+                Enqueued::Wake | Enqueued::Queued => {}
+                Enqueued::Overflow { queued, evicted } => {
+                    inner.metrics.dropped(DropReason::QueueFull, u64::from(evicted) + u64::from(!queued));
                     tracing::debug!(client_id = %session.client_id, "queue full, message dropped");
                 }
                 Enqueued::SkippedOffline | Enqueued::SessionEnded => {}
             }
         });
-        queued
+        matched
     }
 
     /// Adds subscriptions. Returns, per request, the granted QoS or why it was refused, and

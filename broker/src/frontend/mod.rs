@@ -12,7 +12,7 @@
 //! CONNECT is ignored. Sessions need their own in-flight record anyway (it outlives the
 //! connection), so the core owns it and the sink only closes connections.
 
-pub mod mqtt31;
+pub mod preamble;
 pub mod v3;
 pub mod v5;
 pub mod writer;
@@ -22,7 +22,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::core::broker::{Broker, DisconnectKind, PublishError};
+use crate::core::broker::{Broker, DisconnectKind, PublishError, Published};
 use crate::core::session::{ConnSignal, Kick, Session};
 use crate::core::types::{ByteString, Bytes, Message, Properties, ProtocolVersion, QoS, expiry_deadline};
 
@@ -130,7 +130,8 @@ pub(crate) struct InboundPublish {
 /// What became of an inbound PUBLISH.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum PublishOutcome {
-    /// Routed; `matched` is false when no subscription matched.
+    /// Routed or scheduled; `matched` is false when no subscription matched (a `$delayed`
+    /// publish counts as matched: it was accepted for later).
     Accepted { matched: bool },
     /// A QoS 2 retransmission of a message already routed: acknowledge again only.
     Duplicate,
@@ -168,7 +169,8 @@ impl ConnState {
             origin: self.session.id,
         };
         match self.broker.publish(message) {
-            Ok(matched) => PublishOutcome::Accepted { matched: matched > 0 },
+            Ok(Published::Routed { matched }) => PublishOutcome::Accepted { matched: matched > 0 },
+            Ok(Published::Delayed) => PublishOutcome::Accepted { matched: true },
             Err(err) => {
                 tracing::info!(client_id = %self.client_id, "PUBLISH refused: {err}");
                 PublishOutcome::Refused(err)

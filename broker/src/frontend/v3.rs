@@ -17,7 +17,7 @@ use ntex_mqtt::v3::{self, codec};
 
 use super::writer::{self, Sent, Wire};
 use super::{
-    ConnState, FrontendError, InboundPublish, ListenerContext, PublishOutcome, display_peer, mqtt31,
+    ConnState, FrontendError, InboundPublish, ListenerContext, PublishOutcome, display_peer, preamble,
 };
 use crate::core::broker::{ConnectError, ConnectRequest, DisconnectKind, SubscribeRequest};
 use crate::core::session::{Expiry, Kick, Outgoing, Will};
@@ -70,7 +70,7 @@ fn idle_timeout(requested: u16, max: u16) -> Result<Seconds, String> {
         return Ok(Seconds::ZERO);
     }
     // MQTT 3.1.1 §3.1.2.10: one and a half keep-alive periods.
-    Ok(Seconds(requested.saturating_add(requested / 2)))
+    Ok(Seconds(requested.saturating_add(requested.div_ceil(2))))
 }
 
 fn will_in(w: &codec::LastWill, max_levels: usize) -> Result<Will, String> {
@@ -94,7 +94,7 @@ pub async fn handshake(
     let config = broker.config();
     let limits = &config.limits;
     let io = h.io().get_ref();
-    let protocol = if mqtt31::take_mark(&io) { ProtocolVersion::V3_1 } else { ProtocolVersion::V3_1_1 };
+    let protocol = if preamble::take_mark(&io) { ProtocolVersion::V3_1 } else { ProtocolVersion::V3_1_1 };
     let pkt = h.packet();
     let peer = h.io().query::<PeerAddr>().get().map(|p| p.0);
     let client_id = pkt.client_id.clone();
@@ -465,6 +465,7 @@ mod tests {
     #[test]
     fn idle_timeout_policy() {
         assert_eq!(idle_timeout(60, u16::MAX), Ok(Seconds(90)));
+        assert_eq!(idle_timeout(1, u16::MAX), Ok(Seconds(2)), "1.5 s rounds up, never down to 1 s");
         assert_eq!(idle_timeout(0, u16::MAX), Ok(Seconds::ZERO));
         assert!(idle_timeout(0, 600).is_err());
         assert!(idle_timeout(601, 600).is_err());

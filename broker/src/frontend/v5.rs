@@ -81,7 +81,7 @@ fn keepalive(requested: u16, max: u16) -> (u16, Option<u16>) {
         r => r.min(max),
     };
     // MQTT 5.0 §3.1.2.10: the server disconnects after one and a half keep-alive periods.
-    (effective.saturating_add(effective / 2), (effective != requested).then_some(effective))
+    (effective.saturating_add(effective.div_ceil(2)), (effective != requested).then_some(effective))
 }
 
 fn properties_in(p: &codec::PublishProperties) -> Option<Box<Properties>> {
@@ -742,6 +742,7 @@ mod tests {
     #[test]
     fn keepalive_policy() {
         assert_eq!(keepalive(60, u16::MAX), (90, None));
+        assert_eq!(keepalive(1, u16::MAX), (2, None), "1.5 s rounds up, never down to 1 s");
         assert_eq!(keepalive(0, u16::MAX), (u16::MAX, None), "no keep-alive requested and no cap");
         assert_eq!(keepalive(0, 120), (180, Some(120)));
         assert_eq!(keepalive(600, 120), (180, Some(120)));

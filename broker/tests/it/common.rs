@@ -36,10 +36,53 @@ pub fn broker() -> RunningBroker {
     broker_with(|_| {})
 }
 
+/// A TCP port on 127.0.0.1 that was free a moment ago (for the broker binary).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A temporary directory, removed when dropped.
+#[derive(Debug)]
+pub struct TempDir(std::path::PathBuf);
+
+impl std::ops::Deref for TempDir {
+    type Target = std::path::Path;
+    fn deref(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A new, empty temporary directory unique to this test run.
+pub fn temp_dir(tag: &str) -> TempDir {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "fleetmq-it-{tag}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    TempDir(dir)
+}
+
+/// Stops `broker` gracefully from a blocking thread (its `stop` joins the broker thread).
+pub async fn stop(broker: RunningBroker) {
+    tokio::task::spawn_blocking(move || broker.stop()).await.unwrap().expect("broker stops cleanly");
+}
+
 /// MQTT 3.1.1 client (rumqttc).
 pub mod v3 {
     use super::*;
-    pub use rumqttc::{ConnAck, ConnectReturnCode, Event, MqttOptions, Packet, Publish, QoS, SubAck};
+    pub use rumqttc::{
+        ConnAck, ConnectReturnCode, Event, MqttOptions, Packet, Publish, QoS, SubAck, SubscribeReasonCode,
+    };
 
     /// A connected client and its event stream.
     pub struct Client {
@@ -155,6 +198,29 @@ pub mod v3 {
             let _ = self.client.disconnect().await;
             let _ = self.next_packet(Duration::from_millis(500)).await;
         }
+
+        /// Waits for the connection to fail (closed by the broker); returns the error text.
+        /// Packets arriving first are skipped.
+        pub async fn expect_error(&mut self) -> String {
+            loop {
+                match self.next_packet(WAIT).await {
+                    Some(Err(e)) => return e,
+                    Some(Ok(_)) => continue,
+                    None => panic!("connection still open after {WAIT:?}"),
+                }
+            }
+        }
+
+        /// Next PUBACK (QoS 1) or PUBREC (QoS 2), skipping other packets.
+        pub async fn expect_ack(&mut self) -> Packet {
+            loop {
+                match self.next_packet(WAIT).await {
+                    Some(Ok(p @ (Packet::PubAck(_) | Packet::PubRec(_)))) => return p,
+                    Some(Ok(_)) => continue,
+                    other => panic!("expected an acknowledgement, got {other:?}"),
+                }
+            }
+        }
     }
 }
 
@@ -162,7 +228,10 @@ pub mod v3 {
 pub mod v5 {
     use super::*;
     pub use rumqttc::v5::mqttbytes::QoS;
-    pub use rumqttc::v5::mqttbytes::v5::{ConnAck, ConnectReturnCode, Packet, Publish, SubAck};
+    pub use rumqttc::v5::mqttbytes::v5::{
+        ConnAck, ConnectReturnCode, Filter, Packet, PubAckReason, PubRecReason, Publish, PublishProperties,
+        RetainForwardRule, SubAck, SubscribeProperties, SubscribeReasonCode,
+    };
     pub use rumqttc::v5::{Event, MqttOptions};
 
     /// A connected client and its event stream.
@@ -283,6 +352,46 @@ pub mod v5 {
         pub async fn disconnect(mut self) {
             let _ = self.client.disconnect().await;
             let _ = self.next_packet(Duration::from_millis(500)).await;
+        }
+
+        /// Subscribes with explicit options and an optional Subscription Identifier.
+        pub async fn subscribe_filters(&mut self, filters: Vec<Filter>, id: Option<usize>) -> SubAck {
+            match id {
+                Some(id) => self
+                    .client
+                    .subscribe_many_with_properties(
+                        filters,
+                        SubscribeProperties { id: Some(id), user_properties: Vec::new() },
+                    )
+                    .await
+                    .unwrap(),
+                None => self.client.subscribe_many(filters).await.unwrap(),
+            }
+            self.suback().await
+        }
+
+        /// Waits for the connection to fail; returns the error text (a server DISCONNECT
+        /// reads `ServerDisconnect { reason_code: ..., .. }`). Packets arriving first are
+        /// skipped.
+        pub async fn expect_error(&mut self) -> String {
+            loop {
+                match self.next_packet(WAIT).await {
+                    Some(Err(e)) => return e,
+                    Some(Ok(_)) => continue,
+                    None => panic!("connection still open after {WAIT:?}"),
+                }
+            }
+        }
+
+        /// Next PUBACK (QoS 1) or PUBREC (QoS 2), skipping other packets.
+        pub async fn expect_ack(&mut self) -> Packet {
+            loop {
+                match self.next_packet(WAIT).await {
+                    Some(Ok(p @ (Packet::PubAck(_) | Packet::PubRec(_)))) => return p,
+                    Some(Ok(_)) => continue,
+                    other => panic!("expected an acknowledgement, got {other:?}"),
+                }
+            }
         }
     }
 }

@@ -31,7 +31,10 @@ fn sub(b: &Broker, c: &Connected, filter: &str, qos: QoS) -> Vec<Delivery> {
 }
 
 fn publish(b: &Broker, topic: &str, payload: &str, qos: QoS, retain: bool) -> usize {
-    b.publish(Message::new(topic.to_string(), payload.to_string(), qos, retain)).unwrap()
+    match b.publish(Message::new(topic.to_string(), payload.to_string(), qos, retain)).unwrap() {
+        Published::Routed { matched } => matched,
+        Published::Delayed => panic!("not a delayed publish"),
+    }
 }
 
 fn will(topic: &str, delay: u64) -> Will {
@@ -53,7 +56,11 @@ fn resume_keeps_subscriptions_and_queue() {
     sub(&b, &a, "t/#", QoS::AtLeastOnce);
     b.disconnect(&a.session, a.generation, DisconnectKind::Normal { publish_will: false, expiry: None });
     assert_eq!(publish(&b, "t/1", "x", QoS::AtLeastOnce, false), 1, "queued while offline");
-    assert_eq!(publish(&b, "t/1", "x", QoS::AtMostOnce, false), 0, "QoS 0 is not queued offline");
+    assert_eq!(
+        publish(&b, "t/1", "x", QoS::AtMostOnce, false),
+        1,
+        "matched, but QoS 0 is not queued offline"
+    );
     let again = connect(&b, "a", false, Expiry::Never, None);
     assert!(again.session_present);
     assert!(Arc::ptr_eq(&again.session, &a.session));
@@ -212,7 +219,7 @@ fn publish_refusals() {
         b.publish(Message::new("$delayed/x/t", "", QoS::AtMostOnce, false)),
         Err(PublishError::Topic(_))
     ));
-    assert_eq!(b.publish(Message::new("$delayed/10/t", "", QoS::AtMostOnce, false)), Ok(0));
+    assert_eq!(b.publish(Message::new("$delayed/10/t", "", QoS::AtMostOnce, false)), Ok(Published::Delayed));
     assert_eq!(b.scheduled_count(), 1);
 }
 

@@ -1,11 +1,14 @@
-//! MQTT 3.1 support on top of ntex-mqtt, which only understands 3.1.1 and 5.0.
+//! What happens to a new connection before ntex-mqtt reads its CONNECT.
 //!
-//! MQTT 3.1's CONNECT differs from 3.1.1's only in the protocol name (`MQIsdp`, level 3
-//! instead of `MQTT`, level 4); every later packet is identical. So before ntex-mqtt looks at
-//! a new connection, the CONNECT header of a 3.1 client is rewritten in the read buffer to
-//! the 3.1.1 form, and the connection is marked so the v3 handshake applies 3.1 rules
-//! (a client id is mandatory). No second codec: only the fixed header and protocol name are
-//! touched.
+//! - MQTT 3.1, which ntex-mqtt does not understand: its CONNECT differs from 3.1.1's only in
+//!   the protocol name (`MQIsdp`, level 3 instead of `MQTT`, level 4), and every later packet
+//!   is identical. The header of a 3.1 CONNECT is rewritten in the read buffer to the 3.1.1
+//!   form and the connection is marked, so the v3 handshake applies 3.1 rules.
+//! - A 3.x CONNECT with an empty client id and clean session 0 must get CONNACK 0x02
+//!   (MQTT 3.1.1 §3.1.3-8), but ntex-mqtt's decoder rejects it before any handshake code runs
+//!   and just closes the socket; so it is answered here.
+//!
+//! Only the fixed header, protocol name, flags and client-id length are read; no second codec.
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
@@ -39,10 +42,23 @@ pub fn take_mark(io: &IoRef) -> bool {
     })
 }
 
-/// Waits for the start of the first packet and rewrites a 3.1 CONNECT to 3.1.1. Anything
-/// else is left for ntex-mqtt to accept or refuse.
+/// Waits for the start of the first packet, answers an empty-client-id CONNECT that ntex-mqtt
+/// cannot, and rewrites a 3.1 CONNECT to 3.1.1. Anything else is left for ntex-mqtt to
+/// accept or refuse. An error means the connection has been answered (or is gone) and must
+/// be closed.
 pub async fn normalize<F: Filter>(io: &Io<F>) -> io::Result<()> {
     loop {
+        if let Some(version) = io.with_read_buf(empty_id_with_session) {
+            tracing::info!(
+                peer = %super::display_peer(io.query::<ntex::io::types::PeerAddr>().get().map(|p| p.0)),
+                protocol = version,
+                "connection refused: empty client id with clean session 0 (CONNACK 0x02)"
+            );
+            // CONNACK: type 2, remaining length 2, no session present, return code 2.
+            io.encode_slice(&[0x20, 0x02, 0x00, 0x02])?;
+            let _ = io.flush(true).await;
+            return Err(io::Error::new(io::ErrorKind::InvalidData, "empty client id with clean session 0"));
+        }
         match io.with_read_buf(rewrite_connect) {
             Some(true) => {
                 let id = io.get_ref().id();
@@ -63,6 +79,42 @@ pub async fn normalize<F: Filter>(io: &Io<F>) -> io::Result<()> {
             }
         }
     }
+}
+
+/// Offset just past the Remaining Length of a CONNECT, or `None` if incomplete/not CONNECT.
+fn connect_header(buf: &[u8]) -> Option<usize> {
+    if *buf.first()? != 0x10 {
+        return None;
+    }
+    let mut header = 1;
+    loop {
+        let byte = *buf.get(header)?;
+        header += 1;
+        if byte & 0x80 == 0 {
+            return Some(header);
+        }
+        if header > 4 {
+            return None;
+        }
+    }
+}
+
+/// If `buf` holds a complete-enough 3.x CONNECT with a zero-length client id and clean
+/// session 0, the protocol name for logs.
+fn empty_id_with_session(buf: &mut BytesMut) -> Option<&'static str> {
+    let header = connect_header(buf)?;
+    let (name, version) = if buf[header..].starts_with(V31_NAME) {
+        (V31_NAME, "3.1")
+    } else if buf[header..].starts_with(V311_NAME) {
+        (V311_NAME, "3.1.1")
+    } else {
+        return None;
+    };
+    // After the name and level: flags (1), keep-alive (2), client id length (2).
+    let flags = *buf.get(header + name.len())?;
+    let id_len_at = header + name.len() + 3;
+    let id_len = u16::from_be_bytes([*buf.get(id_len_at)?, *buf.get(id_len_at + 1)?]);
+    (id_len == 0 && flags & 0x02 == 0).then_some(version)
 }
 
 /// `None`: need more bytes. `Some(true)`: a 3.1 CONNECT, rewritten. `Some(false)`: not one.
@@ -163,6 +215,24 @@ mod tests {
         assert_eq!(&buf[..], &v311[..]);
         let mut junk = BytesMut::from(&b"GET / HTTP/1.1\r\n"[..]);
         assert_eq!(rewrite_connect(&mut junk), Some(false));
+    }
+
+    #[test]
+    fn spots_empty_client_id_with_clean_session_0() {
+        // flags 0x00 (clean session 0), keep-alive 60, client id "" (length 0)
+        let mut v311 = BytesMut::from(&connect(V311_NAME, b"\x00\x00\x3c\x00\x00")[..]);
+        assert_eq!(empty_id_with_session(&mut v311), Some("3.1.1"));
+        let mut v31 = BytesMut::from(&connect(V31_NAME, b"\x00\x00\x3c\x00\x00")[..]);
+        assert_eq!(empty_id_with_session(&mut v31), Some("3.1"));
+        let mut clean = BytesMut::from(&connect(V311_NAME, b"\x02\x00\x3c\x00\x00")[..]);
+        assert_eq!(empty_id_with_session(&mut clean), None, "clean session 1 is the handshake's call");
+        let mut named = BytesMut::from(&connect(V311_NAME, b"\x00\x00\x3c\x00\x01a")[..]);
+        assert_eq!(empty_id_with_session(&mut named), None);
+        let v5 = b"\x00\x04MQTT\x05";
+        let mut v5 = BytesMut::from(&connect(v5, b"\x00\x00\x3c\x00\x00\x00")[..]);
+        assert_eq!(empty_id_with_session(&mut v5), None, "v5 assigns an id instead");
+        let mut short = BytesMut::from(&connect(V311_NAME, b"\x00\x00\x3c\x00\x00")[..6]);
+        assert_eq!(empty_id_with_session(&mut short), None);
     }
 
     #[test]

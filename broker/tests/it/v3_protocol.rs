@@ -1,0 +1,45 @@
+//! MQTT 3.1 / 3.1.1 protocol details: one listener for every version, UNSUBSCRIBE, and a
+//! second CONNECT on a connection.
+
+use crate::common::{self, QUIET, v3, v5};
+use crate::raw::{self, Packet, Raw, Version};
+
+#[tokio::test]
+async fn mqtt31_311_and_5_clients_share_one_listener() {
+    let broker = common::broker();
+    let port = broker.addr().port();
+    let (mut c31, _) = Raw::connect_ok(port, &raw::Connect::new(Version::V31, "ver-31")).await;
+    c31.subscribe_ok(1, &[("ver/t", 1)]).await;
+    let (mut c311, _) = v3::connect(v3::options(port, "ver-311")).await;
+    c311.subscribe("ver/t", v3::QoS::AtLeastOnce).await;
+    let (mut c5, _) = v5::connect(v5::options(port, "ver-5")).await;
+    c5.subscribe("ver/t", v5::QoS::AtLeastOnce).await;
+    c31.publish(&raw::Publish::new("ver/t", 1, 9, b"from 3.1")).await;
+    assert!(matches!(c31.expect().await, Packet::Ack { kind: raw::PUBACK, id: 9, .. }));
+    assert_eq!(c31.expect_publish().await.payload, b"from 3.1");
+    assert_eq!(c311.expect_publish().await.payload, &b"from 3.1"[..]);
+    assert_eq!(c5.expect_publish().await.payload, &b"from 3.1"[..]);
+}
+
+#[tokio::test]
+async fn v3_unsubscribe_stops_delivery() {
+    let broker = common::broker();
+    let port = broker.addr().port();
+    let (mut c, _) = Raw::connect_ok(port, &raw::v311("uns3")).await;
+    c.subscribe_ok(1, &[("uns3/a", 1)]).await;
+    c.unsubscribe(2, &["uns3/a", "uns3/never"]).await;
+    assert!(matches!(c.expect().await, Packet::UnsubAck { id: 2, .. }));
+    let (publisher, _) = v3::connect(v3::options(port, "uns3-pub")).await;
+    publisher.client.publish("uns3/a", v3::QoS::AtLeastOnce, false, "x").await.unwrap();
+    c.expect_nothing(QUIET).await;
+}
+
+#[tokio::test]
+async fn v3_second_connect_closes_the_connection() {
+    let broker = common::broker();
+    let port = broker.addr().port();
+    let (mut c, _) = Raw::connect_ok(port, &raw::v311("twice3")).await;
+    c.send(&raw::v311("twice3").encode()).await;
+    let before = c.expect_closed(common::WAIT).await;
+    assert!(before.is_empty(), "closed without a reply: {before:?}");
+}
