@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import pathlib
+import re
+import sys
 import signal
 import socket
 import subprocess
@@ -29,6 +31,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def unset_key(config: dict, dotted: str) -> None:
+    """Removes `a.b.c` from a nested config dict (missing keys are ignored)."""
+    *parents, last = dotted.split(".")
+    node = config
+    for key in parents:
+        node = node.get(key)
+        if not isinstance(node, dict):
+            return
+    node.pop(last, None)
+
+
 def merge(base: dict, extra: dict) -> dict:
     out = dict(base)
     for key, value in extra.items():
@@ -51,6 +64,18 @@ class Broker:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+    def wait_log(self, pattern: str, timeout: float = 5.0) -> str:
+        """Waits until a log line matches the regex `pattern`; returns that line."""
+        rx = re.compile(pattern)
+        deadline = time.monotonic() + timeout
+        while True:
+            for line in self.log().splitlines():
+                if rx.search(line):
+                    return line
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no broker log line matching {pattern!r} within {timeout}s; log:\n{self.log()[-4000:]}")
+            time.sleep(0.05)
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 15) -> int:
         """Signals the broker and returns its exit code."""
@@ -78,15 +103,24 @@ def wait_for_port(port: int, proc: subprocess.Popen, timeout: float = 15) -> Non
     raise AssertionError(f"broker did not listen on {port} within {timeout}s")
 
 
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item, call):
+    report = yield
+    setattr(item, f"rep_{report.when}", report)
+    return report
+
+
 @pytest.fixture
-def start_broker(tmp_path):
-    """Factory: start_broker(config: dict = {}, args: list = []) -> Broker.
+def start_broker(tmp_path, request):
+    """Factory: start_broker(config: dict = {}, args: list = [], unset: tuple = ()) -> Broker.
 
     The config dict is merged over test defaults (one listener on a free port, anonymous
-    allowed, $SYS off, 2 workers)."""
+    allowed, $SYS off, 2 workers); `unset` removes default keys. On a test failure the
+    broker log is printed with the report."""
     started: list[Broker] = []
 
-    def start(config: dict | None = None, args: list[str] | None = None) -> Broker:
+    def start(config: dict | None = None, args: list[str] | None = None, unset: tuple[str, ...] = ()) -> Broker:
+        """`unset`: dotted keys of the test defaults to leave out (e.g. "auth.allow_anonymous")."""
         port = free_port()
         base = {
             "listeners": [{"bind": f"127.0.0.1:{port}"}],
@@ -96,6 +130,8 @@ def start_broker(tmp_path):
             "storage": {"data_dir": str(tmp_path / f"data-{port}")},
         }
         effective = merge(base, config or {})
+        for key in unset:
+            unset_key(effective, key)
         if "listeners" in (config or {}):
             port = int(str(effective["listeners"][0]["bind"]).rsplit(":", 1)[1])
         config_path = tmp_path / f"broker-{port}.yaml"
@@ -107,13 +143,18 @@ def start_broker(tmp_path):
             stdout=log,
             stderr=subprocess.STDOUT,
         )
+        log.close()  # the child has its own descriptor
         broker = Broker(proc, port, log_path, config_path)
         started.append(broker)
         wait_for_port(port, proc)
         return broker
 
     yield start
+    rep = getattr(request.node, "rep_call", None)
     for broker in started:
+        if rep is not None and rep.failed:
+            # Shown with the failure ("Captured stderr teardown").
+            print(f"--- broker log (port {broker.port}) ---\n{broker.log()[-6000:]}", file=sys.stderr)
         if broker.proc.poll() is None:
             broker.proc.kill()
             broker.proc.wait()
@@ -123,3 +164,90 @@ def start_broker(tmp_path):
 def broker(start_broker) -> Broker:
     """A broker with the test defaults."""
     return start_broker()
+
+
+@pytest.fixture
+def clients():
+    """Factory for paho clients (helpers.Client) that are stopped at teardown:
+    clients(broker, client_id, protocol=V5, clean_session=None, manual_ack=False)."""
+    from helpers import Client
+
+    made: list[Client] = []
+
+    def make(broker: Broker, client_id: str = "", protocol: int | None = None, **kwargs) -> Client:
+        from helpers import V5
+
+        client = Client(broker.host, broker.port, client_id, V5 if protocol is None else protocol, **kwargs)
+        made.append(client)
+        return client
+
+    yield make
+    for client in made:
+        try:
+            client.drop()
+        except Exception:
+            pass
+
+
+@pytest.fixture
+def raw():
+    """Factory for raw MQTT connections (rawmqtt.RawClient), closed at teardown:
+    raw(broker, version=rawmqtt.V311)."""
+    from rawmqtt import V311, RawClient
+
+    made: list[RawClient] = []
+
+    def make(broker: Broker, version: int = V311, timeout: float = 5.0) -> RawClient:
+        client = RawClient(broker.host, broker.port, version, timeout)
+        made.append(client)
+        return client
+
+    yield make
+    for client in made:
+        client.close()
+
+
+@pytest.fixture
+def mosq_sub():
+    """Factory for running mosquitto_sub processes (helpers.MosquittoSub), killed at teardown:
+    mosq_sub(broker, topics, version="mqttv311", count=None, fmt=None, extra=())."""
+    from helpers import MosquittoSub
+
+    made: list[MosquittoSub] = []
+
+    def make(broker: Broker, topics: list[str], **kwargs) -> MosquittoSub:
+        sub = MosquittoSub(broker.host, broker.port, topics, **kwargs)
+        made.append(sub)
+        return sub
+
+    yield make
+    for sub in made:
+        sub.kill()
+
+
+@pytest.fixture
+def launch(tmp_path, request):
+    """Starts the broker binary with exactly `args` (no test defaults):
+    launch(args, wait_port=None) -> Broker. With `wait_port`, waits until it listens there.
+    Processes still running at teardown are killed."""
+    started: list[Broker] = []
+
+    def start(args: list[str], wait_port: int | None = None) -> Broker:
+        log_path = tmp_path / f"launch-{len(started)}.log"
+        log = open(log_path, "w")
+        proc = subprocess.Popen([broker_binary(), *args], stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path)
+        log.close()
+        broker = Broker(proc, wait_port or 0, log_path, tmp_path)
+        started.append(broker)
+        if wait_port:
+            wait_for_port(wait_port, proc)
+        return broker
+
+    yield start
+    rep = getattr(request.node, "rep_call", None)
+    for broker in started:
+        if rep is not None and rep.failed:
+            print(f"--- broker log ---\n{broker.log()[-6000:]}", file=sys.stderr)
+        if broker.proc.poll() is None:
+            broker.proc.kill()
+            broker.proc.wait()

@@ -108,6 +108,28 @@ impl Drop for ConnState {
     }
 }
 
+/// Size of a whole MQTT packet with this Remaining Length: the type byte, the variable-length
+/// Remaining Length itself, and the rest. ntex-mqtt limits and reports the Remaining Length;
+/// MQTT 5.0 §3.1.2.11.4 defines Maximum Packet Size as the whole packet.
+pub(crate) fn packet_size(remaining: u32) -> u64 {
+    let length_bytes = match remaining {
+        0..=127 => 1,
+        128..=16_383 => 2,
+        16_384..=2_097_151 => 3,
+        _ => 4,
+    };
+    1 + length_bytes + u64::from(remaining)
+}
+
+/// The largest Remaining Length whose whole packet fits in `max_packet` bytes.
+pub(crate) fn remaining_limit(max_packet: u32) -> u32 {
+    (1..=4u32)
+        .filter_map(|len_bytes| max_packet.checked_sub(1 + len_bytes))
+        .filter(|r| packet_size(*r) <= u64::from(max_packet))
+        .max()
+        .unwrap_or(0)
+}
+
 /// `ip:port` or `unknown`.
 pub fn display_peer(peer: Option<SocketAddr>) -> String {
     peer.map_or_else(|| "unknown".to_string(), |p| p.to_string())
@@ -183,6 +205,29 @@ impl ConnState {
         let mut slot = self.close_reason.borrow_mut();
         if slot.is_none() {
             *slot = Some(reason.into());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn packet_size_counts_the_fixed_header() {
+        assert_eq!(packet_size(0), 2);
+        assert_eq!(packet_size(127), 129);
+        assert_eq!(packet_size(128), 131);
+        assert_eq!(packet_size(1021), 1024);
+        assert_eq!(packet_size(16_384), 16_388);
+    }
+
+    #[test]
+    fn remaining_limit_is_the_exact_inverse() {
+        for max in [64u32, 129, 130, 131, 1024, 16_386, 16_387, 16_388, 1 << 20, 268_435_460] {
+            let r = remaining_limit(max);
+            assert!(packet_size(r) <= u64::from(max), "{max}");
+            assert!(packet_size(r + 1) > u64::from(max), "{max}: {r} is not the largest");
         }
     }
 }

@@ -52,7 +52,7 @@ pub async fn normalize<F: Filter>(io: &Io<F>) -> io::Result<()> {
             tracing::info!(
                 peer = %super::display_peer(io.query::<ntex::io::types::PeerAddr>().get().map(|p| p.0)),
                 protocol = version,
-                "connection refused: empty client id with clean session 0 (CONNACK 0x02)"
+                "connection refused: client identifier not valid (empty client id with clean session 0)"
             );
             // CONNACK: type 2, remaining length 2, no session present, return code 2.
             io.encode_slice(&[0x20, 0x02, 0x00, 0x02])?;

@@ -108,11 +108,11 @@ pub async fn handshake(
         );
     };
     let max_packet = u32::try_from(limits.max_packet_size.as_u64()).unwrap_or(u32::MAX);
-    if h.packet_size() > max_packet {
+    if super::packet_size(h.packet_size()) > u64::from(max_packet) {
         // v3 has no CONNACK code for this: close without one, as Mosquitto does.
         let reason = format!(
             "CONNECT of {} bytes exceeds limits.max_packet_size ({max_packet} bytes)",
-            h.packet_size()
+            super::packet_size(h.packet_size())
         );
         tracing::warn!(client_id = %client_id, peer = %display_peer(peer), "{reason}");
         refused(&reason);
@@ -190,7 +190,7 @@ pub async fn handshake(
         },
     };
     let ack = h.ack(state, connected.session_present).idle_timeout(timeout);
-    Ok(match NonZeroU32::new(max_packet) {
+    Ok(match NonZeroU32::new(super::remaining_limit(max_packet)) {
         Some(max) => ack.max_packet_size(max),
         None => ack,
     })
@@ -258,7 +258,8 @@ impl<S> Middleware<S, (SharedCfg, v3::Session<ConnV3>)> for Inbound {
             conn.generation,
             conn.signal.clone(),
         ));
-        InboundService { inner, session, codec: codec::Codec::default() }
+        let max_packet = conn.broker.config().limits.max_packet_size.as_u64();
+        InboundService { inner, session, codec: codec::Codec::default(), max_packet }
     }
 }
 
@@ -267,6 +268,7 @@ pub struct InboundService<S> {
     inner: S,
     session: v3::Session<ConnV3>,
     codec: codec::Codec,
+    max_packet: u64,
 }
 
 type Res<E> = Result<Option<codec::Encoded>, DispatcherError<E>>;
@@ -284,6 +286,20 @@ where
 
     async fn call(&self, req: codec::Decoded, ctx: ServiceCtx<'_, Self>) -> Res<E> {
         let conn = &*self.session;
+        if let codec::Decoded::Publish(_, _, size) | codec::Decoded::Packet(_, size) = &req
+            && super::packet_size(*size) > self.max_packet
+        {
+            // ntex-mqtt bounds the Remaining Length; the limit is on the whole packet.
+            let reason = format!(
+                "packet of {} bytes exceeds limits.max_packet_size ({} bytes)",
+                super::packet_size(*size),
+                self.max_packet
+            );
+            tracing::warn!(client_id = %conn.client_id, "{reason}; disconnecting");
+            conn.set_close_reason(format!("packet too large: {reason}"));
+            self.session.sink().close();
+            return Ok(None);
+        }
         match req {
             codec::Decoded::Publish(pkt, payload, size) => self.on_publish(pkt, payload, size),
             codec::Decoded::PayloadChunk(..) => {

@@ -139,10 +139,10 @@ pub async fn handshake(
         tracing::info!(client_id = %client_id, peer = %display_peer(peer), protocol = "5.0", "connection refused: {reason}");
     };
     let max_packet = u32::try_from(limits.max_packet_size.as_u64()).unwrap_or(u32::MAX);
-    if h.packet_size() > max_packet {
+    if super::packet_size(h.packet_size()) > u64::from(max_packet) {
         let reason = format!(
             "CONNECT of {} bytes exceeds limits.max_packet_size ({max_packet} bytes)",
-            h.packet_size()
+            super::packet_size(h.packet_size())
         );
         tracing::warn!(client_id = %client_id, peer = %display_peer(peer), "{reason}");
         refused(&reason);
@@ -248,12 +248,37 @@ pub fn control() -> impl ServiceFactory<
 > {
     fn_factory_with_config(async |session: v5::Session<ConnV5>| {
         Ok(fn_service(move |msg: Control<FrontendError>| {
-            if let Control::Stop(reason) = &msg {
-                session.set_close_reason(stop_reason(reason, &session.client_id));
-            }
-            async { Ok(None) }
+            let reply = match &msg {
+                Control::Stop(reason) => {
+                    session.set_close_reason(stop_reason(reason, &session.client_id));
+                    protocol_error_disconnect(reason)
+                }
+                Control::WrBackpressure(_) => None,
+            };
+            async move { Ok(reply) }
         }))
     })
+}
+
+/// The DISCONNECT for a protocol error, with the spec's reason code and the error as reason
+/// string (ntex-mqtt's default answers most decode errors with 0x83).
+fn protocol_error_disconnect(reason: &Reason<FrontendError>) -> Option<codec::Encoded> {
+    use ntex_mqtt::error::DecodeError;
+    let Reason::Protocol(err) = reason else { return None };
+    let err = err.get_ref();
+    let code = match err {
+        ProtocolError::Decode(DecodeError::MaxSizeExceeded { .. }) => {
+            codec::DisconnectReasonCode::PacketTooLarge
+        }
+        ProtocolError::Decode(_) => codec::DisconnectReasonCode::MalformedPacket,
+        ProtocolError::KeepAliveTimeout => codec::DisconnectReasonCode::KeepAliveTimeout,
+        ProtocolError::ProtocolViolation(v) => v.reason(),
+        ProtocolError::Encode(_) | ProtocolError::ReadTimeout => {
+            codec::DisconnectReasonCode::ImplementationSpecificError
+        }
+    };
+    let disconnect = codec::Disconnect::new(code).reason_string(Some(ByteString::from(err.to_string())));
+    Some(codec::Encoded::Packet(codec::Packet::Disconnect(disconnect)))
 }
 
 /// Human-readable reason for a stopped connection; oversized packets are logged as warnings.
@@ -337,11 +362,13 @@ impl<S> Middleware<S, (SharedCfg, v5::Session<ConnV5>)> for Inbound {
             conn.generation,
             conn.signal.clone(),
         ));
+        let max_packet = conn.broker.config().limits.max_packet_size.as_u64();
         InboundService {
             inner,
             session,
             codec: codec::Codec::new(),
             aliases: RefCell::new(FxHashMap::default()),
+            max_packet,
         }
     }
 }
@@ -353,6 +380,8 @@ pub struct InboundService<S> {
     codec: codec::Codec,
     /// Topic aliases the client set (Topic Alias → topic).
     aliases: RefCell<FxHashMap<u16, ByteString>>,
+    /// `limits.max_packet_size`, checked on the whole packet.
+    max_packet: u64,
 }
 
 type Res<E> = Result<Option<codec::Encoded>, DispatcherError<E>>;
@@ -369,6 +398,18 @@ where
     ntex::forward_shutdown!(inner);
 
     async fn call(&self, req: codec::Decoded, ctx: ServiceCtx<'_, Self>) -> Res<E> {
+        if let codec::Decoded::Publish(_, _, size) | codec::Decoded::Packet(_, size) = &req
+            && super::packet_size(*size) > self.max_packet
+        {
+            // ntex-mqtt bounds the Remaining Length; Maximum Packet Size is the whole packet.
+            let reason = format!(
+                "packet of {} bytes exceeds limits.max_packet_size ({} bytes)",
+                super::packet_size(*size),
+                self.max_packet
+            );
+            tracing::warn!(client_id = %self.session.client_id, "{reason}; disconnecting");
+            return self.disconnect(codec::DisconnectReasonCode::PacketTooLarge, &reason);
+        }
         match req {
             codec::Decoded::Publish(pkt, payload, size) => self.on_publish(pkt, payload, size),
             codec::Decoded::PayloadChunk(..) => {
@@ -689,9 +730,10 @@ impl Wire for Wire5 {
                     properties,
                 };
                 if let Some(max) = self.max_packet_size {
-                    // Measured with the full topic, before any alias is assigned.
-                    let size = self.sink.publish_pkt(pkt.clone()).size(message.payload.len());
-                    if size > max {
+                    // Measured with the full topic, before any alias is assigned. `size(0)`:
+                    // the builder already counts `payload_size` in the Remaining Length.
+                    let remaining = self.sink.publish_pkt(pkt.clone()).size(0);
+                    if super::packet_size(remaining) > u64::from(max) {
                         return Sent::TooLarge;
                     }
                 }
