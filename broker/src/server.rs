@@ -58,7 +58,8 @@ fn mqtt_config(config: &BrokerConfig) -> SharedCfg {
                 // CONNECT may be larger so the handshake can refuse it by name (CONNACK 0x95);
                 // the connection's limit is set to `max_packet` once CONNECT is accepted.
                 .set_max_size(max_packet.saturating_mul(2))
-                // Whole payloads: the core needs the complete message anyway.
+                // Payloads that arrive in pieces are reassembled by the front ends; big
+                // chunks keep the pieces few.
                 .set_min_chunk_size(max_packet)
                 .set_max_receive(limits.max_inflight)
                 .set_max_send(limits.max_inflight)

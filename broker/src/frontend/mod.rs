@@ -108,6 +108,65 @@ impl Drop for ConnState {
     }
 }
 
+/// Reassembles PUBLISH payloads that ntex-mqtt's codec delivers in pieces: when a packet has
+/// not fully arrived, the codec emits the header with part of the payload, then
+/// `PayloadChunk`s. Core calls need the whole message, and MQTT allows one PUBLISH in progress
+/// at a time per connection, so one slot suffices.
+pub(crate) struct PayloadAssembly<P> {
+    pending: RefCell<Option<Partial<P>>>,
+}
+
+struct Partial<P> {
+    packet: P,
+    size: u32,
+    expected: usize,
+    payload: ntex::util::BytesMut,
+}
+
+impl<P> Default for PayloadAssembly<P> {
+    fn default() -> Self {
+        PayloadAssembly { pending: RefCell::new(None) }
+    }
+}
+
+impl<P> PayloadAssembly<P> {
+    /// A PUBLISH header with the payload received so far: returns the complete packet, or
+    /// keeps it until the rest arrives.
+    pub(crate) fn start(
+        &self,
+        packet: P,
+        payload: Bytes,
+        expected: usize,
+        size: u32,
+    ) -> Option<(P, Bytes, u32)> {
+        if payload.len() >= expected {
+            return Some((packet, payload, size));
+        }
+        let mut buf = ntex::util::BytesMut::with_capacity(expected);
+        buf.extend_from_slice(&payload);
+        *self.pending.borrow_mut() = Some(Partial { packet, size, expected, payload: buf });
+        None
+    }
+
+    /// The next piece of the pending payload; the complete packet once `eof`.
+    pub(crate) fn chunk(&self, chunk: &Bytes, eof: bool) -> Result<Option<(P, Bytes, u32)>, &'static str> {
+        let mut slot = self.pending.borrow_mut();
+        let Some(partial) = slot.as_mut() else { return Err("payload chunk without a PUBLISH") };
+        partial.payload.extend_from_slice(chunk);
+        if partial.payload.len() > partial.expected {
+            return Err("PUBLISH payload longer than announced");
+        }
+        if !eof {
+            return Ok(None);
+        }
+        let Some(done) = slot.take() else { return Err("payload chunk without a PUBLISH") };
+        if done.payload.len() != done.expected {
+            return Err("incomplete PUBLISH payload");
+        }
+        Ok(Some((done.packet, done.payload.freeze(), done.size)))
+    }
+}
+
 /// Size of a whole MQTT packet with this Remaining Length: the type byte, the variable-length
 /// Remaining Length itself, and the rest. ntex-mqtt limits and reports the Remaining Length;
 /// MQTT 5.0 §3.1.2.11.4 defines Maximum Packet Size as the whole packet.
@@ -212,6 +271,24 @@ impl ConnState {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn payloads_are_reassembled_from_chunks() {
+        let a: PayloadAssembly<&str> = PayloadAssembly::default();
+        assert_eq!(
+            a.start("whole", Bytes::from_static(b"abc"), 3, 9),
+            Some(("whole", Bytes::from_static(b"abc"), 9))
+        );
+        assert!(a.start("split", Bytes::from_static(b"ab"), 6, 12).is_none());
+        assert_eq!(a.chunk(&Bytes::from_static(b"cd"), false), Ok(None));
+        assert_eq!(
+            a.chunk(&Bytes::from_static(b"ef"), true),
+            Ok(Some(("split", Bytes::from_static(b"abcdef"), 12)))
+        );
+        assert!(a.chunk(&Bytes::from_static(b"x"), true).is_err(), "no PUBLISH pending");
+        assert!(a.start("short", Bytes::new(), 4, 6).is_none());
+        assert!(a.chunk(&Bytes::from_static(b"xy"), true).is_err(), "eof before the announced size");
+    }
 
     #[test]
     fn packet_size_counts_the_fixed_header() {

@@ -259,7 +259,13 @@ impl<S> Middleware<S, (SharedCfg, v3::Session<ConnV3>)> for Inbound {
             conn.signal.clone(),
         ));
         let max_packet = conn.broker.config().limits.max_packet_size.as_u64();
-        InboundService { inner, session, codec: codec::Codec::default(), max_packet }
+        InboundService {
+            inner,
+            session,
+            codec: codec::Codec::default(),
+            max_packet,
+            assembly: super::PayloadAssembly::default(),
+        }
     }
 }
 
@@ -269,6 +275,8 @@ pub struct InboundService<S> {
     session: v3::Session<ConnV3>,
     codec: codec::Codec,
     max_packet: u64,
+    /// PUBLISH whose payload is still arriving.
+    assembly: super::PayloadAssembly<codec::Publish>,
 }
 
 type Res<E> = Result<Option<codec::Encoded>, DispatcherError<E>>;
@@ -301,10 +309,18 @@ where
             return Ok(None);
         }
         match req {
-            codec::Decoded::Publish(pkt, payload, size) => self.on_publish(pkt, payload, size),
-            codec::Decoded::PayloadChunk(..) => {
-                Err(ProtocolError::generic_violation("unexpected payload chunk").into())
+            codec::Decoded::Publish(pkt, payload, size) => {
+                let expected = pkt.payload_size as usize;
+                match self.assembly.start(pkt, payload, expected, size) {
+                    Some((pkt, payload, size)) => self.on_publish(pkt, payload, size),
+                    None => Ok(None),
+                }
             }
+            codec::Decoded::PayloadChunk(chunk, eof) => match self.assembly.chunk(&chunk, eof) {
+                Ok(Some((pkt, payload, size))) => self.on_publish(pkt, payload, size),
+                Ok(None) => Ok(None),
+                Err(reason) => Err(ProtocolError::generic_violation(reason).into()),
+            },
             codec::Decoded::Packet(pkt, size) => match pkt {
                 codec::Packet::PublishAck { packet_id } => {
                     conn.session.lock().on_puback(packet_id.get());

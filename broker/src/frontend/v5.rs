@@ -369,6 +369,7 @@ impl<S> Middleware<S, (SharedCfg, v5::Session<ConnV5>)> for Inbound {
             codec: codec::Codec::new(),
             aliases: RefCell::new(FxHashMap::default()),
             max_packet,
+            assembly: super::PayloadAssembly::default(),
         }
     }
 }
@@ -382,6 +383,8 @@ pub struct InboundService<S> {
     aliases: RefCell<FxHashMap<u16, ByteString>>,
     /// `limits.max_packet_size`, checked on the whole packet.
     max_packet: u64,
+    /// PUBLISH whose payload is still arriving.
+    assembly: super::PayloadAssembly<codec::Publish>,
 }
 
 type Res<E> = Result<Option<codec::Encoded>, DispatcherError<E>>;
@@ -411,10 +414,18 @@ where
             return self.disconnect(codec::DisconnectReasonCode::PacketTooLarge, &reason);
         }
         match req {
-            codec::Decoded::Publish(pkt, payload, size) => self.on_publish(pkt, payload, size),
-            codec::Decoded::PayloadChunk(..) => {
-                Err(ProtocolError::generic_violation("unexpected payload chunk").into())
+            codec::Decoded::Publish(pkt, payload, size) => {
+                let expected = pkt.payload_size as usize;
+                match self.assembly.start(pkt, payload, expected, size) {
+                    Some((pkt, payload, size)) => self.on_publish(pkt, payload, size),
+                    None => Ok(None),
+                }
             }
+            codec::Decoded::PayloadChunk(chunk, eof) => match self.assembly.chunk(&chunk, eof) {
+                Ok(Some((pkt, payload, size))) => self.on_publish(pkt, payload, size),
+                Ok(None) => Ok(None),
+                Err(reason) => Err(ProtocolError::generic_violation(reason).into()),
+            },
             codec::Decoded::Packet(pkt, size) => match pkt {
                 codec::Packet::PublishAck(ack) => {
                     self.session.session.lock().on_puback(ack.packet_id.get());
