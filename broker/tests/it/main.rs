@@ -4,6 +4,7 @@
 mod cli;
 mod common;
 mod delayed;
+mod flow;
 mod limits;
 mod qos;
 mod raw;
