@@ -6,8 +6,9 @@ PYTHON_VENV  ?= $(HOME)/.cache/fleetmq-venv
 PYTHON       ?= $(PYTHON_VENV)/bin/python
 TARGET_DIR   := $(shell $(CARGO) metadata --format-version 1 --no-deps 2>/dev/null | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])' 2>/dev/null || echo target)
 BROKER_BIN   := $(TARGET_DIR)/debug/fleetmq-broker
+OPERATOR_BIN := $(TARGET_DIR)/debug/fleetmq-operator
 
-.PHONY: run build test test-rust test-python lint fmt check-python-deps clean
+.PHONY: run build test test-rust test-python lint fmt check-python-deps clean crds
 
 ## run: build and start the broker on 127.0.0.1:1883 (anonymous, state under ./data)
 run:
@@ -30,12 +31,18 @@ test-rust:
 	$(CARGO) test --workspace
 
 test-python: check-python-deps
-	$(CARGO) build -p fleetmq-broker --bin fleetmq-broker
-	FLEETMQ_BROKER=$(BROKER_BIN) $(PYTHON) -m pytest -q tests/python
+	$(CARGO) build -p fleetmq-broker --bin fleetmq-broker -p fleetmq-operator --bin fleetmq-operator
+	FLEETMQ_BROKER=$(BROKER_BIN) FLEETMQ_OPERATOR=$(OPERATOR_BIN) $(PYTHON) -m pytest -q tests/python
+
+## crds: regenerate crds/ (one file per kind) from the operator's types; a test fails on drift
+crds:
+	$(CARGO) build -q -p fleetmq-operator --bin fleetmq-operator
+	rm -f crds/*.yaml
+	$(OPERATOR_BIN) crd --out-dir crds
 
 check-python-deps:
 	@command -v mosquitto_pub >/dev/null || { echo "mosquitto_pub missing: run .ci/run or 'apt-get install mosquitto-clients'"; exit 1; }
-	@$(PYTHON) -c 'import paho.mqtt, pytest, yaml' 2>/dev/null || { echo "Python test deps missing in $(PYTHON_VENV): run .ci/run (or python3 -m venv $(PYTHON_VENV) && $(PYTHON_VENV)/bin/pip install -r tests/requirements.txt)"; exit 1; }
+	@$(PYTHON) -c 'import paho.mqtt, pytest, yaml, jsonschema, kubernetes_validate' 2>/dev/null || { echo "Python test deps missing in $(PYTHON_VENV): run .ci/run (or python3 -m venv $(PYTHON_VENV) && $(PYTHON_VENV)/bin/pip install -r tests/requirements.txt)"; exit 1; }
 
 fmt:
 	$(CARGO) fmt --all

@@ -95,8 +95,9 @@ fn main() -> anyhow::Result<()> {
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
         anonymous = config.anonymous_allowed(),
+        persistence = config.storage.persistence,
         data_dir = %config.storage.data_dir.display(),
-        "starting FleetMQ broker (state kept in memory)"
+        "starting FleetMQ broker"
     );
     fleetmq_broker::server::run(config)
 }

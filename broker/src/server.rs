@@ -17,6 +17,7 @@ use ntex_mqtt::{MqttServer, MqttServiceConfig, QoS, v3, v5};
 use crate::core::Broker;
 use crate::core::sys;
 use crate::frontend::{FrontendError, ListenerContext, preamble};
+use crate::store::disk::DiskStore;
 
 /// How long a new connection may take to send CONNECT.
 const CONNECT_TIMEOUT: Seconds = Seconds(10);
@@ -153,34 +154,76 @@ pub async fn serve(
         tracing::warn!(remaining = broker.connected(), "shutdown timeout: closing remaining connections");
     }
     server.stop(true).await;
+    if let Err(err) = broker.store_barrier().await {
+        tracing::error!("final store sync failed: {err}");
+    }
     tracing::info!("broker stopped");
     Ok(())
 }
 
-/// Runs the broker in this thread until SIGTERM or SIGINT.
-pub fn run(config: BrokerConfig) -> anyhow::Result<()> {
-    let listeners = BoundListeners::bind(&config)?;
-    let broker = Broker::new(config);
-    ntex::rt::System::build()
-        .name("fleetmq")
-        .disable_signals()
-        .build(ntex::rt::DefaultRuntime)
-        .block_on(async move { serve(broker, listeners, wait_for_signal()).await })
+/// Creates the broker core: opens the durable store (when `storage.persistence` is on) and
+/// restores its state. A store that cannot be opened or read stops the broker with the path
+/// and the reason; it never silently starts empty.
+pub fn open_broker(config: BrokerConfig) -> anyhow::Result<Broker> {
+    if !config.storage.persistence {
+        tracing::info!("persistence off: sessions, queues and retained messages are kept in memory only");
+        return Ok(Broker::new(config));
+    }
+    let started = Instant::now();
+    let store = DiskStore::open(&config.storage).with_context(|| {
+        format!("cannot open the store in storage.data_dir {}", config.storage.data_dir.display())
+    })?;
+    let fsync = config.storage.fsync;
+    let broker = Broker::with_store(config, Box::new(store));
+    let recovered = broker.recover().context("cannot recover the stored state (the store may be damaged)")?;
+    tracing::info!(
+        retained = recovered.retained,
+        sessions = recovered.sessions,
+        messages = recovered.messages,
+        delayed = recovered.delayed,
+        fsync = ?fsync,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "store opened and state recovered"
+    );
+    Ok(broker)
 }
 
-async fn wait_for_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(err) => {
-            tracing::error!("cannot listen for SIGTERM: {err}");
-            std::future::pending::<()>().await;
-            return;
+/// Runs the broker in this thread until SIGTERM or SIGINT.
+pub fn run(config: BrokerConfig) -> anyhow::Result<()> {
+    ntex::rt::System::build().name("fleetmq").disable_signals().build(ntex::rt::DefaultRuntime).block_on(
+        async move {
+            // Signal handlers first: a SIGTERM during a long recovery must still stop cleanly
+            // instead of killing the process with the default action.
+            let signals = Signals::install()?;
+            let broker = open_broker(config)?;
+            // Bound after recovery, so a port that accepts connections means a broker that is
+            // ready to serve them.
+            let listeners = BoundListeners::bind(broker.config())?;
+            serve(broker, listeners, signals.wait()).await
+        },
+    )
+}
+
+/// SIGTERM and SIGINT, registered before anything slow happens.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> anyhow::Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Signals {
+            term: signal(SignalKind::terminate()).context("cannot install the SIGTERM handler")?,
+            int: signal(SignalKind::interrupt()).context("cannot install the SIGINT handler")?,
+        })
+    }
+
+    async fn wait(mut self) {
+        tokio::select! {
+            _ = self.term.recv() => tracing::info!("SIGTERM received"),
+            _ = self.int.recv() => tracing::info!("SIGINT received"),
         }
-    };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM received"),
-        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
     }
 }
 
@@ -200,7 +243,7 @@ impl RunningBroker {
         config.validate()?;
         let listeners = BoundListeners::bind(&config)?;
         let addrs = listeners.addrs();
-        let broker = Broker::new(config);
+        let broker = open_broker(config)?;
         let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
         let core = broker.clone();
         let thread = std::thread::Builder::new().name("fleetmq-broker".into()).spawn(move || {

@@ -25,6 +25,14 @@ def broker_binary() -> str:
     return str(target / "debug" / "fleetmq-broker")
 
 
+def operator_binary() -> str:
+    """The operator under test: $FLEETMQ_OPERATOR, else the cargo debug build."""
+    if os.environ.get("FLEETMQ_OPERATOR"):
+        return os.environ["FLEETMQ_OPERATOR"]
+    target = pathlib.Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target"))
+    return str(target / "debug" / "fleetmq-operator")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -55,12 +63,37 @@ def merge(base: dict, extra: dict) -> dict:
 class Broker:
     """A running broker process."""
 
-    def __init__(self, proc: subprocess.Popen, port: int, log_path: pathlib.Path, config_path: pathlib.Path):
+    def __init__(self, proc: subprocess.Popen, port: int, log_path: pathlib.Path, config_path: pathlib.Path,
+                 args: list[str] | None = None, registry: list | None = None):
         self.proc = proc
         self.port = port
         self.host = "127.0.0.1"
         self.log_path = log_path
         self.config_path = config_path
+        self.args = list(args or [])
+        # Every process started for this test (restarts included), killed at teardown.
+        self.registry = registry if registry is not None else []
+
+    def kill9(self) -> None:
+        """SIGKILL: the broker gets no chance to flush or shut down."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def restart(self) -> "Broker":
+        """Starts a new broker process with the same config, port and data dir (the old one
+        must have exited); returns it."""
+        assert self.proc.poll() is not None, "stop or kill the broker before restarting it"
+        n = sum(1 for b in self.registry if b.config_path == self.config_path)
+        log_path = self.log_path.with_name(f"{self.config_path.stem}-run{n}.log")
+        log = open(log_path, "w")
+        proc = subprocess.Popen([broker_binary(), "--config", str(self.config_path), *self.args],
+                                stdout=log, stderr=subprocess.STDOUT)
+        log.close()
+        broker = Broker(proc, self.port, log_path, self.config_path, self.args, self.registry)
+        self.registry.append(broker)
+        wait_for_port(self.port, proc)
+        return broker
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -144,7 +177,7 @@ def start_broker(tmp_path, request):
             stderr=subprocess.STDOUT,
         )
         log.close()  # the child has its own descriptor
-        broker = Broker(proc, port, log_path, config_path)
+        broker = Broker(proc, port, log_path, config_path, args, started)
         started.append(broker)
         wait_for_port(port, proc)
         return broker

@@ -330,6 +330,8 @@ class RawClient:
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.buf = b""
         self.next_id = 0
+        # Broker-initiated packets that arrived while waiting for an acknowledgement.
+        self.deferred: list[Packet] = []
 
     # -- plumbing
     def send(self, data: bytes) -> None:
@@ -352,6 +354,8 @@ class RawClient:
 
     def recv(self, timeout: float = 5.0) -> Packet:
         """The next packet; TimeoutError when none arrives, Closed when the socket closes."""
+        if self.deferred:
+            return self.deferred.pop(0)
         deadline = time.monotonic() + timeout
         while True:
             if len(self.buf) >= 2:
@@ -366,7 +370,23 @@ class RawClient:
             self._fill(deadline)
 
     def expect(self, ptype: int, timeout: float = 5.0) -> Packet:
-        p = self.recv(timeout)
+        """The next packet of `ptype`. While waiting for an acknowledgement, deliveries the
+        broker sends meanwhile (PUBLISH, PUBREL) are kept for later: MQTT does not order a
+        client's acknowledgements against its deliveries (with persistence the broker
+        acknowledges only once the message is on disk, but may deliver it already)."""
+        if ptype in (PUBACK, PUBREC, PUBCOMP, SUBACK, UNSUBACK):
+            kept: list[Packet] = []
+            deadline = time.monotonic() + timeout
+            try:
+                while True:
+                    p = self.recv(max(0.0, deadline - time.monotonic()))
+                    if p.type == ptype or p.type not in (PUBLISH, PUBREL):
+                        break
+                    kept.append(p)
+            finally:
+                self.deferred = kept + self.deferred
+        else:
+            p = self.recv(timeout)
         assert p.type == ptype, f"expected {NAMES[ptype]}, got {p!r}"
         return p
 

@@ -9,6 +9,7 @@
 //! [`BrokerConfig::validate`].
 
 mod rules;
+pub mod topic;
 mod units;
 
 use std::net::SocketAddr;
@@ -140,17 +141,44 @@ impl Listener {
     }
 }
 
+/// When a write counts as durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Fsync {
+    /// Acknowledge (PUBACK, PUBREC, SUBACK) only after the write is on disk; writes from all
+    /// connections are committed together (group commit).
+    #[default]
+    Always,
+    /// Acknowledge once written to the journal; the journal is synced every
+    /// `storage.fsync_interval`. A power loss or OS crash can lose that window; a broker crash
+    /// (`kill -9`) loses nothing.
+    Interval,
+}
+
 /// State storage.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Storage {
+    /// Keep sessions, queues, in-flight state, retained and delayed messages in an embedded
+    /// durable store under `data_dir`. `false` keeps everything in memory only.
+    pub persistence: bool,
     /// Directory for durable state. Default: `./data`.
     pub data_dir: PathBuf,
+    /// Durability policy.
+    pub fsync: Fsync,
+    /// Sync period for `fsync: interval`.
+    #[serde(serialize_with = "duration::serialize", deserialize_with = "rules::de_positive_duration")]
+    pub fsync_interval: Duration,
 }
 
 impl Default for Storage {
     fn default() -> Self {
-        Storage { data_dir: PathBuf::from("./data") }
+        Storage {
+            persistence: true,
+            data_dir: PathBuf::from("./data"),
+            fsync: Fsync::Always,
+            fsync_interval: Duration::from_millis(50),
+        }
     }
 }
 
@@ -194,6 +222,11 @@ pub struct Limits {
     pub max_topic_levels: u16,
     /// Topic aliases a v5 client may use towards the broker (Topic Alias Maximum).
     pub max_topic_alias: u16,
+    /// Topic filters whose messages are conflated for offline sessions: a newly queued message
+    /// replaces the queued message of the same topic, so a reconnecting client gets only the
+    /// newest value per topic. Never applies to online delivery.
+    #[serde(deserialize_with = "rules::de_filters", skip_serializing_if = "Vec::is_empty")]
+    pub conflate: Vec<String>,
 }
 
 impl Default for Limits {
@@ -207,6 +240,7 @@ impl Default for Limits {
             max_keepalive: 65535,
             max_topic_levels: 128,
             max_topic_alias: 64,
+            conflate: Vec::new(),
         }
     }
 }
@@ -337,6 +371,10 @@ impl BrokerConfig {
         )?;
         check("sessions.max_session_expiry", rules::session_expiry(&self.sessions.max_session_expiry))?;
         check("server.shutdown_timeout", rules::positive_duration(&self.server.shutdown_timeout))?;
+        check("storage.fsync_interval", rules::positive_duration(&self.storage.fsync_interval))?;
+        for (i, filter) in self.limits.conflate.iter().enumerate() {
+            check(&format!("limits.conflate[{i}]"), rules::filter(filter))?;
+        }
         check("log.level", rules::nonempty(&self.log.level))?;
         Ok(())
     }

@@ -48,6 +48,11 @@ pub(crate) fn nonempty(value: &str) -> Result<(), String> {
     if value.trim().is_empty() { Err("must not be empty".to_string()) } else { Ok(()) }
 }
 
+/// A valid topic filter (no `$share` prefix).
+pub(crate) fn filter(value: &str) -> Result<(), String> {
+    crate::topic::validate_filter(value, usize::MAX).map_err(|e| format!("{value:?}: {e}"))
+}
+
 /// At least one listener, named sensibly, no two on the same address. Errors name the
 /// offending element (`listeners[1].bind`).
 pub(crate) fn listeners(listeners: &[Listener]) -> Result<(), (String, String)> {
@@ -218,6 +223,26 @@ pub(crate) fn de_positive_duration<'de, D: Deserializer<'de>>(de: D) -> Result<D
 
 pub(crate) fn de_nonempty<'de, D: Deserializer<'de>>(de: D) -> Result<String, D::Error> {
     de.deserialize_string(Checked { inner: StringVisitor, rule: |s: &String| nonempty(s) })
+}
+
+/// A list of valid topic filters; checked per element inside the visitor (keeps positions).
+pub(crate) fn de_filters<'de, D: Deserializer<'de>>(de: D) -> Result<Vec<String>, D::Error> {
+    struct FiltersVisitor;
+    impl<'de> Visitor<'de> for FiltersVisitor {
+        type Value = Vec<String>;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a list of topic filters")
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+            let mut out: Vec<String> = Vec::new();
+            while let Some(value) = seq.next_element::<String>()? {
+                filter(&value).map_err(|reason| A::Error::custom(format!("[{}]: {reason}", out.len())))?;
+                out.push(value);
+            }
+            Ok(out)
+        }
+    }
+    de.deserialize_seq(FiltersVisitor)
 }
 
 /// Checks inside the sequence visitor, where the error still carries the position.

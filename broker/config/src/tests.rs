@@ -25,6 +25,9 @@ listeners:
     bind: 0.0.0.0:1884
 storage:
   data_dir: /var/lib/fleetmq
+  persistence: false
+  fsync: interval
+  fsync_interval: 20ms
 auth:
   allow_anonymous: true
 limits:
@@ -58,6 +61,20 @@ log:
     assert!(config.sys.interval.is_zero());
     assert_eq!(config.server.shutdown_timeout, Duration::from_secs(90));
     assert_eq!(config.log.format, LogFormat::Json);
+    assert!(!config.storage.persistence);
+    assert_eq!(config.storage.fsync, Fsync::Interval);
+    assert_eq!(config.storage.fsync_interval, Duration::from_millis(20));
+}
+
+#[test]
+fn conflate_filters_are_validated() {
+    let ok = parse("limits:\n  conflate: ['sensors/+/temp', 'status/#']\n").unwrap();
+    assert_eq!(ok.limits.conflate, vec!["sensors/+/temp", "status/#"]);
+    let msg = parse("limits:\n  conflate:\n    - ok/+\n    - bad/#/x\n").unwrap_err().to_string();
+    assert!(msg.contains("limits.conflate") && msg.contains("[1]") && msg.contains("line 3"), "{msg}");
+    let mut c = BrokerConfig::default();
+    c.limits.conflate = vec!["a+".into()];
+    assert!(matches!(c.validate(), Err(ConfigError::Invalid { key, .. }) if key == "limits.conflate[0]"));
 }
 
 #[test]

@@ -15,13 +15,16 @@ use super::metrics::{DropReason, Metrics};
 use super::retained::Retained;
 use super::router::Router;
 use super::scheduler::{Job, Scheduler};
-use super::session::{ConnSignal, Enqueued, Expiry, Kick, QueueLimits, Session, Will};
+use super::session::{
+    BatchStats, ConnSignal, Enqueued, Expiry, Journal, Kick, Outgoing, Phase, QueueLimits, Restored, Session,
+    SessionState, Will,
+};
 use super::topic::{self, TopicError};
 use super::types::{
     ByteString, Bytes, Delivery, Message, ProtocolVersion, QoS, RetainHandling, SessionId,
     SubscriptionOptions, expiry_deadline,
 };
-use crate::store::{MemoryStore, Store};
+use crate::store::{Durable, MemoryStore, Op, SessionRecord, Store, StoreError};
 
 /// Settings the core reads on every connection, derived from the config once.
 #[derive(Debug, Clone)]
@@ -38,6 +41,8 @@ pub struct Settings {
     pub persistent_session_expiry: Option<Duration>,
     /// Cap on v5 Session Expiry Interval.
     pub max_session_expiry: Option<Duration>,
+    /// `limits.conflate` filters.
+    pub conflate: Vec<String>,
 }
 
 impl Settings {
@@ -55,6 +60,7 @@ impl Settings {
             },
             persistent_session_expiry: config.sessions.persistent_session_expiry,
             max_session_expiry: config.sessions.max_session_expiry,
+            conflate: limits.conflate.clone(),
         }
     }
 }
@@ -203,9 +209,74 @@ struct Inner {
     metrics: Metrics,
     store: Box<dyn Store>,
     session_ids: AtomicU64,
+    store_ids: AtomicU64,
+    delayed_seq: AtomicU64,
     generations: AtomicU64,
     shutting_down: AtomicBool,
     started: Instant,
+}
+
+/// Mirrors session changes into the store, for persistent sessions only.
+struct StoreJournal<'a> {
+    store: &'a dyn Store,
+    store_id: u64,
+    active: bool,
+    /// Something an acknowledgement must wait for was written.
+    wrote: bool,
+}
+
+impl Journal for StoreJournal<'_> {
+    fn queued(&mut self, seq: u64, delivery: &Delivery) {
+        if self.active {
+            self.store.submit(Op::QueuePut {
+                store_id: self.store_id,
+                seq,
+                delivery: delivery.clone(),
+                phase: None,
+            });
+            self.wrote = true;
+        }
+    }
+
+    fn released(&mut self, seq: u64, delivery: &Delivery) {
+        if self.active {
+            let phase = Some(Phase::AwaitPubcomp);
+            self.store.submit(Op::QueuePut {
+                store_id: self.store_id,
+                seq,
+                delivery: delivery.clone(),
+                phase,
+            });
+            self.wrote = true;
+        }
+    }
+
+    fn removed(&mut self, seq: u64) {
+        // Deletions need no barrier: a resurrected entry after a crash is only re-sent.
+        if self.active {
+            self.store.submit(Op::QueueDelete { store_id: self.store_id, seq });
+        }
+    }
+
+    fn inbound(&mut self, packet_id: u16, present: bool) {
+        if self.active {
+            self.store.submit(Op::Inbound { store_id: self.store_id, packet_id, present });
+            self.wrote |= present;
+        }
+    }
+}
+
+/// What recovery found at start.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Recovered {
+    /// Retained messages restored.
+    pub retained: usize,
+    /// Persistent sessions restored.
+    pub sessions: usize,
+    /// Queued or in-flight messages restored.
+    pub messages: usize,
+    /// Delayed publishes rescheduled.
+    pub delayed: usize,
 }
 
 /// Cheap-to-clone handle to the broker core, shared by all workers.
@@ -226,7 +297,7 @@ impl Broker {
         Self::with_store(config, Box::new(MemoryStore))
     }
 
-    /// A broker writing through `store`.
+    /// A broker writing through `store`. Call [`Broker::recover`] before serving clients.
     pub fn with_store(config: BrokerConfig, store: Box<dyn Store>) -> Self {
         let settings = Settings::from_config(&config);
         Broker {
@@ -240,6 +311,8 @@ impl Broker {
                 metrics: Metrics::default(),
                 store,
                 session_ids: AtomicU64::new(1),
+                store_ids: AtomicU64::new(1),
+                delayed_seq: AtomicU64::new(0),
                 generations: AtomicU64::new(1),
                 shutting_down: AtomicBool::new(false),
                 started: Instant::now(),
@@ -287,6 +360,16 @@ impl Broker {
         self.inner.scheduler.len()
     }
 
+    /// Bytes the durable store occupies on disk (0 without persistence).
+    pub fn store_size(&self) -> u64 {
+        self.inner.store.disk_size()
+    }
+
+    /// Resolves once every change submitted so far is durable.
+    pub fn store_barrier(&self) -> Durable {
+        self.inner.store.barrier()
+    }
+
     /// Whether shutdown has begun.
     pub fn is_shutting_down(&self) -> bool {
         self.inner.shutting_down.load(Ordering::Acquire)
@@ -295,6 +378,125 @@ impl Broker {
     /// Looks up a session by client id.
     pub fn session(&self, client_id: &str) -> Option<Arc<Session>> {
         self.inner.registry.lock(client_id).get(client_id).cloned()
+    }
+
+    /// A journal for `session` in its current state.
+    fn journal(&self, session: &Session, st: &SessionState) -> StoreJournal<'_> {
+        StoreJournal {
+            store: &*self.inner.store,
+            store_id: session.store_id,
+            active: self.inner.store.is_persistent() && st.expiry != Expiry::OnDisconnect,
+            wrote: false,
+        }
+    }
+
+    /// Writes the session's metadata when it is persistent.
+    fn persist_session(&self, session: &Session, st: &mut SessionState) -> bool {
+        if !self.inner.store.is_persistent() || st.expiry == Expiry::OnDisconnect || st.ended {
+            return false;
+        }
+        st.persisted = true;
+        self.inner.store.submit(Op::SessionPut(Box::new(SessionRecord {
+            store_id: session.store_id,
+            client_id: session.client_id.clone(),
+            expiry: st.expiry,
+            subscriptions: st.subscriptions.iter().map(|(f, o)| (f.clone(), *o)).collect(),
+            will: st.will.clone(),
+            disconnected_at: st.disconnected_at,
+        })));
+        true
+    }
+
+    /// Restores what the store kept: retained messages, persistent sessions with their
+    /// subscriptions, queues and in-flight state, wills and expiry timers, and delayed
+    /// publishes. Expired data is dropped. Sessions whose clients were connected when the
+    /// broker stopped count as disconnected now; their wills are not published (the broker,
+    /// not the client, went away).
+    pub fn recover(&self) -> Result<Recovered, StoreError> {
+        let inner = &*self.inner;
+        let loaded = inner.store.load()?;
+        let mut stats = Recovered { retained: loaded.retained.len(), ..Recovered::default() };
+        for message in loaded.retained {
+            inner.retained.set(Arc::new(message));
+        }
+        let now = Instant::now();
+        let wall = SystemTime::now();
+        let mut max_store_id = 0;
+        let mut to_end = Vec::new();
+        let mut wills_due = Vec::new();
+        for loaded in loaded.sessions {
+            let record = loaded.record;
+            max_store_id = max_store_id.max(record.store_id);
+            stats.sessions += 1;
+            stats.messages += loaded.deliveries.len();
+            let id = inner.session_ids.fetch_add(1, Ordering::Relaxed);
+            let session = Arc::new(Session::new(
+                id,
+                record.store_id,
+                record.client_id.clone(),
+                record.expiry,
+                inner.settings.queue,
+            ));
+            let gone_for = record.disconnected_at.map(|at| wall.duration_since(at).unwrap_or_default());
+            {
+                let mut st = session.lock();
+                st.restore(Restored { deliveries: loaded.deliveries, inbound: loaded.inbound });
+                st.persisted = true;
+                st.disconnected_at = Some(record.disconnected_at.unwrap_or(wall));
+                // A will only survives if its connection had already ended abnormally.
+                st.will = record.will.filter(|_| gone_for.is_some());
+                for (raw, options) in &record.subscriptions {
+                    st.subscriptions.insert(raw.clone(), *options);
+                }
+            }
+            for (raw, options) in &record.subscriptions {
+                match topic::parse_subscription(raw, usize::MAX) {
+                    Ok(filter) => {
+                        inner.router.subscribe(&session, &filter, *options);
+                    }
+                    Err(err) => {
+                        tracing::warn!(client_id = %record.client_id, "stored subscription {raw} dropped: {err}")
+                    }
+                }
+            }
+            inner.registry.lock(&record.client_id).insert(record.client_id.clone(), session.clone());
+            let gone_for = gone_for.unwrap_or_default();
+            if let Expiry::After(d) = record.expiry {
+                match d.checked_sub(gone_for) {
+                    Some(left) if !left.is_zero() => {
+                        inner
+                            .scheduler
+                            .schedule(now + left, Job::Expire { session: session.clone(), generation: 0 });
+                    }
+                    _ => to_end.push(session.clone()),
+                }
+            }
+            let delay = session.lock().will.as_ref().map(|w| w.delay);
+            if let Some(delay) = delay {
+                match delay.checked_sub(gone_for) {
+                    Some(left) if !left.is_zero() => inner
+                        .scheduler
+                        .schedule(now + left, Job::Will { session: session.clone(), generation: 0 }),
+                    _ => wills_due.push(session.clone()),
+                }
+            }
+        }
+        inner.store_ids.store(max_store_id + 1, Ordering::Relaxed);
+        for session in wills_due {
+            self.fire_will(&session, 0);
+        }
+        for session in to_end {
+            self.end_session(&session, Some(0));
+        }
+        let mut max_delayed_seq = 0;
+        for (due, key, message) in loaded.delayed {
+            max_delayed_seq = max_delayed_seq.max(key.1);
+            let left = due.duration_since(wall).unwrap_or_default();
+            inner.scheduler.schedule(now + left, Job::Publish(message, Some(key)));
+            stats.delayed += 1;
+        }
+        inner.delayed_seq.store(max_delayed_seq + 1, Ordering::Relaxed);
+        Ok(stats)
     }
 
     fn authenticate(&self, req: &ConnectRequest) -> Result<(), ConnectError> {
@@ -342,17 +544,28 @@ impl Broker {
                         // unless it is delayed, in which case this reconnect cancels it.
                         will_now = st.will.take().filter(|w| w.delay.is_zero());
                     }
+                    let was_persisted = st.persisted;
                     st.attach(generation, signal.clone(), req.receive_max);
                     st.expiry = expiry;
                     st.will = req.will;
                     existing.set_online(true);
+                    if !self.persist_session(&existing, &mut st) && was_persisted {
+                        // Resumed with Session Expiry Interval 0: the stored copy must go.
+                        st.persisted = false;
+                        inner.store.submit(Op::SessionDelete {
+                            client_id: client_id.clone(),
+                            store_id: existing.store_id,
+                        });
+                    }
                     drop(st);
                     (existing, true)
                 }
                 other => {
                     replaced = other;
                     let id = inner.session_ids.fetch_add(1, Ordering::Relaxed);
-                    let session = Arc::new(Session::new(id, client_id.clone(), expiry, inner.settings.queue));
+                    let store_id = inner.store_ids.fetch_add(1, Ordering::Relaxed);
+                    let session =
+                        Arc::new(Session::new(id, store_id, client_id.clone(), expiry, inner.settings.queue));
                     {
                         let mut st = session.lock();
                         st.attach(generation, signal.clone(), req.receive_max);
@@ -370,6 +583,11 @@ impl Broker {
             }
             old.lock().kick(Kick::TakenOver);
             self.end_session(&old, None);
+        }
+        if !present {
+            // After ending the old incarnation, so its deletion cannot overtake this write.
+            let mut st = session.lock();
+            self.persist_session(&session, &mut st);
         }
         if let Some(will) = will_now {
             self.publish_will(will, session.id);
@@ -409,6 +627,7 @@ impl Broker {
                 // Clients are being disconnected by us, not failing: no wills.
                 st.will = None;
             }
+            self.persist_session(session, &mut st);
             (st.expiry, st.will.as_ref().map(|w| w.delay))
         };
         if expiry == Expiry::OnDisconnect {
@@ -437,7 +656,11 @@ impl Broker {
             if st.ended || st.attachment.is_some() || st.last_generation != generation {
                 return;
             }
-            st.will.take()
+            let will = st.will.take();
+            if will.is_some() {
+                self.persist_session(session, &mut st);
+            }
+            will
         };
         if let Some(will) = will {
             self.publish_will(will, session.id);
@@ -469,6 +692,12 @@ impl Broker {
                 return false;
             }
             st.ended = true;
+            if st.persisted {
+                inner.store.submit(Op::SessionDelete {
+                    client_id: session.client_id.clone(),
+                    store_id: session.store_id,
+                });
+            }
             let filters: Vec<ByteString> = st.subscriptions.drain().map(|(filter, _)| filter).collect();
             st.clear();
             let will = st.will.take();
@@ -490,50 +719,67 @@ impl Broker {
     }
 
     /// Publishes a client's message: validates the topic, handles `$delayed/`, stores or
-    /// clears retained state and routes it.
-    pub fn publish(&self, message: Message) -> Result<Published, PublishError> {
-        let max_levels = self.inner.settings.max_topic_levels;
+    /// clears retained state and routes it. The returned [`Durable`] completes once every
+    /// stored effect (queued copies for persistent sessions, retained state, the delayed
+    /// message) is durable; the acknowledgement to the publisher waits for it.
+    pub fn publish(&self, message: Message) -> Result<(Published, Durable), PublishError> {
+        let inner = &*self.inner;
+        let max_levels = inner.settings.max_topic_levels;
         if let Some(delayed) = topic::parse_delayed(&message.topic, max_levels) {
             let (delay, target) = delayed?;
             let mut message = message;
             message.topic = target;
             tracing::debug!(topic = %message.topic, delay, "delayed publish scheduled");
-            self.inner
-                .scheduler
-                .schedule(Instant::now() + Duration::from_secs(u64::from(delay)), Job::Publish(message));
-            return Ok(Published::Delayed);
+            let delay = Duration::from_secs(u64::from(delay));
+            let key = inner.store.is_persistent().then(|| {
+                let due = SystemTime::now() + delay;
+                let key = (crate::store::unix_ms(due), inner.delayed_seq.fetch_add(1, Ordering::Relaxed));
+                inner.store.submit(Op::DelayedPut(key, due, Box::new(message.clone())));
+                key
+            });
+            inner.scheduler.schedule(Instant::now() + delay, Job::Publish(message, key));
+            let durable = if key.is_some() { inner.store.barrier() } else { Durable::ready() };
+            return Ok((Published::Delayed, durable));
         }
         topic::validate_topic_name(&message.topic, max_levels)?;
         if message.topic.starts_with("$SYS") {
             return Err(PublishError::NotAuthorized);
         }
-        Ok(Published::Routed { matched: self.dispatch(Arc::new(message)) })
+        let (matched, wrote) = self.dispatch(Arc::new(message));
+        let durable = if wrote { inner.store.barrier() } else { Durable::ready() };
+        Ok((Published::Routed { matched }, durable))
     }
 
     /// Publishes a broker-originated message (e.g. `$SYS`), bypassing client checks. Returns
     /// the number of sessions it matched.
     pub fn publish_internal(&self, message: Message) -> usize {
-        self.dispatch(Arc::new(message))
+        self.dispatch(Arc::new(message)).0
     }
 
-    fn dispatch(&self, message: Arc<Message>) -> usize {
+    /// Routes a message; returns the sessions matched and whether anything was written to the
+    /// store.
+    fn dispatch(&self, message: Arc<Message>) -> (usize, bool) {
         let inner = &*self.inner;
-        if message.retain && inner.retained.set(message.clone()) {
-            let stored = if message.payload.is_empty() {
-                inner.store.retained_remove(&message.topic)
+        let mut wrote = false;
+        if message.retain && inner.retained.set(message.clone()) && inner.store.is_persistent() {
+            inner.store.submit(if message.payload.is_empty() {
+                Op::RetainedClear(message.topic.clone())
             } else {
-                inner.store.retained_set(&message)
-            };
-            if let Err(err) = stored {
-                tracing::error!(topic = %message.topic, error = %err, "failed to persist retained message");
-            }
+                Op::RetainedSet(message.clone())
+            });
+            wrote = true;
         }
+        let conflate = !inner.settings.conflate.is_empty()
+            && inner.settings.conflate.iter().any(|f| topic::matches(f, &message.topic));
         let mut matched = 0;
         inner.router.route(&message, |session, delivery| {
             matched += 1;
-            let outcome = session.lock().enqueue(delivery);
+            let mut st = session.lock();
+            let mut journal = self.journal(session, &st);
+            let outcome = st.enqueue(delivery, conflate, &mut journal);
+            wrote |= journal.wrote;
             match outcome {
-                Enqueued::Wake | Enqueued::Queued => {}
+                Enqueued::Wake | Enqueued::Queued | Enqueued::Conflated => {}
                 Enqueued::Overflow { queued, evicted } => {
                     inner.metrics.dropped(DropReason::QueueFull, u64::from(evicted) + u64::from(!queued));
                     tracing::debug!(client_id = %session.client_id, "queue full, message dropped");
@@ -541,21 +787,22 @@ impl Broker {
                 Enqueued::SkippedOffline | Enqueued::SessionEnded => {}
             }
         });
-        matched
+        (matched, wrote)
     }
 
-    /// Adds subscriptions. Returns, per request, the granted QoS or why it was refused, and
-    /// the retained messages to send after the SUBACK (Retain Handling applied; none for
-    /// shared subscriptions).
+    /// Adds subscriptions. Returns, per request, the granted QoS or why it was refused, the
+    /// retained messages to send after the SUBACK (Retain Handling applied; none for shared
+    /// subscriptions), and the durability of the stored subscriptions (the SUBACK waits).
     pub fn subscribe(
         &self,
         session: &Arc<Session>,
         requests: &[SubscribeRequest],
-    ) -> (Vec<Result<QoS, TopicError>>, Vec<Delivery>) {
+    ) -> (Vec<Result<QoS, TopicError>>, Vec<Delivery>, Durable) {
         let inner = &*self.inner;
         let mut results = Vec::with_capacity(requests.len());
         let mut retained = Vec::new();
         let now = Instant::now();
+        let mut changed = false;
         for req in requests {
             let filter = match topic::parse_subscription(&req.filter, inner.settings.max_topic_levels) {
                 Ok(filter) => filter,
@@ -572,6 +819,7 @@ impl Broker {
                 }
                 st.subscriptions.insert(req.filter.clone(), req.options).is_some()
             };
+            changed = true;
             inner.router.subscribe(session, &filter, req.options);
             let send_retained = filter.group.is_none()
                 && match req.options.retain_handling {
@@ -591,7 +839,12 @@ impl Broker {
             }
             results.push(Ok(req.options.qos));
         }
-        (results, retained)
+        let durable = if changed && self.persist_session(session, &mut session.lock()) {
+            inner.store.barrier()
+        } else {
+            Durable::ready()
+        };
+        (results, retained, durable)
     }
 
     /// Queues retained messages found by [`Broker::subscribe`], once the SUBACK is out.
@@ -601,7 +854,8 @@ impl Broker {
         }
         let mut st = session.lock();
         for delivery in deliveries {
-            if let Enqueued::Overflow { queued, evicted } = st.enqueue(delivery) {
+            let mut journal = self.journal(session, &st);
+            if let Enqueued::Overflow { queued, evicted } = st.enqueue(delivery, false, &mut journal) {
                 self.inner.metrics.dropped(DropReason::QueueFull, u64::from(evicted) + u64::from(!queued));
             }
         }
@@ -613,7 +867,7 @@ impl Broker {
         session: &Arc<Session>,
         filters: &[ByteString],
     ) -> Vec<Result<bool, TopicError>> {
-        filters
+        let results: Vec<_> = filters
             .iter()
             .map(|raw| {
                 let filter = topic::parse_subscription(raw, self.inner.settings.max_topic_levels)?;
@@ -623,7 +877,79 @@ impl Broker {
                 }
                 Ok(existed)
             })
-            .collect()
+            .collect();
+        if results.iter().any(|r| matches!(r, Ok(true))) {
+            self.persist_session(session, &mut session.lock());
+        }
+        results
+    }
+
+    /// Takes the next batch for a connection's writer (see [`SessionState::next_batch`]).
+    pub fn next_batch(
+        &self,
+        session: &Session,
+        generation: u64,
+        max: usize,
+        out: &mut Vec<Outgoing>,
+    ) -> BatchStats {
+        let mut st = session.lock();
+        let mut journal = self.journal(session, &st);
+        st.next_batch(generation, true, max, Instant::now(), out, &mut journal)
+    }
+
+    /// PUBACK from the client.
+    pub fn puback(&self, session: &Session, packet_id: u16) {
+        let mut st = session.lock();
+        let mut journal = self.journal(session, &st);
+        st.on_puback(packet_id, &mut journal);
+    }
+
+    /// PUBREC from the client: returns whether the id was known, and the durability of the
+    /// recorded release (the PUBREL waits for it, so a restart re-sends PUBREL, not PUBLISH).
+    pub fn pubrec(&self, session: &Session, packet_id: u16, generation: u64) -> (bool, Durable) {
+        let mut st = session.lock();
+        let mut journal = self.journal(session, &st);
+        let known = st.on_pubrec(packet_id, generation, &mut journal);
+        let durable = if journal.wrote { self.inner.store.barrier() } else { Durable::ready() };
+        (known, durable)
+    }
+
+    /// PUBREC with an error reason (v5).
+    pub fn pubrec_failed(&self, session: &Session, packet_id: u16) {
+        let mut st = session.lock();
+        let mut journal = self.journal(session, &st);
+        st.on_pubrec_failed(packet_id, &mut journal);
+    }
+
+    /// PUBCOMP from the client.
+    pub fn pubcomp(&self, session: &Session, packet_id: u16) {
+        let mut st = session.lock();
+        let mut journal = self.journal(session, &st);
+        st.on_pubcomp(packet_id, &mut journal);
+    }
+
+    /// Drops an in-flight message the connection could not send.
+    pub fn discard(&self, session: &Session, packet_id: u16) {
+        let mut st = session.lock();
+        let mut journal = self.journal(session, &st);
+        st.discard_inflight(packet_id, &mut journal);
+    }
+
+    /// Inbound QoS 2 PUBLISH: whether to route it (see
+    /// [`SessionState::begin_inbound_qos2`]); the id is stored for persistent sessions and
+    /// covered by the publish's durability barrier.
+    pub fn inbound_qos2(&self, session: &Session, packet_id: u16, dup: bool) -> (bool, bool) {
+        let mut st = session.lock();
+        let mut journal = self.journal(session, &st);
+        let route = st.begin_inbound_qos2(packet_id, dup, &mut journal);
+        (route, journal.wrote)
+    }
+
+    /// Inbound PUBREL: whether the id was known.
+    pub fn release_inbound_qos2(&self, session: &Session, packet_id: u16) -> bool {
+        let mut st = session.lock();
+        let mut journal = self.journal(session, &st);
+        st.release_inbound_qos2(packet_id, &mut journal)
     }
 
     /// Runs due timers until the process ends. Spawn once per broker.
@@ -631,8 +957,11 @@ impl Broker {
         self.inner
             .scheduler
             .run(|job| match job {
-                Job::Publish(message) => {
+                Job::Publish(message, key) => {
                     self.dispatch(Arc::new(message));
+                    if let Some(key) = key {
+                        self.inner.store.submit(Op::DelayedDelete(key));
+                    }
                 }
                 Job::Will { session, generation } => self.fire_will(&session, generation),
                 Job::Expire { session, generation } => {
@@ -644,11 +973,22 @@ impl Broker {
             .await;
     }
 
-    /// Periodic housekeeping (expired retained messages).
+    /// Periodic housekeeping: expired retained messages, and expired messages queued for
+    /// offline sessions (so they leave memory and disk without waiting for a reconnect).
     pub fn housekeeping(&self) {
-        let purged = self.inner.retained.purge_expired(Instant::now());
+        let now = Instant::now();
+        let purged = self.inner.retained.purge_expired(now);
         if purged > 0 {
             tracing::debug!(purged, "expired retained messages removed");
+        }
+        let mut dropped = 0;
+        for session in self.inner.registry.all() {
+            let mut st = session.lock();
+            let mut journal = self.journal(&session, &st);
+            dropped += st.drop_expired(now, &mut journal);
+        }
+        if dropped > 0 {
+            self.inner.metrics.dropped(DropReason::Expired, u64::from(dropped));
         }
     }
 

@@ -133,6 +133,7 @@ mod tests {
     fn session(id: u64) -> Arc<Session> {
         let s = Arc::new(Session::new(
             id,
+            id,
             ByteString::from(format!("c{id}")),
             Expiry::Never,
             QueueLimits { max_messages: 10, max_bytes: 0, max_inflight: 10 },

@@ -19,8 +19,8 @@ use super::types::Message;
 /// A unit of timed work.
 #[derive(Debug)]
 pub enum Job {
-    /// Publish a `$delayed` message.
-    Publish(Message),
+    /// Publish a `$delayed` message (with its store key when it is persisted).
+    Publish(Message, Option<crate::store::DelayedKey>),
     /// Publish the will of a session whose connection ended with a Will Delay Interval.
     Will {
         /// The session holding the will.
@@ -136,12 +136,12 @@ mod tests {
     use crate::core::types::QoS;
 
     fn publish(topic: &str) -> Job {
-        Job::Publish(Message::new(topic.to_string(), "", QoS::AtMostOnce, false))
+        Job::Publish(Message::new(topic.to_string(), "", QoS::AtMostOnce, false), None)
     }
 
     fn topic(job: &Job) -> String {
         match job {
-            Job::Publish(m) => m.topic.to_string(),
+            Job::Publish(m, _) => m.topic.to_string(),
             _ => unreachable!(),
         }
     }

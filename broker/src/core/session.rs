@@ -150,9 +150,30 @@ pub enum Phase {
     AwaitPubcomp,
 }
 
+/// The packet id of the message with sequence number `seq`. Deriving it (instead of
+/// allocating) means a restarted broker re-sends a message with the id it had before, without
+/// writing every assignment to disk. Two messages in flight at once collide only if their
+/// sequence numbers are 65535 apart; the writer then waits for the older one.
+pub fn packet_id_of(seq: u64) -> u16 {
+    (seq % 65_535) as u16 + 1
+}
+
+/// A delivery waiting in the session queue.
+#[derive(Debug, Clone)]
+pub struct Queued {
+    /// Per-session sequence number (the store key, and the packet id's source).
+    pub seq: u64,
+    /// The message and per-subscriber flags.
+    pub delivery: Delivery,
+    /// May have been sent before a broker restart: send with DUP.
+    pub maybe_sent: bool,
+}
+
 /// An outbound QoS 1/2 message that has a packet id.
 #[derive(Debug, Clone)]
 pub struct Inflight {
+    /// Per-session sequence number.
+    pub seq: u64,
     /// Packet identifier.
     pub packet_id: u16,
     /// What is being delivered.
@@ -190,6 +211,8 @@ pub enum Enqueued {
     Wake,
     /// Queued; the writer is already busy (or there is none).
     Queued,
+    /// Queued in place of an older queued message of the same topic (conflation).
+    Conflated,
     /// Not queued: QoS 0 for an offline session (not kept, as in Mosquitto).
     SkippedOffline,
     /// Dropped: the session ended.
@@ -211,6 +234,41 @@ pub struct BatchStats {
     pub expired: u32,
 }
 
+/// Changes a durable store must mirror, reported in order while the session lock is held.
+/// Only QoS 1/2 deliveries are reported (QoS 0 is never stored). The broker passes a journal
+/// that writes to the store for persistent sessions, and [`NoJournal`] otherwise.
+pub trait Journal {
+    /// A delivery entered the queue.
+    fn queued(&mut self, seq: u64, delivery: &Delivery);
+    /// A QoS 2 delivery's PUBREC arrived: it only needs its PUBREL now.
+    fn released(&mut self, seq: u64, delivery: &Delivery);
+    /// A delivery left for good (acknowledged, expired, evicted, replaced, discarded).
+    fn removed(&mut self, seq: u64);
+    /// An inbound QoS 2 packet id was recorded (`true`) or released (`false`).
+    fn inbound(&mut self, packet_id: u16, present: bool);
+}
+
+/// A journal that records nothing (in-memory sessions).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct NoJournal;
+
+impl Journal for NoJournal {
+    fn queued(&mut self, _: u64, _: &Delivery) {}
+    fn released(&mut self, _: u64, _: &Delivery) {}
+    fn removed(&mut self, _: u64) {}
+    fn inbound(&mut self, _: u16, _: bool) {}
+}
+
+/// Stored state of a session, as loaded at start.
+#[derive(Debug, Default)]
+pub struct Restored {
+    /// Queued deliveries by sequence number, with the phase they had reached (only
+    /// `AwaitPubcomp` is recorded; earlier phases are re-sent from the queue).
+    pub deliveries: Vec<(u64, Delivery, Option<Phase>)>,
+    /// Inbound QoS 2 packet ids awaiting PUBREL.
+    pub inbound: Vec<u16>,
+}
+
 /// The mutable part of a session.
 #[derive(Debug)]
 pub struct SessionState {
@@ -226,16 +284,22 @@ pub struct SessionState {
     pub subscriptions: FxHashMap<ByteString, SubscriptionOptions>,
     /// The will of the current (or last) connection.
     pub will: Option<Will>,
+    /// When the last connection ended, if it has (persisted for expiry after a restart).
+    pub disconnected_at: Option<std::time::SystemTime>,
+    /// Metadata has been written to the store (so ending the session must delete it).
+    pub persisted: bool,
     limits: QueueLimits,
-    queue: VecDeque<Delivery>,
+    queue: VecDeque<Queued>,
     queued_bytes: usize,
     inflight: VecDeque<Inflight>,
     outbound_ids: FxHashSet<u16>,
     /// Inflight entries sent on the current connection (they use the client's window).
     sent_count: usize,
-    next_packet_id: u16,
+    next_seq: u64,
     /// Inbound QoS 2 packet ids received (PUBREC sent) and not yet released.
     inbound_qos2: FxHashSet<u16>,
+    /// Offline conflation: topic → sequence number of its queued message.
+    conflated: FxHashMap<ByteString, u64>,
 }
 
 impl SessionState {
@@ -247,20 +311,53 @@ impl SessionState {
             last_generation: 0,
             subscriptions: FxHashMap::default(),
             will: None,
+            disconnected_at: None,
+            persisted: false,
             limits,
             queue: VecDeque::new(),
             queued_bytes: 0,
             inflight: VecDeque::new(),
             outbound_ids: FxHashSet::default(),
             sent_count: 0,
-            next_packet_id: 0,
+            next_seq: 0,
             inbound_qos2: FxHashSet::default(),
+            conflated: FxHashMap::default(),
         }
+    }
+
+    /// Puts back what the store kept: messages with an outstanding PUBREL go in flight (their
+    /// PUBREL is re-sent), everything else is queued and sent with DUP set.
+    pub fn restore(&mut self, mut restored: Restored) {
+        restored.deliveries.sort_by_key(|(seq, _, _)| *seq);
+        for (seq, delivery, phase) in restored.deliveries {
+            self.next_seq = self.next_seq.max(seq + 1);
+            if phase == Some(Phase::AwaitPubcomp) {
+                let packet_id = packet_id_of(seq);
+                if self.outbound_ids.insert(packet_id) {
+                    self.inflight.push_back(Inflight {
+                        seq,
+                        packet_id,
+                        delivery,
+                        phase: Phase::AwaitPubcomp,
+                        sent_on: 0,
+                    });
+                }
+                continue;
+            }
+            self.queued_bytes += delivery.message.size();
+            self.queue.push_back(Queued { seq, delivery, maybe_sent: true });
+        }
+        self.inbound_qos2.extend(restored.inbound);
     }
 
     /// Messages waiting to be sent.
     pub fn queue_len(&self) -> usize {
         self.queue.len()
+    }
+
+    /// Queued deliveries, oldest first.
+    pub fn queued(&self) -> impl Iterator<Item = &Queued> {
+        self.queue.iter()
     }
 
     /// Outbound QoS 1/2 messages awaiting acknowledgement.
@@ -271,6 +368,11 @@ impl SessionState {
     /// In-flight entries, oldest first.
     pub fn inflight(&self) -> impl Iterator<Item = &Inflight> {
         self.inflight.iter()
+    }
+
+    /// Inbound QoS 2 packet ids awaiting PUBREL.
+    pub fn inbound_qos2(&self) -> impl Iterator<Item = u16> + '_ {
+        self.inbound_qos2.iter().copied()
     }
 
     /// Whether a connection with this generation is the one attached.
@@ -288,6 +390,9 @@ impl SessionState {
         });
         self.last_generation = generation;
         self.sent_count = 0;
+        self.disconnected_at = None;
+        // Conflation is for offline queues only.
+        self.conflated.clear();
     }
 
     /// Detaches the connection if it is still the attached one, and stops its writer.
@@ -296,6 +401,7 @@ impl SessionState {
             if let Some(a) = self.attachment.take() {
                 a.signal.kick(Kick::Detached);
             }
+            self.disconnected_at = Some(std::time::SystemTime::now());
             true
         } else {
             false
@@ -311,17 +417,39 @@ impl SessionState {
         self.sent_count = 0;
         self.inbound_qos2.clear();
         self.subscriptions.clear();
+        self.conflated.clear();
+    }
+
+    fn remove_queued(&mut self, seq: u64) -> Option<Queued> {
+        // The queue is ordered by sequence number.
+        let pos = self.queue.binary_search_by_key(&seq, |q| q.seq).ok()?;
+        let old = self.queue.remove(pos)?;
+        self.queued_bytes -= old.delivery.message.size();
+        Some(old)
     }
 
     /// Offers a delivery. Overflow policy when the queue is full (by count or bytes): evict
     /// the oldest queued QoS 0 message to make room; when none is left, drop the offered
-    /// message. Acknowledged QoS 1/2 messages are thus never evicted for newer traffic.
-    pub fn enqueue(&mut self, delivery: Delivery) -> Enqueued {
+    /// message. Acknowledged QoS 1/2 messages are thus never evicted for newer traffic. With
+    /// `conflate` (the topic matches `limits.conflate`) and no connection attached, the
+    /// message replaces the queued message of the same topic instead.
+    pub fn enqueue(&mut self, delivery: Delivery, conflate: bool, journal: &mut impl Journal) -> Enqueued {
         if self.ended {
             return Enqueued::SessionEnded;
         }
         if self.attachment.is_none() && delivery.qos == QoS::AtMostOnce {
             return Enqueued::SkippedOffline;
+        }
+        let mut conflated = false;
+        if conflate
+            && self.attachment.is_none()
+            && let Some(old_seq) = self.conflated.get(&delivery.message.topic).copied()
+            && let Some(old) = self.remove_queued(old_seq)
+        {
+            if old.delivery.qos != QoS::AtMostOnce {
+                journal.removed(old_seq);
+            }
+            conflated = true;
         }
         let size = delivery.message.size();
         let mut evicted = 0;
@@ -329,19 +457,30 @@ impl SessionState {
             let Some(old) = self
                 .queue
                 .iter()
-                .position(|d| d.qos == QoS::AtMostOnce)
+                .position(|q| q.delivery.qos == QoS::AtMostOnce)
                 .and_then(|pos| self.queue.remove(pos))
             else {
                 return Enqueued::Overflow { queued: false, evicted };
             };
-            self.queued_bytes -= old.message.size();
+            self.queued_bytes -= old.delivery.message.size();
             evicted += 1;
         }
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        if delivery.qos != QoS::AtMostOnce {
+            journal.queued(seq, &delivery);
+        }
+        if conflate && self.attachment.is_none() {
+            self.conflated.insert(delivery.message.topic.clone(), seq);
+        }
         self.queued_bytes += size;
-        self.queue.push_back(delivery);
+        self.queue.push_back(Queued { seq, delivery, maybe_sent: false });
         if evicted > 0 {
             self.wake();
             return Enqueued::Overflow { queued: true, evicted };
+        }
+        if conflated {
+            return Enqueued::Conflated;
         }
         if self.wake() { Enqueued::Wake } else { Enqueued::Queued }
     }
@@ -372,13 +511,23 @@ impl SessionState {
         }
     }
 
-    fn allocate_packet_id(&mut self) -> u16 {
-        loop {
-            self.next_packet_id = self.next_packet_id.checked_add(1).unwrap_or(1);
-            if self.outbound_ids.insert(self.next_packet_id) {
-                return self.next_packet_id;
+    /// Drops queued messages whose expiry has passed (also while offline); returns how many.
+    pub fn drop_expired(&mut self, now: Instant, journal: &mut impl Journal) -> u32 {
+        let mut dropped = 0;
+        let queued_bytes = &mut self.queued_bytes;
+        self.queue.retain(|q| {
+            if q.delivery.message.is_expired(now) {
+                *queued_bytes -= q.delivery.message.size();
+                if q.delivery.qos != QoS::AtMostOnce {
+                    journal.removed(q.seq);
+                }
+                dropped += 1;
+                false
+            } else {
+                true
             }
-        }
+        });
+        dropped
     }
 
     /// Moves work for the connection `generation` into `out`: first retransmissions of what
@@ -392,6 +541,7 @@ impl SessionState {
         max: usize,
         now: Instant,
         out: &mut Vec<Outgoing>,
+        journal: &mut impl Journal,
     ) -> BatchStats {
         let mut stats = BatchStats::default();
         let Some(window) =
@@ -421,28 +571,36 @@ impl SessionState {
         }
         while out.len() < max {
             let Some(head) = self.queue.front() else { break };
-            if head.message.is_expired(now) {
-                if let Some(d) = self.queue.pop_front() {
-                    self.queued_bytes -= d.message.size();
+            if head.delivery.message.is_expired(now) {
+                if let Some(q) = self.queue.pop_front() {
+                    self.queued_bytes -= q.delivery.message.size();
+                    if q.delivery.qos != QoS::AtMostOnce {
+                        journal.removed(q.seq);
+                    }
                 }
                 stats.expired += 1;
                 continue;
             }
-            match head.qos {
+            match head.delivery.qos {
                 QoS::AtMostOnce if !qos0_ok => break,
                 QoS::AtMostOnce => {}
-                _ if self.sent_count >= window || self.inflight.len() >= usize::from(u16::MAX) - 1 => break,
+                // Window full, or the derived packet id is still in use by an older message.
+                _ if self.sent_count >= window || self.outbound_ids.contains(&packet_id_of(head.seq)) => {
+                    break;
+                }
                 _ => {}
             }
-            let Some(delivery) = self.queue.pop_front() else { break };
-            self.queued_bytes -= delivery.message.size();
-            let packet_id = match delivery.qos {
+            let Some(q) = self.queue.pop_front() else { break };
+            self.queued_bytes -= q.delivery.message.size();
+            let packet_id = match q.delivery.qos {
                 QoS::AtMostOnce => None,
                 qos => {
-                    let packet_id = self.allocate_packet_id();
+                    let packet_id = packet_id_of(q.seq);
+                    self.outbound_ids.insert(packet_id);
                     self.inflight.push_back(Inflight {
+                        seq: q.seq,
                         packet_id,
-                        delivery: delivery.clone(),
+                        delivery: q.delivery.clone(),
                         phase: if qos == QoS::AtLeastOnce { Phase::AwaitPuback } else { Phase::AwaitPubrec },
                         sent_on: generation,
                     });
@@ -450,7 +608,7 @@ impl SessionState {
                     Some(packet_id)
                 }
             };
-            out.push(Outgoing::Publish { packet_id, delivery, dup: false });
+            out.push(Outgoing::Publish { packet_id, delivery: q.delivery, dup: q.maybe_sent });
         }
         if out.is_empty()
             && let Some(a) = &mut self.attachment
@@ -460,13 +618,22 @@ impl SessionState {
         stats
     }
 
-    fn remove_inflight(&mut self, packet_id: u16, expect: Phase) -> Option<Inflight> {
-        let pos = self.inflight.iter().position(|e| e.packet_id == packet_id && e.phase == expect)?;
+    fn remove_inflight(
+        &mut self,
+        packet_id: u16,
+        expect: Option<Phase>,
+        journal: &mut impl Journal,
+    ) -> Option<Inflight> {
+        let pos = self
+            .inflight
+            .iter()
+            .position(|e| e.packet_id == packet_id && expect.is_none_or(|p| e.phase == p))?;
         let entry = self.inflight.remove(pos)?;
         self.outbound_ids.remove(&packet_id);
         if self.attachment.as_ref().is_some_and(|a| a.generation == entry.sent_on) {
             self.sent_count -= 1;
         }
+        journal.removed(entry.seq);
         // Window space opened: let the writer continue.
         self.wake();
         Some(entry)
@@ -474,17 +641,18 @@ impl SessionState {
 
     /// PUBACK received. Returns the acknowledged delivery, or `None` for an unknown id
     /// (ignored, like Mosquitto: a late ack after a retransmission).
-    pub fn on_puback(&mut self, packet_id: u16) -> Option<Inflight> {
-        self.remove_inflight(packet_id, Phase::AwaitPuback)
+    pub fn on_puback(&mut self, packet_id: u16, journal: &mut impl Journal) -> Option<Inflight> {
+        self.remove_inflight(packet_id, Some(Phase::AwaitPuback), journal)
     }
 
     /// PUBREC received: the message is delivered, move to the release phase. Returns false
     /// for an unknown id (the PUBREL is sent anyway, with "not found" in v5).
-    pub fn on_pubrec(&mut self, packet_id: u16, generation: u64) -> bool {
+    pub fn on_pubrec(&mut self, packet_id: u16, generation: u64, journal: &mut impl Journal) -> bool {
         match self.inflight.iter_mut().find(|e| e.packet_id == packet_id) {
             Some(e) if e.phase == Phase::AwaitPubrec => {
                 e.phase = Phase::AwaitPubcomp;
                 e.sent_on = generation;
+                journal.released(e.seq, &e.delivery);
                 true
             }
             // A repeated PUBREC: the PUBREL is simply sent again.
@@ -494,36 +662,42 @@ impl SessionState {
     }
 
     /// PUBREC with an error reason (v5): the exchange ends without delivery.
-    pub fn on_pubrec_failed(&mut self, packet_id: u16) -> Option<Inflight> {
-        self.remove_inflight(packet_id, Phase::AwaitPubrec)
+    pub fn on_pubrec_failed(&mut self, packet_id: u16, journal: &mut impl Journal) -> Option<Inflight> {
+        self.remove_inflight(packet_id, Some(Phase::AwaitPubrec), journal)
     }
 
     /// Drops an in-flight message without delivery (it could not be sent, e.g. larger than
     /// the client accepts), as if its exchange had completed.
-    pub fn discard_inflight(&mut self, packet_id: u16) -> Option<Inflight> {
-        let phase = self.inflight.iter().find(|e| e.packet_id == packet_id)?.phase;
-        self.remove_inflight(packet_id, phase)
+    pub fn discard_inflight(&mut self, packet_id: u16, journal: &mut impl Journal) -> Option<Inflight> {
+        self.remove_inflight(packet_id, None, journal)
     }
 
     /// PUBCOMP received.
-    pub fn on_pubcomp(&mut self, packet_id: u16) -> Option<Inflight> {
-        self.remove_inflight(packet_id, Phase::AwaitPubcomp)
+    pub fn on_pubcomp(&mut self, packet_id: u16, journal: &mut impl Journal) -> Option<Inflight> {
+        self.remove_inflight(packet_id, Some(Phase::AwaitPubcomp), journal)
     }
 
     /// Inbound QoS 2 PUBLISH with `packet_id`. Returns true when the message is new and must
     /// be routed; false for a retransmission (DUP) of one already routed, which only needs
     /// its PUBREC again. A non-DUP reuse of an id whose PUBREL never arrived starts over:
     /// clients only reuse an id after completing the exchange.
-    pub fn begin_inbound_qos2(&mut self, packet_id: u16, dup: bool) -> bool {
-        !(self.inbound_qos2.contains(&packet_id) && dup) && {
-            self.inbound_qos2.insert(packet_id);
-            true
+    pub fn begin_inbound_qos2(&mut self, packet_id: u16, dup: bool, journal: &mut impl Journal) -> bool {
+        if self.inbound_qos2.contains(&packet_id) && dup {
+            return false;
         }
+        if self.inbound_qos2.insert(packet_id) {
+            journal.inbound(packet_id, true);
+        }
+        true
     }
 
     /// Inbound PUBREL: forget the packet id. Returns whether it was known.
-    pub fn release_inbound_qos2(&mut self, packet_id: u16) -> bool {
-        self.inbound_qos2.remove(&packet_id)
+    pub fn release_inbound_qos2(&mut self, packet_id: u16, journal: &mut impl Journal) -> bool {
+        let known = self.inbound_qos2.remove(&packet_id);
+        if known {
+            journal.inbound(packet_id, false);
+        }
+        known
     }
 
     /// Inbound QoS 2 exchanges awaiting PUBREL (they count against Receive Maximum).
@@ -537,6 +711,9 @@ impl SessionState {
 pub struct Session {
     /// Process-unique id.
     pub id: SessionId,
+    /// Id of this incarnation in the durable store (stable across restarts; a clean start
+    /// creates a new one, so stale writes of the old session never touch the new one).
+    pub store_id: u64,
     /// MQTT client identifier.
     pub client_id: ByteString,
     online: AtomicBool,
@@ -545,9 +722,16 @@ pub struct Session {
 
 impl Session {
     /// A new, detached session.
-    pub fn new(id: SessionId, client_id: ByteString, expiry: Expiry, limits: QueueLimits) -> Self {
+    pub fn new(
+        id: SessionId,
+        store_id: u64,
+        client_id: ByteString,
+        expiry: Expiry,
+        limits: QueueLimits,
+    ) -> Self {
         Session {
             id,
+            store_id,
             client_id,
             online: AtomicBool::new(false),
             state: Mutex::new(SessionState::new(expiry, limits)),
@@ -581,6 +765,27 @@ impl Member for Arc<Session> {
 mod tests {
     use super::*;
 
+    impl SessionState {
+        fn enqueue_test(&mut self, d: Delivery) -> Enqueued {
+            self.enqueue(d, false, &mut NoJournal)
+        }
+        fn on_puback_t(&mut self, id: u16) -> Option<Inflight> {
+            self.on_puback(id, &mut NoJournal)
+        }
+        fn on_pubrec_t(&mut self, id: u16, generation: u64) -> bool {
+            self.on_pubrec(id, generation, &mut NoJournal)
+        }
+        fn on_pubcomp_t(&mut self, id: u16) -> Option<Inflight> {
+            self.on_pubcomp(id, &mut NoJournal)
+        }
+        fn begin_inbound_qos2_t(&mut self, id: u16, dup: bool) -> bool {
+            self.begin_inbound_qos2(id, dup, &mut NoJournal)
+        }
+        fn release_inbound_qos2_t(&mut self, id: u16) -> bool {
+            self.release_inbound_qos2(id, &mut NoJournal)
+        }
+    }
+
     const LIMITS: QueueLimits = QueueLimits { max_messages: 4, max_bytes: 0, max_inflight: 2 };
 
     fn state() -> SessionState {
@@ -593,8 +798,27 @@ mod tests {
 
     fn batch(st: &mut SessionState, generation: u64) -> Vec<Outgoing> {
         let mut out = Vec::new();
-        st.next_batch(generation, true, 100, Instant::now(), &mut out);
+        st.next_batch(generation, true, 100, Instant::now(), &mut out, &mut NoJournal);
         out
+    }
+
+    /// Records what a store would be told.
+    #[derive(Default, Debug)]
+    struct Recorder(Vec<String>);
+
+    impl Journal for Recorder {
+        fn queued(&mut self, seq: u64, d: &Delivery) {
+            self.0.push(format!("queued {seq} {}", d.message.topic));
+        }
+        fn released(&mut self, seq: u64, _: &Delivery) {
+            self.0.push(format!("released {seq}"));
+        }
+        fn removed(&mut self, seq: u64) {
+            self.0.push(format!("removed {seq}"));
+        }
+        fn inbound(&mut self, packet_id: u16, present: bool) {
+            self.0.push(format!("inbound {packet_id} {present}"));
+        }
     }
 
     fn ids(out: &[Outgoing]) -> Vec<(Option<u16>, bool)> {
@@ -609,8 +833,8 @@ mod tests {
     #[test]
     fn qos0_is_not_queued_offline_but_qos1_is() {
         let mut st = state();
-        assert_eq!(st.enqueue(delivery("a", QoS::AtMostOnce)), Enqueued::SkippedOffline);
-        assert_eq!(st.enqueue(delivery("a", QoS::AtLeastOnce)), Enqueued::Queued);
+        assert_eq!(st.enqueue_test(delivery("a", QoS::AtMostOnce)), Enqueued::SkippedOffline);
+        assert_eq!(st.enqueue_test(delivery("a", QoS::AtLeastOnce)), Enqueued::Queued);
         assert_eq!(st.queue_len(), 1);
     }
 
@@ -619,7 +843,7 @@ mod tests {
         let mut st = state();
         st.attach(1, Arc::new(ConnSignal::default()), 10);
         for _ in 0..3 {
-            st.enqueue(delivery("a", QoS::AtLeastOnce));
+            st.enqueue_test(delivery("a", QoS::AtLeastOnce));
         }
         assert_eq!(
             ids(&batch(&mut st, 1)),
@@ -627,17 +851,17 @@ mod tests {
             "window is min(10, max_inflight 2)"
         );
         assert!(batch(&mut st, 1).is_empty());
-        assert_eq!(st.on_puback(1).map(|e| e.packet_id), Some(1));
+        assert_eq!(st.on_puback_t(1).map(|e| e.packet_id), Some(1));
         assert_eq!(ids(&batch(&mut st, 1)), vec![(Some(3), false)]);
-        assert!(st.on_puback(1).is_none(), "second ack for the same id is ignored");
+        assert!(st.on_puback_t(1).is_none(), "second ack for the same id is ignored");
     }
 
     #[test]
     fn client_receive_maximum_lowers_the_window() {
         let mut st = state();
         st.attach(1, Arc::new(ConnSignal::default()), 1);
-        st.enqueue(delivery("a", QoS::AtLeastOnce));
-        st.enqueue(delivery("a", QoS::ExactlyOnce));
+        st.enqueue_test(delivery("a", QoS::AtLeastOnce));
+        st.enqueue_test(delivery("a", QoS::ExactlyOnce));
         assert_eq!(batch(&mut st, 1).len(), 1);
         assert!(batch(&mut st, 1).is_empty());
     }
@@ -646,11 +870,11 @@ mod tests {
     fn qos0_waits_behind_a_full_window_to_keep_order() {
         let mut st = state();
         st.attach(1, Arc::new(ConnSignal::default()), 1);
-        st.enqueue(delivery("a", QoS::AtLeastOnce));
-        st.enqueue(delivery("b", QoS::AtLeastOnce));
-        st.enqueue(delivery("c", QoS::AtMostOnce));
+        st.enqueue_test(delivery("a", QoS::AtLeastOnce));
+        st.enqueue_test(delivery("b", QoS::AtLeastOnce));
+        st.enqueue_test(delivery("c", QoS::AtMostOnce));
         assert_eq!(ids(&batch(&mut st, 1)), vec![(Some(1), false)]);
-        st.on_puback(1);
+        st.on_puback_t(1);
         assert_eq!(ids(&batch(&mut st, 1)), vec![(Some(2), false), (None, false)]);
     }
 
@@ -658,13 +882,13 @@ mod tests {
     fn reconnect_resends_in_order_with_dup_and_pubrel() {
         let mut st = SessionState::new(Expiry::Never, QueueLimits { max_inflight: 10, ..LIMITS });
         st.attach(1, Arc::new(ConnSignal::default()), 10);
-        st.enqueue(delivery("a", QoS::AtLeastOnce));
-        st.enqueue(delivery("b", QoS::ExactlyOnce));
-        st.enqueue(delivery("c", QoS::ExactlyOnce));
+        st.enqueue_test(delivery("a", QoS::AtLeastOnce));
+        st.enqueue_test(delivery("b", QoS::ExactlyOnce));
+        st.enqueue_test(delivery("c", QoS::ExactlyOnce));
         assert_eq!(batch(&mut st, 1).len(), 3);
-        assert!(st.on_pubrec(3, 1));
+        assert!(st.on_pubrec_t(3, 1));
         assert!(st.detach(1));
-        st.enqueue(delivery("d", QoS::AtLeastOnce));
+        st.enqueue_test(delivery("d", QoS::AtLeastOnce));
         st.attach(2, Arc::new(ConnSignal::default()), 10);
         assert_eq!(
             ids(&batch(&mut st, 2)),
@@ -672,10 +896,10 @@ mod tests {
             "PUBLISH 1 and 2 with DUP, PUBREL 3, then the queued message"
         );
         assert!(batch_first(&mut st).is_none());
-        assert!(st.on_pubcomp(3).is_some());
-        assert!(st.on_pubrec(2, 2));
-        assert!(st.on_pubcomp(2).is_some());
-        assert!(st.on_puback(1).is_some() && st.on_puback(4).is_some());
+        assert!(st.on_pubcomp_t(3).is_some());
+        assert!(st.on_pubrec_t(2, 2));
+        assert!(st.on_pubcomp_t(2).is_some());
+        assert!(st.on_puback_t(1).is_some() && st.on_puback_t(4).is_some());
         assert_eq!(st.inflight_len(), 0);
     }
 
@@ -688,13 +912,13 @@ mod tests {
         let mut st = SessionState::new(Expiry::Never, QueueLimits { max_inflight: 10, ..LIMITS });
         st.attach(1, Arc::new(ConnSignal::default()), 10);
         for _ in 0..3 {
-            st.enqueue(delivery("a", QoS::AtLeastOnce));
+            st.enqueue_test(delivery("a", QoS::AtLeastOnce));
         }
         assert_eq!(batch(&mut st, 1).len(), 3);
         st.detach(1);
         st.attach(2, Arc::new(ConnSignal::default()), 2);
         assert_eq!(ids(&batch(&mut st, 2)), vec![(Some(1), true), (Some(2), true)]);
-        st.on_puback(1);
+        st.on_puback_t(1);
         assert_eq!(ids(&batch(&mut st, 2)), vec![(Some(3), true)]);
     }
 
@@ -702,7 +926,7 @@ mod tests {
     fn stale_generation_gets_nothing() {
         let mut st = state();
         st.attach(2, Arc::new(ConnSignal::default()), 10);
-        st.enqueue(delivery("a", QoS::AtLeastOnce));
+        st.enqueue_test(delivery("a", QoS::AtLeastOnce));
         assert!(batch(&mut st, 1).is_empty());
         assert!(!st.detach(1));
         assert!(st.is_attached(2));
@@ -712,27 +936,27 @@ mod tests {
     fn overflow_evicts_oldest_qos0_then_refuses() {
         let mut st = state();
         st.attach(1, Arc::new(ConnSignal::default()), 10);
-        st.enqueue(delivery("q0-a", QoS::AtMostOnce));
-        st.enqueue(delivery("q1-a", QoS::AtLeastOnce));
-        st.enqueue(delivery("q0-b", QoS::AtMostOnce));
-        st.enqueue(delivery("q1-b", QoS::AtLeastOnce));
+        st.enqueue_test(delivery("q0-a", QoS::AtMostOnce));
+        st.enqueue_test(delivery("q1-a", QoS::AtLeastOnce));
+        st.enqueue_test(delivery("q0-b", QoS::AtMostOnce));
+        st.enqueue_test(delivery("q1-b", QoS::AtLeastOnce));
         assert_eq!(
-            st.enqueue(delivery("q1-c", QoS::AtLeastOnce)),
+            st.enqueue_test(delivery("q1-c", QoS::AtLeastOnce)),
             Enqueued::Overflow { queued: true, evicted: 1 }
         );
         assert_eq!(
-            st.enqueue(delivery("q1-d", QoS::AtLeastOnce)),
+            st.enqueue_test(delivery("q1-d", QoS::AtLeastOnce)),
             Enqueued::Overflow { queued: true, evicted: 1 }
         );
         assert_eq!(
-            st.enqueue(delivery("q1-e", QoS::AtLeastOnce)),
+            st.enqueue_test(delivery("q1-e", QoS::AtLeastOnce)),
             Enqueued::Overflow { queued: false, evicted: 0 }
         );
         assert_eq!(
-            st.enqueue(delivery("q0-c", QoS::AtMostOnce)),
+            st.enqueue_test(delivery("q0-c", QoS::AtMostOnce)),
             Enqueued::Overflow { queued: false, evicted: 0 }
         );
-        let topics: Vec<String> = st.queue.iter().map(|d| d.message.topic.to_string()).collect();
+        let topics: Vec<String> = st.queue.iter().map(|q| q.delivery.message.topic.to_string()).collect();
         assert_eq!(topics, ["q1-a", "q1-b", "q1-c", "q1-d"]);
     }
 
@@ -745,10 +969,13 @@ mod tests {
         st.attach(1, Arc::new(ConnSignal::default()), 10);
         // each message is topic (1) + payload (1) = 2 bytes
         for _ in 0..5 {
-            assert!(matches!(st.enqueue(delivery("a", QoS::AtLeastOnce)), Enqueued::Queued | Enqueued::Wake));
+            assert!(matches!(
+                st.enqueue_test(delivery("a", QoS::AtLeastOnce)),
+                Enqueued::Queued | Enqueued::Wake
+            ));
         }
         assert_eq!(
-            st.enqueue(delivery("a", QoS::AtLeastOnce)),
+            st.enqueue_test(delivery("a", QoS::AtLeastOnce)),
             Enqueued::Overflow { queued: false, evicted: 0 }
         );
     }
@@ -759,10 +986,10 @@ mod tests {
         st.attach(1, Arc::new(ConnSignal::default()), 10);
         let mut msg = Message::new("a", "p", QoS::AtLeastOnce, false);
         msg.expires_at = Some(Instant::now() - Duration::from_secs(1));
-        st.enqueue(Delivery::new(Arc::new(msg), QoS::AtLeastOnce, false));
-        st.enqueue(delivery("b", QoS::AtLeastOnce));
+        st.enqueue_test(Delivery::new(Arc::new(msg), QoS::AtLeastOnce, false));
+        st.enqueue_test(delivery("b", QoS::AtLeastOnce));
         let mut out = Vec::new();
-        let stats = st.next_batch(1, true, 10, Instant::now(), &mut out);
+        let stats = st.next_batch(1, true, 10, Instant::now(), &mut out, &mut NoJournal);
         assert_eq!(stats.expired, 1);
         assert_eq!(out.len(), 1);
     }
@@ -772,39 +999,140 @@ mod tests {
         let mut st = state();
         st.attach(1, Arc::new(ConnSignal::default()), 10);
         assert!(batch(&mut st, 1).is_empty(), "marks the writer idle");
-        assert_eq!(st.enqueue(delivery("a", QoS::AtLeastOnce)), Enqueued::Wake);
-        assert_eq!(st.enqueue(delivery("a", QoS::AtLeastOnce)), Enqueued::Queued);
+        assert_eq!(st.enqueue_test(delivery("a", QoS::AtLeastOnce)), Enqueued::Wake);
+        assert_eq!(st.enqueue_test(delivery("a", QoS::AtLeastOnce)), Enqueued::Queued);
     }
 
     #[test]
     fn inbound_qos2_dedup() {
         let mut st = state();
-        assert!(st.begin_inbound_qos2(7, false));
-        assert!(!st.begin_inbound_qos2(7, true), "DUP retransmission is not routed again");
-        assert!(st.begin_inbound_qos2(7, false), "non-DUP reuse is a new message");
-        assert!(st.release_inbound_qos2(7));
-        assert!(!st.release_inbound_qos2(7));
-        assert!(st.begin_inbound_qos2(7, true), "after release a DUP is new again");
+        assert!(st.begin_inbound_qos2_t(7, false));
+        assert!(!st.begin_inbound_qos2_t(7, true), "DUP retransmission is not routed again");
+        assert!(st.begin_inbound_qos2_t(7, false), "non-DUP reuse is a new message");
+        assert!(st.release_inbound_qos2_t(7));
+        assert!(!st.release_inbound_qos2_t(7));
+        assert!(st.begin_inbound_qos2_t(7, true), "after release a DUP is new again");
     }
 
     #[test]
-    fn packet_ids_skip_those_in_use_and_wrap() {
+    fn packet_ids_follow_sequence_numbers_and_wait_on_collision() {
+        assert_eq!(packet_id_of(0), 1);
+        assert_eq!(packet_id_of(65_534), 65_535);
+        assert_eq!(packet_id_of(65_535), 1, "wraps, never 0");
         let mut st = SessionState::new(
             Expiry::Never,
             QueueLimits { max_messages: 10, max_bytes: 0, max_inflight: 10 },
         );
         st.attach(1, Arc::new(ConnSignal::default()), 10);
-        st.next_packet_id = u16::MAX - 1;
-        for _ in 0..3 {
-            st.enqueue(delivery("a", QoS::AtLeastOnce));
+        st.next_seq = 65_534;
+        for _ in 0..2 {
+            st.enqueue_test(delivery("a", QoS::AtLeastOnce));
         }
+        assert_eq!(ids(&batch(&mut st, 1)), vec![(Some(65_535), false), (Some(1), false)]);
+        // A message whose derived id is still in flight waits for that id to be released.
+        st.next_seq = 65_535 * 2;
+        st.enqueue_test(delivery("b", QoS::AtLeastOnce));
+        assert!(batch(&mut st, 1).is_empty(), "id 1 is still awaiting its PUBACK");
+        assert!(st.on_puback_t(1).is_some());
+        assert_eq!(ids(&batch(&mut st, 1)), vec![(Some(1), false)]);
+    }
+
+    #[test]
+    fn journal_sees_every_stored_change_in_order() {
+        let mut j = Recorder::default();
+        let mut st = state();
+        st.attach(1, Arc::new(ConnSignal::default()), 10);
+        st.enqueue(delivery("q0", QoS::AtMostOnce), false, &mut j);
+        st.enqueue(delivery("q1", QoS::AtLeastOnce), false, &mut j);
+        st.enqueue(delivery("q2", QoS::ExactlyOnce), false, &mut j);
+        let mut out = Vec::new();
+        st.next_batch(1, true, 10, Instant::now(), &mut out, &mut j);
+        assert!(st.on_puback(packet_id_of(1), &mut j).is_some());
+        assert!(st.on_pubrec(packet_id_of(2), 1, &mut j));
+        assert!(st.on_pubcomp(packet_id_of(2), &mut j).is_some());
+        assert!(st.begin_inbound_qos2(7, false, &mut j));
+        assert!(!st.begin_inbound_qos2(7, true, &mut j));
+        assert!(st.release_inbound_qos2(7, &mut j));
         assert_eq!(
-            ids(&batch(&mut st, 1)),
-            vec![(Some(u16::MAX), false), (Some(1), false), (Some(2), false)]
+            j.0,
+            [
+                "queued 1 q1",
+                "queued 2 q2",
+                "removed 1",
+                "released 2",
+                "removed 2",
+                "inbound 7 true",
+                "inbound 7 false"
+            ],
+            "QoS 0 is never journaled"
         );
-        st.next_packet_id = 0;
-        st.enqueue(delivery("a", QoS::AtLeastOnce));
-        assert_eq!(ids(&batch(&mut st, 1)), vec![(Some(3), false)], "1 and 2 are still in flight");
+    }
+
+    #[test]
+    fn restore_resends_queued_with_dup_and_pubrel_for_released() {
+        let mut st = SessionState::new(
+            Expiry::Never,
+            QueueLimits { max_messages: 10, max_bytes: 0, max_inflight: 10 },
+        );
+        st.restore(Restored {
+            deliveries: vec![
+                (5, delivery("b", QoS::AtLeastOnce), None),
+                (3, delivery("a", QoS::ExactlyOnce), Some(Phase::AwaitPubcomp)),
+                (9, delivery("c", QoS::ExactlyOnce), None),
+            ],
+            inbound: vec![42],
+        });
+        assert_eq!(st.queue_len(), 2);
+        assert_eq!(st.inflight_len(), 1);
+        st.attach(1, Arc::new(ConnSignal::default()), 10);
+        let out = batch(&mut st, 1);
+        assert_eq!(
+            ids(&out),
+            vec![(Some(packet_id_of(3)), true), (Some(packet_id_of(5)), true), (Some(packet_id_of(9)), true)]
+        );
+        assert!(matches!(out[0], Outgoing::Release { .. }), "PUBREL for the released QoS 2 message");
+        st.enqueue_test(delivery("d", QoS::AtLeastOnce));
+        assert_eq!(ids(&batch(&mut st, 1)), vec![(Some(packet_id_of(10)), false)], "numbering continues");
+        assert!(!st.begin_inbound_qos2_t(42, true), "restored inbound id still deduplicates");
+    }
+
+    #[test]
+    fn conflation_keeps_the_newest_per_topic_while_offline_only() {
+        let mut j = Recorder::default();
+        let mut st = SessionState::new(
+            Expiry::Never,
+            QueueLimits { max_messages: 100, max_bytes: 0, max_inflight: 10 },
+        );
+        for i in 0..3 {
+            for topic in ["t/1", "t/2"] {
+                let d = Delivery::new(
+                    Arc::new(Message::new(topic.to_string(), format!("{i}"), QoS::AtLeastOnce, false)),
+                    QoS::AtLeastOnce,
+                    false,
+                );
+                st.enqueue(d, true, &mut j);
+            }
+        }
+        let kept: Vec<String> = st
+            .queue
+            .iter()
+            .map(|q| {
+                format!(
+                    "{}={}",
+                    q.delivery.message.topic,
+                    String::from_utf8_lossy(&q.delivery.message.payload)
+                )
+            })
+            .collect();
+        assert_eq!(kept, ["t/1=2", "t/2=2"]);
+        assert_eq!(
+            j.0.iter().filter(|e| e.starts_with("removed")).count(),
+            4,
+            "replaced entries leave the store"
+        );
+        st.attach(1, Arc::new(ConnSignal::default()), 10);
+        st.enqueue(delivery("t/1", QoS::AtLeastOnce), true, &mut j);
+        assert_eq!(st.queue_len(), 3, "online delivery is never conflated");
     }
 
     #[test]

@@ -1,84 +1,12 @@
-//! Topic names and filters: validation (MQTT 5.0 §4.7), `$share`/`$queue` shared
-//! subscriptions (§4.8.2) and `$delayed` publishes.
+//! Topic names and filters: validation (MQTT 5.0 §4.7, shared with the config crate and the
+//! operator), `$share`/`$queue` shared subscriptions (§4.8.2) and `$delayed` publishes.
 
 use super::types::ByteString;
 
 /// Largest delay accepted by `$delayed/<seconds>/<topic>` (about 49.7 days), as in EMQX.
 pub const MAX_DELAY_SECS: u32 = 4_294_967;
 
-/// Why a topic name or filter is refused. The front ends map these to reason codes
-/// (Topic Name Invalid 0x90, Topic Filter Invalid 0x8F).
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum TopicError {
-    /// Zero-length topic or filter.
-    #[error("topic is empty")]
-    Empty,
-    /// `+` or `#` in a topic name.
-    #[error("topic name contains a wildcard")]
-    WildcardInName,
-    /// U+0000 in a topic.
-    #[error("topic contains a null character")]
-    NullCharacter,
-    /// More levels than `limits.max_topic_levels`.
-    #[error("topic has {levels} levels, more than the limit of {max}")]
-    TooManyLevels {
-        /// Levels in the topic.
-        levels: usize,
-        /// Configured maximum.
-        max: usize,
-    },
-    /// `#` not alone in the last level, or `+` sharing a level.
-    #[error("wildcard {0:?} must occupy a whole level, and '#' must be last")]
-    MisplacedWildcard(char),
-    /// `$share/<group>/<filter>` with an empty or invalid group or filter.
-    #[error("invalid shared subscription: {0}")]
-    InvalidShare(&'static str),
-    /// `$delayed/<seconds>/<topic>` with a bad delay or topic.
-    #[error("invalid delayed publish: {0}")]
-    InvalidDelayed(String),
-}
-
-/// Checks a topic name for PUBLISH.
-pub fn validate_topic_name(topic: &str, max_levels: usize) -> Result<(), TopicError> {
-    if topic.is_empty() {
-        return Err(TopicError::Empty);
-    }
-    if topic.contains(['+', '#']) {
-        return Err(TopicError::WildcardInName);
-    }
-    if topic.contains('\0') {
-        return Err(TopicError::NullCharacter);
-    }
-    check_levels(topic, max_levels)
-}
-
-fn check_levels(topic: &str, max_levels: usize) -> Result<(), TopicError> {
-    let levels = topic.bytes().filter(|b| *b == b'/').count() + 1;
-    if levels > max_levels {
-        return Err(TopicError::TooManyLevels { levels, max: max_levels });
-    }
-    Ok(())
-}
-
-/// Checks a plain topic filter (without a `$share` prefix).
-pub fn validate_filter(filter: &str, max_levels: usize) -> Result<(), TopicError> {
-    if filter.is_empty() {
-        return Err(TopicError::Empty);
-    }
-    if filter.contains('\0') {
-        return Err(TopicError::NullCharacter);
-    }
-    let mut levels = filter.split('/').peekable();
-    while let Some(level) = levels.next() {
-        if level.contains('#') && (level != "#" || levels.peek().is_some()) {
-            return Err(TopicError::MisplacedWildcard('#'));
-        }
-        if level.contains('+') && level != "+" {
-            return Err(TopicError::MisplacedWildcard('+'));
-        }
-    }
-    check_levels(filter, max_levels)
-}
+pub use fleetmq_config::topic::{TopicError, matches, validate_filter, validate_topic_name};
 
 /// A subscription filter split into its shared group (if any) and the filter proper.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -152,26 +80,6 @@ pub fn parse_delayed(topic: &ByteString, max_levels: usize) -> Option<Result<(u3
 fn substr(whole: &ByteString, part: &str) -> ByteString {
     let start = part.as_ptr() as usize - whole.as_ptr() as usize;
     whole.slice(start..start + part.len())
-}
-
-/// Whether `filter` matches `topic` (MQTT 5.0 §4.7), including the rule that filters
-/// starting with a wildcard do not match `$` topics. The router uses a trie; this is the
-/// reference it is tested against, and what ACL checks use.
-pub fn matches(filter: &str, topic: &str) -> bool {
-    if topic.starts_with('$') && (filter.starts_with('+') || filter.starts_with('#')) {
-        return false;
-    }
-    let mut f = filter.split('/');
-    let mut t = topic.split('/');
-    loop {
-        match (f.next(), t.next()) {
-            (Some("#"), _) => return true,
-            (Some("+"), Some(_)) => {}
-            (Some(fl), Some(tl)) if fl == tl => {}
-            (None, None) => return true,
-            _ => return false,
-        }
-    }
 }
 
 #[cfg(test)]

@@ -25,6 +25,7 @@ use std::time::Instant;
 use crate::core::broker::{Broker, DisconnectKind, PublishError, Published};
 use crate::core::session::{ConnSignal, Kick, Session};
 use crate::core::types::{ByteString, Bytes, Message, Properties, ProtocolVersion, QoS, expiry_deadline};
+use crate::store::Durable;
 
 /// Error type of the MQTT services. Connection problems are logged where they happen; this
 /// only has to satisfy ntex-mqtt's service signatures.
@@ -222,7 +223,8 @@ pub(crate) enum PublishOutcome {
 
 impl ConnState {
     /// Routes a client's PUBLISH (exactly once for QoS 2, by packet id, across reconnects).
-    pub(crate) fn publish(&self, p: InboundPublish) -> PublishOutcome {
+    /// The acknowledgement must wait for the returned [`Durable`].
+    pub(crate) fn publish(&self, p: InboundPublish) -> (PublishOutcome, Durable) {
         self.broker.metrics().message_received(p.qos, u64::from(p.packet_size));
         tracing::debug!(
             client_id = %self.client_id,
@@ -234,11 +236,15 @@ impl ConnState {
             p.topic,
             p.payload.len()
         );
+        let mut inbound_stored = false;
         if p.qos == QoS::ExactlyOnce
             && let Some(id) = p.packet_id
-            && !self.session.lock().begin_inbound_qos2(id, p.dup)
         {
-            return PublishOutcome::Duplicate;
+            let (route, stored) = self.broker.inbound_qos2(&self.session, id, p.dup);
+            if !route {
+                return (PublishOutcome::Duplicate, Durable::ready());
+            }
+            inbound_stored = stored;
         }
         let message = Message {
             topic: p.topic,
@@ -249,14 +255,19 @@ impl ConnState {
             expires_at: expiry_deadline(Instant::now(), p.expiry_interval),
             origin: self.session.id,
         };
-        match self.broker.publish(message) {
-            Ok(Published::Routed { matched }) => PublishOutcome::Accepted { matched: matched > 0 },
-            Ok(Published::Delayed) => PublishOutcome::Accepted { matched: true },
+        let (outcome, durable) = match self.broker.publish(message) {
+            Ok((Published::Routed { matched }, durable)) => {
+                (PublishOutcome::Accepted { matched: matched > 0 }, durable)
+            }
+            Ok((Published::Delayed, durable)) => (PublishOutcome::Accepted { matched: true }, durable),
             Err(err) => {
                 tracing::info!(client_id = %self.client_id, "PUBLISH refused: {err}");
-                PublishOutcome::Refused(err)
+                (PublishOutcome::Refused(err), Durable::ready())
             }
-        }
+        };
+        let durable =
+            if inbound_stored && durable.is_ready() { self.broker.store_barrier() } else { durable };
+        (outcome, durable)
     }
 
     /// Records a protocol-level reason for the coming close, for the disconnect log line.

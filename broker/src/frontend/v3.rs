@@ -312,35 +312,40 @@ where
             codec::Decoded::Publish(pkt, payload, size) => {
                 let expected = pkt.payload_size as usize;
                 match self.assembly.start(pkt, payload, expected, size) {
-                    Some((pkt, payload, size)) => self.on_publish(pkt, payload, size),
+                    Some((pkt, payload, size)) => self.on_publish(pkt, payload, size).await,
                     None => Ok(None),
                 }
             }
             codec::Decoded::PayloadChunk(chunk, eof) => match self.assembly.chunk(&chunk, eof) {
-                Ok(Some((pkt, payload, size))) => self.on_publish(pkt, payload, size),
+                Ok(Some((pkt, payload, size))) => self.on_publish(pkt, payload, size).await,
                 Ok(None) => Ok(None),
                 Err(reason) => Err(ProtocolError::generic_violation(reason).into()),
             },
             codec::Decoded::Packet(pkt, size) => match pkt {
                 codec::Packet::PublishAck { packet_id } => {
-                    conn.session.lock().on_puback(packet_id.get());
+                    conn.broker.puback(&conn.session, packet_id.get());
                     Ok(None)
                 }
                 codec::Packet::PublishReceived { packet_id } => {
-                    // v3 always releases, known id or not.
-                    conn.session.lock().on_pubrec(packet_id.get(), conn.generation);
+                    // v3 always releases, known id or not; after the release is stored, so a
+                    // restart re-sends the PUBREL rather than the PUBLISH.
+                    let (_, durable) = conn.broker.pubrec(&conn.session, packet_id.get(), conn.generation);
+                    if let Err(err) = durable.await {
+                        tracing::error!(client_id = %conn.client_id, "PUBREL withheld: {err}");
+                        return Ok(None);
+                    }
                     Ok(Some(codec::Encoded::Packet(codec::Packet::PublishRelease { packet_id })))
                 }
                 codec::Packet::PublishComplete { packet_id } => {
-                    conn.session.lock().on_pubcomp(packet_id.get());
+                    conn.broker.pubcomp(&conn.session, packet_id.get());
                     Ok(None)
                 }
                 codec::Packet::PublishRelease { packet_id } => {
-                    conn.session.lock().release_inbound_qos2(packet_id.get());
+                    conn.broker.release_inbound_qos2(&conn.session, packet_id.get());
                     Ok(Some(codec::Encoded::Packet(codec::Packet::PublishComplete { packet_id })))
                 }
                 codec::Packet::Subscribe { packet_id, topic_filters } => {
-                    self.on_subscribe(packet_id, &topic_filters)
+                    self.on_subscribe(packet_id, &topic_filters).await
                 }
                 codec::Packet::Unsubscribe { packet_id, topic_filters } => {
                     conn.broker.unsubscribe(&conn.session, &topic_filters);
@@ -362,7 +367,7 @@ where
 }
 
 impl<S> InboundService<S> {
-    fn on_publish<E>(&self, pkt: codec::Publish, payload: ntex::util::Bytes, size: u32) -> Res<E> {
+    async fn on_publish<E>(&self, pkt: codec::Publish, payload: ntex::util::Bytes, size: u32) -> Res<E> {
         let conn = &*self.session;
         if pkt.payload_size as usize != payload.len() {
             return Err(ProtocolError::generic_violation("incomplete PUBLISH payload").into());
@@ -376,7 +381,7 @@ impl<S> InboundService<S> {
         let qos = qos_in(pkt.qos);
         // v3 cannot refuse a PUBLISH: a refused one is still acknowledged and dropped, as
         // Mosquitto does for ACL denials (`publish` logs the reason).
-        let _: PublishOutcome = conn.publish(InboundPublish {
+        let (_, durable): (PublishOutcome, _) = conn.publish(InboundPublish {
             topic: pkt.topic,
             payload,
             qos,
@@ -387,6 +392,15 @@ impl<S> InboundService<S> {
             expiry_interval: None,
             packet_size: size,
         });
+        if pkt.packet_id.is_some()
+            && let Err(err) = durable.await
+        {
+            // v3 has no negative acknowledgement: close so the client re-sends elsewhere or later.
+            tracing::error!(client_id = %conn.client_id, "PUBLISH not acknowledged, closing: {err}");
+            conn.set_close_reason("message store unavailable");
+            self.session.sink().close();
+            return Ok(None);
+        }
         Ok(pkt.packet_id.map(|packet_id| {
             codec::Encoded::Packet(if qos == QoS::ExactlyOnce {
                 codec::Packet::PublishReceived { packet_id }
@@ -396,7 +410,7 @@ impl<S> InboundService<S> {
         }))
     }
 
-    fn on_subscribe<E>(
+    async fn on_subscribe<E>(
         &self,
         packet_id: NonZeroU16,
         filters: &[(ntex::util::ByteString, codec::QoS)],
@@ -409,11 +423,13 @@ impl<S> InboundService<S> {
                 options: SubscriptionOptions::with_qos(qos_in(*qos)),
             })
             .collect();
-        let (results, retained) = conn.broker.subscribe(&conn.session, &requests);
+        let (results, retained, durable) = conn.broker.subscribe(&conn.session, &requests);
+        let stored = durable.await;
         let status = results
             .iter()
             .zip(&requests)
             .map(|(result, req)| match result {
+                Ok(_) if stored.is_err() => codec::SubscribeReturnCode::Failure,
                 Ok(qos) => {
                     tracing::debug!(client_id = %conn.client_id, "subscribed to '{}' (QoS {})", req.filter, qos.level());
                     codec::SubscribeReturnCode::Success(qos_out(*qos))
@@ -424,6 +440,9 @@ impl<S> InboundService<S> {
                 }
             })
             .collect();
+        if let Err(err) = &stored {
+            tracing::error!(client_id = %conn.client_id, "subscriptions not stored: {err}");
+        }
         // Encode the SUBACK now so retained messages queued next can only follow it.
         let suback = codec::Packet::SubscribeAck { packet_id, status };
         if conn.io.encode(codec::Encoded::Packet(suback), &self.codec).is_err() {

@@ -417,27 +417,27 @@ where
             codec::Decoded::Publish(pkt, payload, size) => {
                 let expected = pkt.payload_size as usize;
                 match self.assembly.start(pkt, payload, expected, size) {
-                    Some((pkt, payload, size)) => self.on_publish(pkt, payload, size),
+                    Some((pkt, payload, size)) => self.on_publish(pkt, payload, size).await,
                     None => Ok(None),
                 }
             }
             codec::Decoded::PayloadChunk(chunk, eof) => match self.assembly.chunk(&chunk, eof) {
-                Ok(Some((pkt, payload, size))) => self.on_publish(pkt, payload, size),
+                Ok(Some((pkt, payload, size))) => self.on_publish(pkt, payload, size).await,
                 Ok(None) => Ok(None),
                 Err(reason) => Err(ProtocolError::generic_violation(reason).into()),
             },
             codec::Decoded::Packet(pkt, size) => match pkt {
                 codec::Packet::PublishAck(ack) => {
-                    self.session.session.lock().on_puback(ack.packet_id.get());
+                    self.session.broker.puback(&self.session.session, ack.packet_id.get());
                     Ok(None)
                 }
-                codec::Packet::PublishReceived(ack) => Ok(self.on_pubrec(&ack)),
+                codec::Packet::PublishReceived(ack) => Ok(self.on_pubrec(&ack).await),
                 codec::Packet::PublishComplete(ack) => {
-                    self.session.session.lock().on_pubcomp(ack.packet_id.get());
+                    self.session.broker.pubcomp(&self.session.session, ack.packet_id.get());
                     Ok(None)
                 }
                 codec::Packet::PublishRelease(rel) => Ok(Some(self.on_pubrel(&rel))),
-                codec::Packet::Subscribe(sub) => self.on_subscribe(sub),
+                codec::Packet::Subscribe(sub) => self.on_subscribe(sub).await,
                 codec::Packet::Unsubscribe(unsub) => Ok(Some(self.on_unsubscribe(&unsub))),
                 codec::Packet::Connect(_) => {
                     self.session.set_close_reason("protocol error: second CONNECT");
@@ -465,7 +465,7 @@ impl<S> InboundService<S> {
         Ok(None)
     }
 
-    fn on_publish<E>(&self, mut pkt: codec::Publish, payload: ntex::util::Bytes, size: u32) -> Res<E> {
+    async fn on_publish<E>(&self, mut pkt: codec::Publish, payload: ntex::util::Bytes, size: u32) -> Res<E> {
         let conn = &*self.session;
         let limits = &conn.broker.config().limits;
         if pkt.payload_size as usize != payload.len() {
@@ -507,7 +507,7 @@ impl<S> InboundService<S> {
             return self
                 .disconnect(codec::DisconnectReasonCode::ReceiveMaximumExceeded, "Receive Maximum exceeded");
         }
-        let outcome = conn.publish(InboundPublish {
+        let (outcome, durable) = conn.publish(InboundPublish {
             topic: pkt.topic,
             payload,
             qos,
@@ -521,6 +521,21 @@ impl<S> InboundService<S> {
         let Some(packet_id) = pkt.packet_id else {
             return Ok(None);
         };
+        if let Err(err) = durable.await {
+            // Not stored, so not acknowledged as delivered: the client may retry.
+            tracing::error!(client_id = %conn.client_id, "PUBLISH not acknowledged: {err}");
+            let ack = codec::PublishAck {
+                packet_id,
+                reason_code: codec::PublishAckReason::UnspecifiedError,
+                properties: Vec::new(),
+                reason_string: Some(ByteString::from_static("message store unavailable")),
+            };
+            return Ok(Some(codec::Encoded::Packet(if qos == QoS::ExactlyOnce {
+                codec::Packet::PublishReceived(ack)
+            } else {
+                codec::Packet::PublishAck(ack)
+            })));
+        }
         let (reason_code, reason_string) = match &outcome {
             PublishOutcome::Accepted { matched: true } | PublishOutcome::Duplicate => {
                 (codec::PublishAckReason::Success, None)
@@ -531,7 +546,7 @@ impl<S> InboundService<S> {
             PublishOutcome::Refused(err) => {
                 if qos == QoS::ExactlyOnce {
                     // A PUBREC with an error ends the exchange: no PUBREL will come.
-                    conn.session.lock().release_inbound_qos2(packet_id.get());
+                    conn.broker.release_inbound_qos2(&conn.session, packet_id.get());
                 }
                 let code = match err {
                     PublishError::Topic(_) => codec::PublishAckReason::TopicNameInvalid,
@@ -548,14 +563,18 @@ impl<S> InboundService<S> {
         })))
     }
 
-    fn on_pubrec(&self, ack: &codec::PublishAck) -> Option<codec::Encoded> {
+    async fn on_pubrec(&self, ack: &codec::PublishAck) -> Option<codec::Encoded> {
         let conn = &*self.session;
         let id = ack.packet_id.get();
         if u8::from(ack.reason_code) >= 0x80 {
-            conn.session.lock().on_pubrec_failed(id);
+            conn.broker.pubrec_failed(&conn.session, id);
             return None;
         }
-        let known = conn.session.lock().on_pubrec(id, conn.generation);
+        let (known, durable) = conn.broker.pubrec(&conn.session, id, conn.generation);
+        if let Err(err) = durable.await {
+            tracing::error!(client_id = %conn.client_id, "PUBREL withheld: {err}");
+            return None;
+        }
         Some(codec::Encoded::Packet(codec::Packet::PublishRelease(codec::PublishAck2 {
             packet_id: ack.packet_id,
             reason_code: if known {
@@ -569,7 +588,7 @@ impl<S> InboundService<S> {
     }
 
     fn on_pubrel(&self, rel: &codec::PublishAck2) -> codec::Encoded {
-        let known = self.session.session.lock().release_inbound_qos2(rel.packet_id.get());
+        let known = self.session.broker.release_inbound_qos2(&self.session.session, rel.packet_id.get());
         codec::Encoded::Packet(codec::Packet::PublishComplete(codec::PublishAck2 {
             packet_id: rel.packet_id,
             reason_code: if known {
@@ -582,7 +601,7 @@ impl<S> InboundService<S> {
         }))
     }
 
-    fn on_subscribe<E>(&self, sub: codec::Subscribe) -> Res<E> {
+    async fn on_subscribe<E>(&self, sub: codec::Subscribe) -> Res<E> {
         let conn = &*self.session;
         let mut requests = Vec::with_capacity(sub.topic_filters.len());
         for (filter, opts) in &sub.topic_filters {
@@ -607,7 +626,8 @@ impl<S> InboundService<S> {
                 },
             });
         }
-        let (results, retained) = conn.broker.subscribe(&conn.session, &requests);
+        let (results, retained, durable) = conn.broker.subscribe(&conn.session, &requests);
+        let stored = durable.await;
         let mut reason_string = None;
         let status = results
             .iter()
@@ -627,7 +647,15 @@ impl<S> InboundService<S> {
                     codec::SubscribeAckReason::TopicFilterInvalid
                 }
             })
-            .collect();
+            .collect::<Vec<_>>();
+        let (status, reason_string) = match stored {
+            Ok(()) => (status, reason_string),
+            Err(err) => {
+                tracing::error!(client_id = %conn.client_id, "subscriptions not stored: {err}");
+                let failed = vec![codec::SubscribeAckReason::UnspecifiedError; status.len()];
+                (failed, Some(ByteString::from_static("subscription store unavailable")))
+            }
+        };
         let suback =
             codec::SubscribeAck { packet_id: sub.packet_id, properties: Vec::new(), reason_string, status };
         // Encode the SUBACK now so retained messages queued next can only follow it.

@@ -72,7 +72,7 @@ pub async fn run<W: Wire>(
             }
             continue;
         }
-        let stats = session.lock().next_batch(generation, true, BATCH, Instant::now(), &mut batch);
+        let stats = broker.next_batch(&session, generation, BATCH, &mut batch);
         if stats.expired > 0 {
             broker.metrics().dropped(DropReason::Expired, u64::from(stats.expired));
         }
@@ -94,7 +94,7 @@ pub async fn run<W: Wire>(
                 Sent::TooLarge => {
                     broker.metrics().dropped(DropReason::TooLarge, 1);
                     if let Some(id) = packet_id {
-                        session.lock().discard_inflight(id);
+                        broker.discard(&session, id);
                     }
                     tracing::debug!(client_id = %session.client_id, "message larger than the client's Maximum Packet Size discarded");
                 }

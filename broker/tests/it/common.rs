@@ -25,6 +25,8 @@ pub fn broker_with(f: impl FnOnce(&mut BrokerConfig)) -> RunningBroker {
         ..BrokerConfig::default()
     };
     config.server.workers = 2;
+    // In memory unless a test asks for a store (it then sets a temporary storage.data_dir).
+    config.storage.persistence = false;
     config.sys.interval = Duration::ZERO;
     config.auth.allow_anonymous = Some(true);
     f(&mut config);

@@ -22,7 +22,7 @@ fn connect(b: &Broker, id: &str, clean: bool, expiry: Expiry, will: Option<Will>
 }
 
 fn sub(b: &Broker, c: &Connected, filter: &str, qos: QoS) -> Vec<Delivery> {
-    let (res, retained) = b.subscribe(
+    let (res, retained, _) = b.subscribe(
         &c.session,
         &[SubscribeRequest { filter: ByteString::from(filter), options: SubscriptionOptions::with_qos(qos) }],
     );
@@ -31,7 +31,7 @@ fn sub(b: &Broker, c: &Connected, filter: &str, qos: QoS) -> Vec<Delivery> {
 }
 
 fn publish(b: &Broker, topic: &str, payload: &str, qos: QoS, retain: bool) -> usize {
-    match b.publish(Message::new(topic.to_string(), payload.to_string(), qos, retain)).unwrap() {
+    match b.publish(Message::new(topic.to_string(), payload.to_string(), qos, retain)).unwrap().0 {
         Published::Routed { matched } => matched,
         Published::Delayed => panic!("not a delayed publish"),
     }
@@ -187,7 +187,7 @@ fn retained_set_replace_clear_and_handling() {
     publish(&b, "r/1", "", QoS::AtLeastOnce, true);
     assert_eq!(b.retained_count(), 1);
 
-    let (_, again) = b.subscribe(
+    let (_, again, _) = b.subscribe(
         &c.session,
         &[SubscribeRequest {
             filter: ByteString::from("r/+"),
@@ -198,7 +198,7 @@ fn retained_set_replace_clear_and_handling() {
         }],
     );
     assert!(again.is_empty(), "Retain Handling 1 on an existing subscription sends nothing");
-    let (_, shared) = b.subscribe(
+    let (_, shared, _) = b.subscribe(
         &c.session,
         &[SubscribeRequest {
             filter: ByteString::from("$share/g/r/+"),
@@ -219,7 +219,10 @@ fn publish_refusals() {
         b.publish(Message::new("$delayed/x/t", "", QoS::AtMostOnce, false)),
         Err(PublishError::Topic(_))
     ));
-    assert_eq!(b.publish(Message::new("$delayed/10/t", "", QoS::AtMostOnce, false)), Ok(Published::Delayed));
+    assert!(matches!(
+        b.publish(Message::new("$delayed/10/t", "", QoS::AtMostOnce, false)),
+        Ok((Published::Delayed, _))
+    ));
     assert_eq!(b.scheduled_count(), 1);
 }
 
