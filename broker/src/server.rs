@@ -154,7 +154,7 @@ pub async fn serve(
         tracing::warn!(remaining = broker.connected(), "shutdown timeout: closing remaining connections");
     }
     server.stop(true).await;
-    if let Err(err) = broker.store_barrier().await {
+    if let Err(err) = broker.store_flush().wait().await {
         tracing::error!("final store sync failed: {err}");
     }
     tracing::info!("broker stopped");

@@ -221,47 +221,48 @@ struct StoreJournal<'a> {
     store: &'a dyn Store,
     store_id: u64,
     active: bool,
-    /// Something an acknowledgement must wait for was written.
-    wrote: bool,
+    /// Ticket of the last change an acknowledgement must wait for (0: none).
+    ticket: u64,
+}
+
+impl StoreJournal<'_> {
+    fn submit(&mut self, op: Op) {
+        let needs_sync = op.needs_sync();
+        let ticket = self.store.submit(op);
+        if needs_sync {
+            self.ticket = ticket;
+        }
+    }
 }
 
 impl Journal for StoreJournal<'_> {
     fn queued(&mut self, seq: u64, delivery: &Delivery) {
         if self.active {
-            self.store.submit(Op::QueuePut {
+            self.submit(Op::QueuePut {
                 store_id: self.store_id,
                 seq,
                 delivery: delivery.clone(),
                 phase: None,
             });
-            self.wrote = true;
         }
     }
 
     fn released(&mut self, seq: u64, delivery: &Delivery) {
         if self.active {
             let phase = Some(Phase::AwaitPubcomp);
-            self.store.submit(Op::QueuePut {
-                store_id: self.store_id,
-                seq,
-                delivery: delivery.clone(),
-                phase,
-            });
-            self.wrote = true;
+            self.submit(Op::QueuePut { store_id: self.store_id, seq, delivery: delivery.clone(), phase });
         }
     }
 
     fn removed(&mut self, seq: u64) {
-        // Deletions need no barrier: a resurrected entry after a crash is only re-sent.
         if self.active {
-            self.store.submit(Op::QueueDelete { store_id: self.store_id, seq });
+            self.submit(Op::QueueDelete { store_id: self.store_id, seq });
         }
     }
 
     fn inbound(&mut self, packet_id: u16, present: bool) {
         if self.active {
-            self.store.submit(Op::Inbound { store_id: self.store_id, packet_id, present });
-            self.wrote |= present;
+            self.submit(Op::Inbound { store_id: self.store_id, packet_id, present });
         }
     }
 }
@@ -365,9 +366,19 @@ impl Broker {
         self.inner.store.disk_size()
     }
 
-    /// Resolves once every change submitted so far is durable.
-    pub fn store_barrier(&self) -> Durable {
-        self.inner.store.barrier()
+    /// Completes once every change submitted so far is durable.
+    pub fn store_flush(&self) -> Durable {
+        self.inner.store.flush()
+    }
+
+    /// Completion of the store changes up to `ticket` (0: nothing to wait for).
+    pub fn durable(&self, ticket: u64) -> Durable {
+        if ticket == 0 { Durable::ready() } else { self.inner.store.durable(ticket) }
+    }
+
+    /// Store progress, for a connection waiting on many acknowledgements at once.
+    pub fn store_watermark(&self) -> Option<tokio::sync::watch::Receiver<crate::store::Watermark>> {
+        self.inner.store.watermark()
     }
 
     /// Whether shutdown has begun.
@@ -386,14 +397,15 @@ impl Broker {
             store: &*self.inner.store,
             store_id: session.store_id,
             active: self.inner.store.is_persistent() && st.expiry != Expiry::OnDisconnect,
-            wrote: false,
+            ticket: 0,
         }
     }
 
-    /// Writes the session's metadata when it is persistent.
-    fn persist_session(&self, session: &Session, st: &mut SessionState) -> bool {
+    /// Writes the session's metadata when it is persistent; returns the ticket (0: nothing
+    /// written).
+    fn persist_session(&self, session: &Session, st: &mut SessionState) -> u64 {
         if !self.inner.store.is_persistent() || st.expiry == Expiry::OnDisconnect || st.ended {
-            return false;
+            return 0;
         }
         st.persisted = true;
         self.inner.store.submit(Op::SessionPut(Box::new(SessionRecord {
@@ -403,8 +415,7 @@ impl Broker {
             subscriptions: st.subscriptions.iter().map(|(f, o)| (f.clone(), *o)).collect(),
             will: st.will.clone(),
             disconnected_at: st.disconnected_at,
-        })));
-        true
+        })))
     }
 
     /// Restores what the store kept: retained messages, persistent sessions with their
@@ -549,7 +560,7 @@ impl Broker {
                     st.expiry = expiry;
                     st.will = req.will;
                     existing.set_online(true);
-                    if !self.persist_session(&existing, &mut st) && was_persisted {
+                    if self.persist_session(&existing, &mut st) == 0 && was_persisted {
                         // Resumed with Session Expiry Interval 0: the stored copy must go.
                         st.persisted = false;
                         inner.store.submit(Op::SessionDelete {
@@ -731,23 +742,22 @@ impl Broker {
             message.topic = target;
             tracing::debug!(topic = %message.topic, delay, "delayed publish scheduled");
             let delay = Duration::from_secs(u64::from(delay));
+            let mut ticket = 0;
             let key = inner.store.is_persistent().then(|| {
                 let due = SystemTime::now() + delay;
                 let key = (crate::store::unix_ms(due), inner.delayed_seq.fetch_add(1, Ordering::Relaxed));
-                inner.store.submit(Op::DelayedPut(key, due, Box::new(message.clone())));
+                ticket = inner.store.submit(Op::DelayedPut(key, due, Box::new(message.clone())));
                 key
             });
             inner.scheduler.schedule(Instant::now() + delay, Job::Publish(message, key));
-            let durable = if key.is_some() { inner.store.barrier() } else { Durable::ready() };
-            return Ok((Published::Delayed, durable));
+            return Ok((Published::Delayed, self.durable(ticket)));
         }
         topic::validate_topic_name(&message.topic, max_levels)?;
         if message.topic.starts_with("$SYS") {
             return Err(PublishError::NotAuthorized);
         }
-        let (matched, wrote) = self.dispatch(Arc::new(message));
-        let durable = if wrote { inner.store.barrier() } else { Durable::ready() };
-        Ok((Published::Routed { matched }, durable))
+        let (matched, ticket) = self.dispatch(Arc::new(message));
+        Ok((Published::Routed { matched }, self.durable(ticket)))
     }
 
     /// Publishes a broker-originated message (e.g. `$SYS`), bypassing client checks. Returns
@@ -756,18 +766,17 @@ impl Broker {
         self.dispatch(Arc::new(message)).0
     }
 
-    /// Routes a message; returns the sessions matched and whether anything was written to the
-    /// store.
-    fn dispatch(&self, message: Arc<Message>) -> (usize, bool) {
+    /// Routes a message; returns the sessions matched and the store ticket an
+    /// acknowledgement must wait for (0: none).
+    fn dispatch(&self, message: Arc<Message>) -> (usize, u64) {
         let inner = &*self.inner;
-        let mut wrote = false;
+        let mut ticket = 0;
         if message.retain && inner.retained.set(message.clone()) && inner.store.is_persistent() {
-            inner.store.submit(if message.payload.is_empty() {
+            ticket = inner.store.submit(if message.payload.is_empty() {
                 Op::RetainedClear(message.topic.clone())
             } else {
                 Op::RetainedSet(message.clone())
             });
-            wrote = true;
         }
         let conflate = !inner.settings.conflate.is_empty()
             && inner.settings.conflate.iter().any(|f| topic::matches(f, &message.topic));
@@ -777,7 +786,7 @@ impl Broker {
             let mut st = session.lock();
             let mut journal = self.journal(session, &st);
             let outcome = st.enqueue(delivery, conflate, &mut journal);
-            wrote |= journal.wrote;
+            ticket = ticket.max(journal.ticket);
             match outcome {
                 Enqueued::Wake | Enqueued::Queued | Enqueued::Conflated => {}
                 Enqueued::Overflow { queued, evicted } => {
@@ -787,7 +796,7 @@ impl Broker {
                 Enqueued::SkippedOffline | Enqueued::SessionEnded => {}
             }
         });
-        (matched, wrote)
+        (matched, ticket)
     }
 
     /// Adds subscriptions. Returns, per request, the granted QoS or why it was refused, the
@@ -839,12 +848,8 @@ impl Broker {
             }
             results.push(Ok(req.options.qos));
         }
-        let durable = if changed && self.persist_session(session, &mut session.lock()) {
-            inner.store.barrier()
-        } else {
-            Durable::ready()
-        };
-        (results, retained, durable)
+        let ticket = if changed { self.persist_session(session, &mut session.lock()) } else { 0 };
+        (results, retained, self.durable(ticket))
     }
 
     /// Queues retained messages found by [`Broker::subscribe`], once the SUBACK is out.
@@ -910,8 +915,7 @@ impl Broker {
         let mut st = session.lock();
         let mut journal = self.journal(session, &st);
         let known = st.on_pubrec(packet_id, generation, &mut journal);
-        let durable = if journal.wrote { self.inner.store.barrier() } else { Durable::ready() };
-        (known, durable)
+        (known, self.durable(journal.ticket))
     }
 
     /// PUBREC with an error reason (v5).
@@ -936,13 +940,13 @@ impl Broker {
     }
 
     /// Inbound QoS 2 PUBLISH: whether to route it (see
-    /// [`SessionState::begin_inbound_qos2`]); the id is stored for persistent sessions and
-    /// covered by the publish's durability barrier.
-    pub fn inbound_qos2(&self, session: &Session, packet_id: u16, dup: bool) -> (bool, bool) {
+    /// [`SessionState::begin_inbound_qos2`]), and the store ticket of the recorded packet id
+    /// (its PUBREC waits for it).
+    pub fn inbound_qos2(&self, session: &Session, packet_id: u16, dup: bool) -> (bool, u64) {
         let mut st = session.lock();
         let mut journal = self.journal(session, &st);
         let route = st.begin_inbound_qos2(packet_id, dup, &mut journal);
-        (route, journal.wrote)
+        (route, journal.ticket)
     }
 
     /// Inbound PUBREL: whether the id was known.

@@ -169,6 +169,84 @@ pub struct Queued {
     pub maybe_sent: bool,
 }
 
+/// The session queue: deliveries ordered by sequence number, with the bookkeeping the bounds
+/// need kept in step (bytes, and where the QoS 0 messages are, so overflow finds the oldest
+/// one without scanning a long queue of QoS 1/2 messages).
+#[derive(Debug, Default)]
+struct Queue {
+    entries: VecDeque<Queued>,
+    bytes: usize,
+    /// Sequence numbers of the queued QoS 0 messages, oldest first.
+    qos0: VecDeque<u64>,
+}
+
+impl Queue {
+    fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    fn front(&self) -> Option<&Queued> {
+        self.entries.front()
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &Queued> {
+        self.entries.iter()
+    }
+
+    fn push(&mut self, q: Queued) {
+        self.bytes += q.delivery.message.size();
+        if q.delivery.qos == QoS::AtMostOnce {
+            self.qos0.push_back(q.seq);
+        }
+        self.entries.push_back(q);
+    }
+
+    fn forget(&mut self, q: &Queued) {
+        self.bytes -= q.delivery.message.size();
+        if q.delivery.qos == QoS::AtMostOnce {
+            // Almost always the front: QoS 0 messages leave in order.
+            if self.qos0.front() == Some(&q.seq) {
+                self.qos0.pop_front();
+            } else if let Some(pos) = self.qos0.iter().position(|s| *s == q.seq) {
+                self.qos0.remove(pos);
+            }
+        }
+    }
+
+    fn pop_front(&mut self) -> Option<Queued> {
+        let q = self.entries.pop_front()?;
+        self.forget(&q);
+        Some(q)
+    }
+
+    fn remove_seq(&mut self, seq: u64) -> Option<Queued> {
+        let pos = self.entries.binary_search_by_key(&seq, |q| q.seq).ok()?;
+        let q = self.entries.remove(pos)?;
+        self.forget(&q);
+        Some(q)
+    }
+
+    fn evict_oldest_qos0(&mut self) -> Option<Queued> {
+        let seq = *self.qos0.front()?;
+        self.remove_seq(seq)
+    }
+
+    fn retain(&mut self, mut keep: impl FnMut(&Queued) -> bool) {
+        self.entries.retain(|q| keep(q));
+        self.bytes = self.entries.iter().map(|q| q.delivery.message.size()).sum();
+        self.qos0 =
+            self.entries.iter().filter(|q| q.delivery.qos == QoS::AtMostOnce).map(|q| q.seq).collect();
+    }
+
+    fn clear(&mut self) {
+        *self = Queue::default();
+    }
+}
+
 /// An outbound QoS 1/2 message that has a packet id.
 #[derive(Debug, Clone)]
 pub struct Inflight {
@@ -289,8 +367,7 @@ pub struct SessionState {
     /// Metadata has been written to the store (so ending the session must delete it).
     pub persisted: bool,
     limits: QueueLimits,
-    queue: VecDeque<Queued>,
-    queued_bytes: usize,
+    queue: Queue,
     inflight: VecDeque<Inflight>,
     outbound_ids: FxHashSet<u16>,
     /// Inflight entries sent on the current connection (they use the client's window).
@@ -314,8 +391,7 @@ impl SessionState {
             disconnected_at: None,
             persisted: false,
             limits,
-            queue: VecDeque::new(),
-            queued_bytes: 0,
+            queue: Queue::default(),
             inflight: VecDeque::new(),
             outbound_ids: FxHashSet::default(),
             sent_count: 0,
@@ -344,8 +420,7 @@ impl SessionState {
                 }
                 continue;
             }
-            self.queued_bytes += delivery.message.size();
-            self.queue.push_back(Queued { seq, delivery, maybe_sent: true });
+            self.queue.push(Queued { seq, delivery, maybe_sent: true });
         }
         self.inbound_qos2.extend(restored.inbound);
     }
@@ -411,21 +486,12 @@ impl SessionState {
     /// Discards queued and in-flight state and subscriptions (clean start or expiry).
     pub fn clear(&mut self) {
         self.queue.clear();
-        self.queued_bytes = 0;
         self.inflight.clear();
         self.outbound_ids.clear();
         self.sent_count = 0;
         self.inbound_qos2.clear();
         self.subscriptions.clear();
         self.conflated.clear();
-    }
-
-    fn remove_queued(&mut self, seq: u64) -> Option<Queued> {
-        // The queue is ordered by sequence number.
-        let pos = self.queue.binary_search_by_key(&seq, |q| q.seq).ok()?;
-        let old = self.queue.remove(pos)?;
-        self.queued_bytes -= old.delivery.message.size();
-        Some(old)
     }
 
     /// Offers a delivery. Overflow policy when the queue is full (by count or bytes): evict
@@ -444,7 +510,7 @@ impl SessionState {
         if conflate
             && self.attachment.is_none()
             && let Some(old_seq) = self.conflated.get(&delivery.message.topic).copied()
-            && let Some(old) = self.remove_queued(old_seq)
+            && let Some(old) = self.queue.remove_seq(old_seq)
         {
             if old.delivery.qos != QoS::AtMostOnce {
                 journal.removed(old_seq);
@@ -454,15 +520,9 @@ impl SessionState {
         let size = delivery.message.size();
         let mut evicted = 0;
         while self.is_full(size) {
-            let Some(old) = self
-                .queue
-                .iter()
-                .position(|q| q.delivery.qos == QoS::AtMostOnce)
-                .and_then(|pos| self.queue.remove(pos))
-            else {
+            if self.queue.evict_oldest_qos0().is_none() {
                 return Enqueued::Overflow { queued: false, evicted };
-            };
-            self.queued_bytes -= old.delivery.message.size();
+            }
             evicted += 1;
         }
         let seq = self.next_seq;
@@ -473,8 +533,7 @@ impl SessionState {
         if conflate && self.attachment.is_none() {
             self.conflated.insert(delivery.message.topic.clone(), seq);
         }
-        self.queued_bytes += size;
-        self.queue.push_back(Queued { seq, delivery, maybe_sent: false });
+        self.queue.push(Queued { seq, delivery, maybe_sent: false });
         if evicted > 0 {
             self.wake();
             return Enqueued::Overflow { queued: true, evicted };
@@ -488,7 +547,7 @@ impl SessionState {
     fn is_full(&self, incoming: usize) -> bool {
         self.queue.len() >= self.limits.max_messages
             || (self.limits.max_bytes > 0
-                && self.queued_bytes + incoming > self.limits.max_bytes
+                && self.queue.bytes + incoming > self.limits.max_bytes
                 && !self.queue.is_empty())
     }
 
@@ -514,10 +573,8 @@ impl SessionState {
     /// Drops queued messages whose expiry has passed (also while offline); returns how many.
     pub fn drop_expired(&mut self, now: Instant, journal: &mut impl Journal) -> u32 {
         let mut dropped = 0;
-        let queued_bytes = &mut self.queued_bytes;
         self.queue.retain(|q| {
             if q.delivery.message.is_expired(now) {
-                *queued_bytes -= q.delivery.message.size();
                 if q.delivery.qos != QoS::AtMostOnce {
                     journal.removed(q.seq);
                 }
@@ -572,11 +629,10 @@ impl SessionState {
         while out.len() < max {
             let Some(head) = self.queue.front() else { break };
             if head.delivery.message.is_expired(now) {
-                if let Some(q) = self.queue.pop_front() {
-                    self.queued_bytes -= q.delivery.message.size();
-                    if q.delivery.qos != QoS::AtMostOnce {
-                        journal.removed(q.seq);
-                    }
+                if let Some(q) = self.queue.pop_front()
+                    && q.delivery.qos != QoS::AtMostOnce
+                {
+                    journal.removed(q.seq);
                 }
                 stats.expired += 1;
                 continue;
@@ -591,7 +647,6 @@ impl SessionState {
                 _ => {}
             }
             let Some(q) = self.queue.pop_front() else { break };
-            self.queued_bytes -= q.delivery.message.size();
             let packet_id = match q.delivery.qos {
                 QoS::AtMostOnce => None,
                 qos => {
@@ -957,7 +1012,40 @@ mod tests {
             Enqueued::Overflow { queued: false, evicted: 0 }
         );
         let topics: Vec<String> = st.queue.iter().map(|q| q.delivery.message.topic.to_string()).collect();
+        assert_eq!(st.queue.qos0.len(), 0, "the QoS 0 index follows the queue");
         assert_eq!(topics, ["q1-a", "q1-b", "q1-c", "q1-d"]);
+    }
+
+    #[test]
+    fn qos0_index_follows_sends_and_evictions() {
+        let mut st =
+            SessionState::new(Expiry::Never, QueueLimits { max_messages: 4, max_bytes: 0, max_inflight: 1 });
+        st.attach(1, Arc::new(ConnSignal::default()), 1);
+        for (t, q) in [
+            ("a0", QoS::AtMostOnce),
+            ("b1", QoS::AtLeastOnce),
+            ("c0", QoS::AtMostOnce),
+            ("d1", QoS::AtLeastOnce),
+        ] {
+            st.enqueue_test(delivery(t, q));
+        }
+        // Window 1: a0, then b1 fills the window, c0 needs none, d1 waits.
+        let sent: Vec<String> = batch(&mut st, 1)
+            .into_iter()
+            .filter_map(|o| match o {
+                Outgoing::Publish { delivery, .. } => Some(delivery.message.topic.to_string()),
+                Outgoing::Release { .. } => None,
+            })
+            .collect();
+        assert_eq!(sent, ["a0", "b1", "c0"]);
+        assert_eq!(st.queue.qos0.len(), 0);
+        for t in ["e1", "f1", "g1"] {
+            st.enqueue_test(delivery(t, QoS::AtLeastOnce));
+        }
+        st.enqueue_test(delivery("h0", QoS::AtMostOnce));
+        assert_eq!(st.queue.qos0.len(), 0, "h0 was refused: no room and nothing to evict");
+        assert_eq!(st.queue_len(), 4);
+        assert_eq!(st.queue.bytes, 4 * 3);
     }
 
     #[test]

@@ -18,6 +18,7 @@ pub mod v5;
 pub mod writer;
 
 use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
@@ -106,6 +107,50 @@ impl Drop for ConnState {
             "client disconnected: {reason}"
         );
         self.broker.disconnect(&self.session, self.generation, how);
+    }
+}
+
+/// Acknowledgements held back until what they confirm is durable, in the order the client's
+/// packets arrived (MQTT 5.0 §4.6 requires PUBACKs in order). The connection's writer sends
+/// them as the store's watermark passes them, many per socket write. Shared by the inbound
+/// middleware and the writer of one connection (same worker thread).
+pub(crate) struct PendingAcks<A> {
+    queue: RefCell<VecDeque<(Durable, A)>>,
+}
+
+impl<A> Default for PendingAcks<A> {
+    fn default() -> Self {
+        PendingAcks { queue: RefCell::new(VecDeque::new()) }
+    }
+}
+
+impl<A> PendingAcks<A> {
+    /// Returns the acknowledgement to send now (with whether its data is durable) when it
+    /// needs no waiting and nothing is queued before it; otherwise queues it and wakes the
+    /// writer.
+    pub(crate) fn offer(&self, durable: Durable, ack: A, signal: &ConnSignal) -> Option<(A, bool)> {
+        let mut queue = self.queue.borrow_mut();
+        if queue.is_empty()
+            && let Some(result) = durable.check()
+        {
+            return Some((ack, result.is_ok()));
+        }
+        queue.push_back((durable, ack));
+        drop(queue);
+        signal.wake();
+        None
+    }
+
+    /// Moves the acknowledgements that may go now into `out`; returns whether some still wait.
+    pub(crate) fn take_ready(&self, out: &mut Vec<(A, bool)>) -> bool {
+        let mut queue = self.queue.borrow_mut();
+        while let Some((durable, _)) = queue.front() {
+            let Some(result) = durable.check() else { break };
+            if let Some((_, ack)) = queue.pop_front() {
+                out.push((ack, result.is_ok()));
+            }
+        }
+        !queue.is_empty()
     }
 }
 
@@ -236,15 +281,17 @@ impl ConnState {
             p.topic,
             p.payload.len()
         );
-        let mut inbound_stored = false;
+        let mut inbound_ticket = 0;
         if p.qos == QoS::ExactlyOnce
             && let Some(id) = p.packet_id
         {
-            let (route, stored) = self.broker.inbound_qos2(&self.session, id, p.dup);
+            let (route, ticket) = self.broker.inbound_qos2(&self.session, id, p.dup);
             if !route {
-                return (PublishOutcome::Duplicate, Durable::ready());
+                // Nothing new to store; acknowledgements leave in order, so this one cannot
+                // overtake the first copy's if that is still waiting for the store.
+                return (PublishOutcome::Duplicate, self.broker.durable(ticket));
             }
-            inbound_stored = stored;
+            inbound_ticket = ticket;
         }
         let message = Message {
             topic: p.topic,
@@ -265,8 +312,13 @@ impl ConnState {
                 (PublishOutcome::Refused(err), Durable::ready())
             }
         };
-        let durable =
-            if inbound_stored && durable.is_ready() { self.broker.store_barrier() } else { durable };
+        // Tickets grow in submission order: the routing's ticket, when there is one, covers the
+        // packet id recorded just before it.
+        let durable = if durable.is_ready() && inbound_ticket > 0 {
+            self.broker.durable(inbound_ticket)
+        } else {
+            durable
+        };
         (outcome, durable)
     }
 

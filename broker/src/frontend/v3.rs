@@ -15,14 +15,15 @@ use ntex_mqtt::Control;
 use ntex_mqtt::error::{DispatcherError, ProtocolError};
 use ntex_mqtt::v3::{self, codec};
 
-use super::writer::{self, Sent, Wire};
+use super::writer::{self, Sent, Wire, Writer};
 use super::{
-    ConnState, FrontendError, InboundPublish, ListenerContext, PublishOutcome, display_peer, preamble,
+    ConnState, FrontendError, InboundPublish, ListenerContext, PendingAcks, PublishOutcome, display_peer,
+    preamble,
 };
 use crate::core::broker::{ConnectError, ConnectRequest, DisconnectKind, SubscribeRequest};
 use crate::core::session::{Expiry, Kick, Outgoing, Will};
 use crate::core::topic;
-use crate::core::types::{Message, ProtocolVersion, QoS, SubscriptionOptions};
+use crate::core::types::{ByteString, Message, ProtocolVersion, QoS, SubscriptionOptions};
 
 /// v3 connection state.
 pub struct ConnV3 {
@@ -249,15 +250,21 @@ impl<S> Middleware<S, (SharedCfg, v3::Session<ConnV3>)> for Inbound {
 
     fn create(&self, inner: S, (_, session): (SharedCfg, v3::Session<ConnV3>)) -> Self::Service {
         let conn: &ConnV3 = &session;
-        let wire =
-            Wire3 { io: conn.io.clone(), sink: session.sink().clone(), codec: codec::Codec::default() };
-        ntex::rt::spawn(writer::run(
+        let wire = Wire3 {
+            client_id: conn.client_id.clone(),
+            io: conn.io.clone(),
+            sink: session.sink().clone(),
+            codec: codec::Codec::default(),
+        };
+        let acks = Rc::new(PendingAcks::default());
+        ntex::rt::spawn(writer::run(Writer {
             wire,
-            conn.broker.clone(),
-            conn.session.clone(),
-            conn.generation,
-            conn.signal.clone(),
-        ));
+            broker: conn.broker.clone(),
+            session: conn.session.clone(),
+            generation: conn.generation,
+            signal: conn.signal.clone(),
+            acks: acks.clone(),
+        }));
         let max_packet = conn.broker.config().limits.max_packet_size.as_u64();
         InboundService {
             inner,
@@ -265,6 +272,7 @@ impl<S> Middleware<S, (SharedCfg, v3::Session<ConnV3>)> for Inbound {
             codec: codec::Codec::default(),
             max_packet,
             assembly: super::PayloadAssembly::default(),
+            acks,
         }
     }
 }
@@ -277,6 +285,34 @@ pub struct InboundService<S> {
     max_packet: u64,
     /// PUBLISH whose payload is still arriving.
     assembly: super::PayloadAssembly<codec::Publish>,
+    /// Acknowledgements waiting for the store (sent by the writer).
+    acks: Rc<PendingAcks<Ack3>>,
+}
+
+/// A v3 acknowledgement held until durable.
+#[derive(Debug, Clone, Copy)]
+pub enum Ack3 {
+    /// PUBACK for a QoS 1 PUBLISH.
+    Puback(NonZeroU16),
+    /// PUBREC for a QoS 2 PUBLISH.
+    Pubrec(NonZeroU16),
+    /// PUBREL answering a PUBREC.
+    Pubrel(NonZeroU16),
+}
+
+impl Ack3 {
+    /// Whether this confirms a PUBLISH (rather than answering a PUBREC).
+    fn confirms_publish(self) -> bool {
+        matches!(self, Ack3::Puback(_) | Ack3::Pubrec(_))
+    }
+
+    fn packet(self) -> codec::Packet {
+        match self {
+            Ack3::Puback(packet_id) => codec::Packet::PublishAck { packet_id },
+            Ack3::Pubrec(packet_id) => codec::Packet::PublishReceived { packet_id },
+            Ack3::Pubrel(packet_id) => codec::Packet::PublishRelease { packet_id },
+        }
+    }
 }
 
 type Res<E> = Result<Option<codec::Encoded>, DispatcherError<E>>;
@@ -312,12 +348,12 @@ where
             codec::Decoded::Publish(pkt, payload, size) => {
                 let expected = pkt.payload_size as usize;
                 match self.assembly.start(pkt, payload, expected, size) {
-                    Some((pkt, payload, size)) => self.on_publish(pkt, payload, size).await,
+                    Some((pkt, payload, size)) => self.on_publish(pkt, payload, size),
                     None => Ok(None),
                 }
             }
             codec::Decoded::PayloadChunk(chunk, eof) => match self.assembly.chunk(&chunk, eof) {
-                Ok(Some((pkt, payload, size))) => self.on_publish(pkt, payload, size).await,
+                Ok(Some((pkt, payload, size))) => self.on_publish(pkt, payload, size),
                 Ok(None) => Ok(None),
                 Err(reason) => Err(ProtocolError::generic_violation(reason).into()),
             },
@@ -330,11 +366,7 @@ where
                     // v3 always releases, known id or not; after the release is stored, so a
                     // restart re-sends the PUBREL rather than the PUBLISH.
                     let (_, durable) = conn.broker.pubrec(&conn.session, packet_id.get(), conn.generation);
-                    if let Err(err) = durable.await {
-                        tracing::error!(client_id = %conn.client_id, "PUBREL withheld: {err}");
-                        return Ok(None);
-                    }
-                    Ok(Some(codec::Encoded::Packet(codec::Packet::PublishRelease { packet_id })))
+                    Ok(self.ready_ack(durable, Ack3::Pubrel(packet_id)))
                 }
                 codec::Packet::PublishComplete { packet_id } => {
                     conn.broker.pubcomp(&conn.session, packet_id.get());
@@ -367,7 +399,21 @@ where
 }
 
 impl<S> InboundService<S> {
-    async fn on_publish<E>(&self, pkt: codec::Publish, payload: ntex::util::Bytes, size: u32) -> Res<E> {
+    /// The acknowledgement to answer with now, if its data is durable and none is held
+    /// before it; otherwise the writer sends it later.
+    fn ready_ack(&self, durable: crate::store::Durable, ack: Ack3) -> Option<codec::Encoded> {
+        let (ack, durable) = self.acks.offer(durable, ack, &self.session.signal)?;
+        if durable {
+            return Some(codec::Encoded::Packet(ack.packet()));
+        }
+        if ack.confirms_publish() {
+            self.session.set_close_reason("message store unavailable");
+        }
+        store_failed(&self.session.client_id, self.session.sink(), ack);
+        None
+    }
+
+    fn on_publish<E>(&self, pkt: codec::Publish, payload: ntex::util::Bytes, size: u32) -> Res<E> {
         let conn = &*self.session;
         if pkt.payload_size as usize != payload.len() {
             return Err(ProtocolError::generic_violation("incomplete PUBLISH payload").into());
@@ -392,22 +438,9 @@ impl<S> InboundService<S> {
             expiry_interval: None,
             packet_size: size,
         });
-        if pkt.packet_id.is_some()
-            && let Err(err) = durable.await
-        {
-            // v3 has no negative acknowledgement: close so the client re-sends elsewhere or later.
-            tracing::error!(client_id = %conn.client_id, "PUBLISH not acknowledged, closing: {err}");
-            conn.set_close_reason("message store unavailable");
-            self.session.sink().close();
-            return Ok(None);
-        }
-        Ok(pkt.packet_id.map(|packet_id| {
-            codec::Encoded::Packet(if qos == QoS::ExactlyOnce {
-                codec::Packet::PublishReceived { packet_id }
-            } else {
-                codec::Packet::PublishAck { packet_id }
-            })
-        }))
+        let Some(packet_id) = pkt.packet_id else { return Ok(None) };
+        let ack = if qos == QoS::ExactlyOnce { Ack3::Pubrec(packet_id) } else { Ack3::Puback(packet_id) };
+        Ok(self.ready_ack(durable, ack))
     }
 
     async fn on_subscribe<E>(
@@ -424,7 +457,7 @@ impl<S> InboundService<S> {
             })
             .collect();
         let (results, retained, durable) = conn.broker.subscribe(&conn.session, &requests);
-        let stored = durable.await;
+        let stored = durable.wait().await;
         let status = results
             .iter()
             .zip(&requests)
@@ -453,14 +486,40 @@ impl<S> InboundService<S> {
     }
 }
 
+/// The store could not keep what `ack` would confirm. v3 has no negative acknowledgement:
+/// a PUBLISH is refused by closing the connection, so the client re-sends it later or
+/// elsewhere; a PUBREL is withheld (the client re-sends its PUBREC on reconnect).
+fn store_failed(client_id: &str, sink: &v3::MqttSink, ack: Ack3) {
+    if ack.confirms_publish() {
+        tracing::error!(client_id, "PUBLISH not acknowledged, closing: message store unavailable");
+        sink.close();
+    } else {
+        tracing::error!(client_id, "PUBREL withheld: message store unavailable");
+    }
+}
+
 /// Encodes outgoing packets for a v3 client.
 struct Wire3 {
+    client_id: ByteString,
     io: IoRef,
     sink: v3::MqttSink,
     codec: codec::Codec,
 }
 
 impl Wire for Wire3 {
+    type Ack = Ack3;
+
+    fn send_ack(&mut self, ack: Ack3, durable: bool) -> Sent {
+        if !durable {
+            store_failed(&self.client_id, &self.sink, ack);
+            return if ack.confirms_publish() { Sent::Closed } else { Sent::Written(0) };
+        }
+        match self.io.encode(codec::Encoded::Packet(ack.packet()), &self.codec) {
+            Ok(()) => Sent::Written(4),
+            Err(_) => Sent::Closed,
+        }
+    }
+
     fn send(&mut self, item: Outgoing, _now: Instant) -> Sent {
         let (encoded, bytes) = match item {
             Outgoing::Release { packet_id } => {

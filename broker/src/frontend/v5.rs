@@ -15,7 +15,8 @@ use ntex_mqtt::v5::{self, codec};
 use ntex_mqtt::{Control, Reason};
 use rustc_hash::FxHashMap;
 
-use super::writer::{self, Sent, Wire};
+use super::PendingAcks;
+use super::writer::{self, Sent, Wire, Writer};
 use super::{ConnState, FrontendError, InboundPublish, ListenerContext, PublishOutcome, display_peer};
 use crate::core::broker::{ConnectError, ConnectRequest, PublishError, SubscribeRequest};
 use crate::core::session::{Expiry, Kick, Outgoing, Will};
@@ -355,13 +356,15 @@ impl<S> Middleware<S, (SharedCfg, v5::Session<ConnV5>)> for Inbound {
             alias_max: conn.client.topic_alias_max,
             aliases: FxHashMap::default(),
         };
-        ntex::rt::spawn(writer::run(
+        let acks = Rc::new(PendingAcks::default());
+        ntex::rt::spawn(writer::run(Writer {
             wire,
-            conn.broker.clone(),
-            conn.session.clone(),
-            conn.generation,
-            conn.signal.clone(),
-        ));
+            broker: conn.broker.clone(),
+            session: conn.session.clone(),
+            generation: conn.generation,
+            signal: conn.signal.clone(),
+            acks: acks.clone(),
+        }));
         let max_packet = conn.broker.config().limits.max_packet_size.as_u64();
         InboundService {
             inner,
@@ -370,6 +373,7 @@ impl<S> Middleware<S, (SharedCfg, v5::Session<ConnV5>)> for Inbound {
             aliases: RefCell::new(FxHashMap::default()),
             max_packet,
             assembly: super::PayloadAssembly::default(),
+            acks,
         }
     }
 }
@@ -385,6 +389,41 @@ pub struct InboundService<S> {
     max_packet: u64,
     /// PUBLISH whose payload is still arriving.
     assembly: super::PayloadAssembly<codec::Publish>,
+    /// Acknowledgements waiting for the store (sent by the writer).
+    acks: Rc<PendingAcks<Ack5>>,
+}
+
+/// A v5 acknowledgement held until durable.
+#[derive(Debug)]
+pub enum Ack5 {
+    /// PUBACK (QoS 1) or PUBREC (QoS 2).
+    Publish {
+        /// The acknowledgement.
+        ack: codec::PublishAck,
+        /// Send as PUBREC.
+        qos2: bool,
+    },
+    /// PUBREL answering a PUBREC.
+    Release(codec::PublishAck2),
+}
+
+/// Encodes an acknowledgement. When the store failed, a PUBACK/PUBREC says so (0x80) so the
+/// client may publish again, and a PUBREL is withheld (the release was not recorded).
+fn encode_ack(ack: Ack5, durable: bool) -> Option<codec::Encoded> {
+    match ack {
+        Ack5::Publish { mut ack, qos2 } => {
+            if !durable {
+                ack.reason_code = codec::PublishAckReason::UnspecifiedError;
+                ack.reason_string = Some(ByteString::from_static("message store unavailable"));
+            }
+            Some(codec::Encoded::Packet(if qos2 {
+                codec::Packet::PublishReceived(ack)
+            } else {
+                codec::Packet::PublishAck(ack)
+            }))
+        }
+        Ack5::Release(rel) => durable.then_some(codec::Encoded::Packet(codec::Packet::PublishRelease(rel))),
+    }
 }
 
 type Res<E> = Result<Option<codec::Encoded>, DispatcherError<E>>;
@@ -417,12 +456,12 @@ where
             codec::Decoded::Publish(pkt, payload, size) => {
                 let expected = pkt.payload_size as usize;
                 match self.assembly.start(pkt, payload, expected, size) {
-                    Some((pkt, payload, size)) => self.on_publish(pkt, payload, size).await,
+                    Some((pkt, payload, size)) => self.on_publish(pkt, payload, size),
                     None => Ok(None),
                 }
             }
             codec::Decoded::PayloadChunk(chunk, eof) => match self.assembly.chunk(&chunk, eof) {
-                Ok(Some((pkt, payload, size))) => self.on_publish(pkt, payload, size).await,
+                Ok(Some((pkt, payload, size))) => self.on_publish(pkt, payload, size),
                 Ok(None) => Ok(None),
                 Err(reason) => Err(ProtocolError::generic_violation(reason).into()),
             },
@@ -431,7 +470,7 @@ where
                     self.session.broker.puback(&self.session.session, ack.packet_id.get());
                     Ok(None)
                 }
-                codec::Packet::PublishReceived(ack) => Ok(self.on_pubrec(&ack).await),
+                codec::Packet::PublishReceived(ack) => Ok(self.on_pubrec(&ack)),
                 codec::Packet::PublishComplete(ack) => {
                     self.session.broker.pubcomp(&self.session.session, ack.packet_id.get());
                     Ok(None)
@@ -465,7 +504,7 @@ impl<S> InboundService<S> {
         Ok(None)
     }
 
-    async fn on_publish<E>(&self, mut pkt: codec::Publish, payload: ntex::util::Bytes, size: u32) -> Res<E> {
+    fn on_publish<E>(&self, mut pkt: codec::Publish, payload: ntex::util::Bytes, size: u32) -> Res<E> {
         let conn = &*self.session;
         let limits = &conn.broker.config().limits;
         if pkt.payload_size as usize != payload.len() {
@@ -521,21 +560,6 @@ impl<S> InboundService<S> {
         let Some(packet_id) = pkt.packet_id else {
             return Ok(None);
         };
-        if let Err(err) = durable.await {
-            // Not stored, so not acknowledged as delivered: the client may retry.
-            tracing::error!(client_id = %conn.client_id, "PUBLISH not acknowledged: {err}");
-            let ack = codec::PublishAck {
-                packet_id,
-                reason_code: codec::PublishAckReason::UnspecifiedError,
-                properties: Vec::new(),
-                reason_string: Some(ByteString::from_static("message store unavailable")),
-            };
-            return Ok(Some(codec::Encoded::Packet(if qos == QoS::ExactlyOnce {
-                codec::Packet::PublishReceived(ack)
-            } else {
-                codec::Packet::PublishAck(ack)
-            })));
-        }
         let (reason_code, reason_string) = match &outcome {
             PublishOutcome::Accepted { matched: true } | PublishOutcome::Duplicate => {
                 (codec::PublishAckReason::Success, None)
@@ -555,15 +579,14 @@ impl<S> InboundService<S> {
                 (code, Some(ByteString::from(err.to_string())))
             }
         };
-        let ack = codec::PublishAck { packet_id, reason_code, properties: Vec::new(), reason_string };
-        Ok(Some(codec::Encoded::Packet(if qos == QoS::ExactlyOnce {
-            codec::Packet::PublishReceived(ack)
-        } else {
-            codec::Packet::PublishAck(ack)
-        })))
+        let ack = Ack5::Publish {
+            ack: codec::PublishAck { packet_id, reason_code, properties: Vec::new(), reason_string },
+            qos2: qos == QoS::ExactlyOnce,
+        };
+        Ok(self.acks.offer(durable, ack, &conn.signal).and_then(|(ack, durable)| encode_ack(ack, durable)))
     }
 
-    async fn on_pubrec(&self, ack: &codec::PublishAck) -> Option<codec::Encoded> {
+    fn on_pubrec(&self, ack: &codec::PublishAck) -> Option<codec::Encoded> {
         let conn = &*self.session;
         let id = ack.packet_id.get();
         if u8::from(ack.reason_code) >= 0x80 {
@@ -571,11 +594,7 @@ impl<S> InboundService<S> {
             return None;
         }
         let (known, durable) = conn.broker.pubrec(&conn.session, id, conn.generation);
-        if let Err(err) = durable.await {
-            tracing::error!(client_id = %conn.client_id, "PUBREL withheld: {err}");
-            return None;
-        }
-        Some(codec::Encoded::Packet(codec::Packet::PublishRelease(codec::PublishAck2 {
+        let release = Ack5::Release(codec::PublishAck2 {
             packet_id: ack.packet_id,
             reason_code: if known {
                 codec::PublishAck2Reason::Success
@@ -584,7 +603,12 @@ impl<S> InboundService<S> {
             },
             properties: Vec::new(),
             reason_string: None,
-        })))
+        });
+        let (release, durable) = self.acks.offer(durable, release, &conn.signal)?;
+        if !durable {
+            tracing::error!(client_id = %conn.client_id, "PUBREL withheld: message store unavailable");
+        }
+        encode_ack(release, durable)
     }
 
     fn on_pubrel(&self, rel: &codec::PublishAck2) -> codec::Encoded {
@@ -627,7 +651,7 @@ impl<S> InboundService<S> {
             });
         }
         let (results, retained, durable) = conn.broker.subscribe(&conn.session, &requests);
-        let stored = durable.await;
+        let stored = durable.wait().await;
         let mut reason_string = None;
         let status = results
             .iter()
@@ -732,6 +756,16 @@ impl Wire5 {
 }
 
 impl Wire for Wire5 {
+    type Ack = Ack5;
+
+    fn send_ack(&mut self, ack: Ack5, durable: bool) -> Sent {
+        let Some(encoded) = encode_ack(ack, durable) else { return Sent::Written(0) };
+        match self.io.encode(encoded, &self.codec) {
+            Ok(()) => Sent::Written(4),
+            Err(_) => Sent::Closed,
+        }
+    }
+
     fn send(&mut self, item: Outgoing, now: Instant) -> Sent {
         let encoded = match item {
             Outgoing::Release { packet_id } => {

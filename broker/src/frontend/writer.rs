@@ -11,6 +11,9 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Instant;
 
+use std::rc::Rc;
+
+use super::PendingAcks;
 use crate::core::broker::Broker;
 use crate::core::metrics::DropReason;
 use crate::core::session::{ConnSignal, Kick, Outgoing, Session};
@@ -31,6 +34,11 @@ pub enum Sent {
 
 /// Protocol-specific encoding of outgoing packets.
 pub trait Wire {
+    /// An acknowledgement held until durable (see [`super::PendingAcks`]).
+    type Ack;
+    /// Encodes an acknowledgement; `durable` is false when the store failed to keep what it
+    /// confirms (v5 answers with an error reason, v3 can only close the connection).
+    fn send_ack(&mut self, ack: Self::Ack, durable: bool) -> Sent;
     /// Encodes `item` into the connection's write buffer.
     fn send(&mut self, item: Outgoing, now: Instant) -> Sent;
     /// Closes the connection for `reason` (v5 sends the matching DISCONNECT).
@@ -43,15 +51,31 @@ pub trait Wire {
     fn ready(&self) -> impl Future<Output = bool>;
 }
 
+/// What a connection's writer owns.
+pub(crate) struct Writer<W: Wire> {
+    /// Protocol encoding onto the socket.
+    pub(crate) wire: W,
+    /// The broker core.
+    pub(crate) broker: Broker,
+    /// The session whose queue this writer drains.
+    pub(crate) session: Arc<Session>,
+    /// Connection generation within the session (stale writers stop).
+    pub(crate) generation: u64,
+    /// Wake-ups from publishers and the read side.
+    pub(crate) signal: Arc<ConnSignal>,
+    /// Acknowledgements held until the store has made their data durable.
+    pub(crate) acks: Rc<PendingAcks<W::Ack>>,
+}
+
 /// Runs until the connection closes or the session moves on.
-pub async fn run<W: Wire>(
-    mut wire: W,
-    broker: Broker,
-    session: Arc<Session>,
-    generation: u64,
-    signal: Arc<ConnSignal>,
-) {
+///
+/// Held acknowledgements go first, in arrival order, as soon as the store's watermark passes
+/// them: one watermark per connection replaces a task (and a cross-thread wake) per message.
+pub(crate) async fn run<W: Wire>(writer: Writer<W>) {
+    let Writer { mut wire, broker, session, generation, signal, acks } = writer;
+    let mut watermark = broker.store_watermark();
     let mut batch = Vec::with_capacity(BATCH);
+    let mut ready_acks = Vec::new();
     loop {
         if let Some(kick) = signal.kicked() {
             if kick != Kick::Detached {
@@ -61,6 +85,14 @@ pub async fn run<W: Wire>(
         }
         if wire.is_closed() {
             return;
+        }
+        let acks_waiting = acks.take_ready(&mut ready_acks);
+        for (ack, durable) in ready_acks.drain(..) {
+            match wire.send_ack(ack, durable) {
+                Sent::Written(bytes) => broker.metrics().bytes(0, bytes),
+                Sent::TooLarge => {}
+                Sent::Closed => return,
+            }
         }
         if wire.backpressure() {
             if !wire.ready().await {
@@ -77,7 +109,20 @@ pub async fn run<W: Wire>(
             broker.metrics().dropped(DropReason::Expired, u64::from(stats.expired));
         }
         if batch.is_empty() {
-            signal.wait().await;
+            match watermark.as_mut() {
+                Some(progress) if acks_waiting => {
+                    tokio::select! {
+                        () = signal.wait() => {}
+                        changed = progress.changed() => {
+                            if changed.is_err() {
+                                // The store is gone (shutdown): acknowledgements cannot complete.
+                                watermark = None;
+                            }
+                        }
+                    }
+                }
+                _ => signal.wait().await,
+            }
             continue;
         }
         let now = Instant::now();

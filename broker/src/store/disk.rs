@@ -3,8 +3,8 @@
 //!
 //! Every connection's writes go through one channel to the writer thread, which applies
 //! everything waiting as one atomic batch and, with `fsync: always`, syncs the journal once
-//! for the whole batch before completing the barriers of that batch. So many publishers share
-//! each fsync (group commit) and a PUBACK never precedes the data it promises.
+//! for the whole batch before advancing the durability watermark past it. So many publishers
+//! share each fsync (group commit) and a PUBACK never precedes the data it promises.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -15,10 +15,10 @@ use std::time::{Duration, Instant};
 
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 use fleetmq_config::{Fsync, Storage};
-use tokio::sync::oneshot;
+use tokio::sync::watch;
 
 use super::records::{self, Clock};
-use super::{Durable, Loaded, LoadedSession, Op, Store, StoreError};
+use super::{Durable, Loaded, LoadedSession, Op, Store, StoreError, Watermark};
 use crate::core::session::Phase;
 
 /// Store format marker, checked at start.
@@ -55,11 +55,6 @@ fn write_synced(path: &Path, value: u64) -> std::io::Result<()> {
     std::fs::write(path.join(SYNCED_FILE), bytes)
 }
 
-enum Cmd {
-    Op(Op),
-    Barrier(oneshot::Sender<Result<(), StoreError>>),
-}
-
 #[derive(Clone)]
 struct Keyspaces {
     meta: Keyspace,
@@ -75,7 +70,10 @@ pub struct DiskStore {
     path: PathBuf,
     db: Database,
     ks: Keyspaces,
-    tx: Mutex<Option<mpsc::Sender<Cmd>>>,
+    /// The channel to the writer and the last ticket issued; one lock so tickets follow the
+    /// channel order.
+    tx: Mutex<(Option<mpsc::Sender<Op>>, u64)>,
+    progress: watch::Receiver<Watermark>,
     failed: Arc<AtomicBool>,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
@@ -154,6 +152,7 @@ impl DiskStore {
         }
         let (tx, rx) = mpsc::channel();
         let failed = Arc::new(AtomicBool::new(false));
+        let (progress_tx, progress) = watch::channel(Watermark::default());
         let writer = Writer {
             db: db.clone(),
             ks: ks.clone(),
@@ -162,22 +161,26 @@ impl DiskStore {
             interval: storage.fsync_interval,
             failed: failed.clone(),
             commit: recovered,
+            progress: progress_tx,
         };
         let thread = std::thread::Builder::new()
             .name("fleetmq-store".into())
             .spawn(move || writer.run(rx))
             .map_err(|e| engine(&path, "cannot start the store writer", e))?;
-        Ok(DiskStore { path, db, ks, tx: Mutex::new(Some(tx)), failed, thread: Mutex::new(Some(thread)) })
-    }
-
-    fn send(&self, cmd: Cmd) -> bool {
-        let tx = self.tx.lock().unwrap_or_else(|p| p.into_inner());
-        tx.as_ref().is_some_and(|tx| tx.send(cmd).is_ok())
+        Ok(DiskStore {
+            path,
+            db,
+            ks,
+            tx: Mutex::new((Some(tx), 0)),
+            progress,
+            failed,
+            thread: Mutex::new(Some(thread)),
+        })
     }
 
     /// Stops the writer after it has applied and synced everything submitted.
     pub fn close(&self) {
-        self.tx.lock().unwrap_or_else(|p| p.into_inner()).take();
+        self.tx.lock().unwrap_or_else(|p| p.into_inner()).0.take();
         if let Some(thread) = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take() {
             let _ = thread.join();
         }
@@ -199,15 +202,29 @@ impl Store for DiskStore {
         true
     }
 
-    fn submit(&self, op: Op) {
-        if !self.send(Cmd::Op(op)) && !self.failed.load(Ordering::Relaxed) {
-            tracing::error!("store writer is gone; a change was not persisted");
+    fn submit(&self, op: Op) -> u64 {
+        let mut tx = self.tx.lock().unwrap_or_else(|p| p.into_inner());
+        let sent = tx.0.as_ref().is_some_and(|sender| sender.send(op).is_ok());
+        if sent {
+            tx.1 += 1;
+        } else if !self.failed.swap(true, Ordering::Relaxed) {
+            tracing::error!("store writer is gone; changes are no longer persisted");
         }
+        // An unsent change gets a ticket that can never become durable.
+        if sent { tx.1 } else { u64::MAX }
     }
 
-    fn barrier(&self) -> Durable {
-        let (tx, rx) = oneshot::channel();
-        if self.send(Cmd::Barrier(tx)) { Durable::pending(rx) } else { Durable::ready_err() }
+    fn durable(&self, ticket: u64) -> Durable {
+        Durable::pending(ticket, self.progress.clone())
+    }
+
+    fn flush(&self) -> Durable {
+        let ticket = self.tx.lock().unwrap_or_else(|p| p.into_inner()).1;
+        self.durable(ticket)
+    }
+
+    fn watermark(&self) -> Option<watch::Receiver<Watermark>> {
+        Some(self.progress.clone())
     }
 
     fn load(&self) -> Result<Loaded, StoreError> {
@@ -299,15 +316,6 @@ impl Store for DiskStore {
     }
 }
 
-impl Durable {
-    /// A barrier that can never complete: the store is closed.
-    fn ready_err() -> Self {
-        let (tx, rx) = oneshot::channel();
-        let _ = tx.send(Err(StoreError::Closed));
-        Durable::pending(rx)
-    }
-}
-
 /// The writer thread's state.
 struct Writer {
     db: Database,
@@ -318,31 +326,35 @@ struct Writer {
     failed: Arc<AtomicBool>,
     /// Batches committed so far (stored with every batch).
     commit: u64,
+    /// Published after each batch: how far acknowledgements may go.
+    progress: watch::Sender<Watermark>,
 }
 
 /// Upper bound on changes applied in one batch, so one huge burst cannot delay every
 /// acknowledgement behind it.
-const MAX_BATCH: usize = 4096;
+const MAX_BATCH: usize = 32_768;
 
 impl Writer {
-    fn run(mut self, rx: mpsc::Receiver<Cmd>) {
+    fn run(mut self, rx: mpsc::Receiver<Op>) {
         let clock_refresh = Duration::from_millis(500);
         let mut clock = Clock::now();
         let mut clock_at = Instant::now();
-        let mut dirty = false;
+        // Changes applied so far; equals the ticket of the last one (tickets count submissions).
+        let mut applied = 0u64;
+        let mut unsynced = false;
         let mut last_sync = Instant::now();
         loop {
             let first = match self.fsync {
                 Fsync::Always => match rx.recv() {
-                    Ok(cmd) => cmd,
+                    Ok(op) => op,
                     Err(_) => break,
                 },
                 Fsync::Interval => match rx.recv_timeout(self.interval) {
-                    Ok(cmd) => cmd,
+                    Ok(op) => op,
                     Err(RecvTimeoutError::Timeout) => {
-                        if dirty {
+                        if unsynced {
                             let _ = self.sync_or_fail();
-                            dirty = false;
+                            unsynced = false;
                             last_sync = Instant::now();
                         }
                         continue;
@@ -355,50 +367,51 @@ impl Writer {
                 clock_at = Instant::now();
             }
             let mut batch = self.db.batch();
-            let mut waiters = Vec::new();
-            let mut cmd = Some(first);
+            let mut needs_sync = false;
+            let mut next = Some(first);
             let mut count = 0;
-            while let Some(next) = cmd.take() {
-                match next {
-                    Cmd::Barrier(tx) => waiters.push(tx),
-                    Cmd::Op(Op::SessionDelete { client_id, store_id }) => {
+            while let Some(op) = next.take() {
+                applied += 1;
+                count += 1;
+                needs_sync |= op.needs_sync();
+                match op {
+                    Op::SessionDelete { client_id, store_id } => {
                         // Range deletes read the keyspace: earlier writes must be applied first.
                         self.commit(std::mem::replace(&mut batch, self.db.batch()));
                         self.delete_session(&client_id, store_id);
                     }
-                    Cmd::Op(op) => self.apply(&mut batch, op, clock),
+                    op => self.apply(&mut batch, op, clock),
                 }
-                count += 1;
                 if count < MAX_BATCH {
-                    cmd = rx.try_recv().ok();
+                    next = rx.try_recv().ok();
                 }
             }
             self.commit(batch);
-            dirty = true;
-            let result = if self.failed.load(Ordering::Relaxed) {
-                Err(StoreError::Engine(format!(
-                    "the store at {} failed; see the error log",
-                    self.path.display()
-                )))
-            } else if self.fsync == Fsync::Always && !waiters.is_empty() {
-                dirty = false;
-                self.sync_or_fail()
-            } else {
-                if self.fsync == Fsync::Interval && last_sync.elapsed() >= self.interval {
-                    let _ = self.sync_or_fail();
-                    dirty = false;
-                    last_sync = Instant::now();
-                }
-                Ok(())
-            };
-            for waiter in waiters {
-                let _ = waiter.send(result.clone());
+            unsynced = true;
+            if self.fsync == Fsync::Always && needs_sync {
+                let _ = self.sync_or_fail();
+                unsynced = false;
+            } else if self.fsync == Fsync::Interval && last_sync.elapsed() >= self.interval {
+                let _ = self.sync_or_fail();
+                unsynced = false;
+                last_sync = Instant::now();
+            }
+            // With `fsync: interval` acknowledgements only wait for the journal write; the
+            // documented loss window is the sync interval (power loss or OS crash only).
+            let failed = self.failed.load(Ordering::Relaxed);
+            self.progress.send_replace(Watermark { durable: if failed { 0 } else { applied }, failed });
+            if failed {
+                // Keep draining so submitters never block; nothing more is written.
+                while rx.recv().is_ok() {}
+                return;
             }
         }
         // Channel closed (shutdown): make everything durable before the process exits.
-        if dirty {
+        if unsynced {
             let _ = self.sync_or_fail();
         }
+        self.progress
+            .send_replace(Watermark { durable: applied, failed: self.failed.load(Ordering::Relaxed) });
     }
 
     fn sync_or_fail(&self) -> Result<(), StoreError> {
@@ -585,7 +598,7 @@ mod tests {
                 store.submit(Op::Inbound { store_id: 2, packet_id: 9, present: true });
                 store.submit(Op::Inbound { store_id: 2, packet_id: 10, present: true });
                 store.submit(Op::Inbound { store_id: 2, packet_id: 10, present: false });
-                block_on(store.barrier()).unwrap();
+                block_on(store.flush().wait()).unwrap();
             }
             let store = DiskStore::open(&dir.storage(fsync)).unwrap();
             let loaded = store.load().unwrap();
@@ -614,7 +627,7 @@ mod tests {
         {
             let store = DiskStore::open(&dir.storage(Fsync::Always)).unwrap();
             store.submit(Op::QueuePut { store_id: 77, seq: 1, delivery: delivery("x"), phase: None });
-            block_on(store.barrier()).unwrap();
+            block_on(store.flush().wait()).unwrap();
         }
         let store = DiskStore::open(&dir.storage(Fsync::Always)).unwrap();
         assert!(store.load().unwrap().sessions.is_empty());

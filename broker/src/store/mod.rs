@@ -3,8 +3,10 @@
 //! The core's in-memory structures are authoritative while the broker runs; a [`Store`]
 //! mirrors their changes so they survive a restart, and hands them back at start
 //! ([`Store::load`]). Writes are submitted without blocking ([`Store::submit`], under the
-//! session lock, so they reach the store in the order they happened); a caller that must not
-//! acknowledge before the data is durable waits on [`Store::barrier`]. [`MemoryStore`] (for
+//! session lock, so they reach the store in the order they happened) and get a ticket; a
+//! caller that must not acknowledge before the data is durable waits for its ticket
+//! ([`Store::durable`], [`Durable`]), and a connection waits for all of its tickets at once on
+//! the store's [`Watermark`]. [`MemoryStore`] (for
 //! `storage.persistence: false`) keeps nothing; [`disk::DiskStore`] is the embedded engine.
 
 pub mod disk;
@@ -12,13 +14,10 @@ mod records;
 
 pub(crate) use records::unix_ms;
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::SystemTime;
 
-use tokio::sync::oneshot;
+use tokio::sync::watch;
 
 use crate::core::session::{Expiry, Phase, Will};
 use crate::core::types::{ByteString, Delivery, Message, SubscriptionOptions};
@@ -125,51 +124,102 @@ pub enum Op {
     DelayedDelete(DelayedKey),
 }
 
+impl Op {
+    /// Whether an acknowledgement may depend on this change being on disk. Deletions never
+    /// do: a deletion lost in a crash only brings back something already handled (a message
+    /// is re-sent, an ended session reappears until it expires), never loses data.
+    pub fn needs_sync(&self) -> bool {
+        !matches!(
+            self,
+            Op::QueueDelete { .. }
+                | Op::SessionDelete { .. }
+                | Op::DelayedDelete(_)
+                | Op::Inbound { present: false, .. }
+        )
+    }
+}
+
+/// How far the store has come: every change with a ticket up to `durable` is on disk (or
+/// needs not be), unless `failed`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Watermark {
+    /// Highest ticket whose change (and everything before it) is durable.
+    pub durable: u64,
+    /// The store failed; nothing more will become durable.
+    pub failed: bool,
+}
+
 /// Durable state the core writes through.
 pub trait Store: Send + Sync + 'static {
     /// Engine name for logs.
     fn kind(&self) -> &'static str;
     /// Whether anything is kept; when false the core skips building writes altogether.
     fn is_persistent(&self) -> bool;
-    /// Queues a change; never blocks.
-    fn submit(&self, op: Op);
-    /// Resolves once everything submitted so far is durable (per `storage.fsync`).
-    fn barrier(&self) -> Durable;
+    /// Queues a change without blocking; returns its ticket (tickets grow in submission
+    /// order, which is also the order the store applies changes in).
+    fn submit(&self, op: Op) -> u64;
+    /// Completion of every change up to `ticket`.
+    fn durable(&self, ticket: u64) -> Durable;
+    /// Completion of everything submitted so far.
+    fn flush(&self) -> Durable;
+    /// Progress updates, for waiting on many tickets at once (a connection's acknowledgements).
+    fn watermark(&self) -> Option<watch::Receiver<Watermark>>;
     /// Everything stored, for recovery at start.
     fn load(&self) -> Result<Loaded, StoreError>;
     /// Bytes on disk, for metrics.
     fn disk_size(&self) -> u64;
 }
 
-/// Completion of a [`Store::barrier`].
-#[must_use = "a barrier only helps if awaited"]
-#[derive(Debug)]
-pub struct Durable(Option<oneshot::Receiver<Result<(), StoreError>>>);
-
-impl Durable {
-    /// Already durable (nothing to wait for).
-    pub fn ready() -> Self {
-        Durable(None)
-    }
-
-    /// Completes when `rx` does.
-    pub fn pending(rx: oneshot::Receiver<Result<(), StoreError>>) -> Self {
-        Durable(Some(rx))
-    }
-
-    /// True when there is nothing to wait for.
-    pub fn is_ready(&self) -> bool {
-        self.0.is_none()
-    }
+/// The point after which an acknowledgement may be sent.
+#[must_use = "durability only helps if waited for"]
+#[derive(Debug, Clone)]
+pub struct Durable {
+    ticket: u64,
+    progress: Option<watch::Receiver<Watermark>>,
 }
 
-impl Future for Durable {
-    type Output = Result<(), StoreError>;
+impl Durable {
+    /// Nothing to wait for.
+    pub fn ready() -> Self {
+        Durable { ticket: 0, progress: None }
+    }
 
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.0.as_mut() {
-            None => Poll::Ready(Ok(())),
-            Some(rx) => Pin::new(rx).poll(cx).map(|r| r.unwrap_or(Err(StoreError::Closed))),
+    /// Completes when `progress` passes `ticket`.
+    pub fn pending(ticket: u64, progress: watch::Receiver<Watermark>) -> Self {
+        Durable { ticket, progress: Some(progress) }
+    }
+
+    /// `Some(Ok)` once durable, `Some(Err)` if the store failed, `None` while pending.
+    pub fn check(&self) -> Option<Result<(), StoreError>> {
+        let Some(progress) = &self.progress else { return Some(Ok(())) };
+        let mark = *progress.borrow();
+        if mark.durable >= self.ticket {
+            Some(Ok(()))
+        } else if mark.failed {
+            Some(Err(StoreError::Engine("the message store failed; see the error log".into())))
+        } else {
+            None
+        }
+    }
+
+    /// True when already durable (nothing to wait for).
+    pub fn is_ready(&self) -> bool {
+        matches!(self.check(), Some(Ok(())))
+    }
+
+    /// Waits until durable.
+    pub async fn wait(self) -> Result<(), StoreError> {
+        let Some(mut progress) = self.progress else { return Ok(()) };
+        let ticket = self.ticket;
+        let mark = progress
+            .wait_for(|m| m.durable >= ticket || m.failed)
+            .await
+            .map(|m| *m)
+            .map_err(|_| StoreError::Closed)?;
+        if mark.durable >= ticket {
+            Ok(())
+        } else {
+            Err(StoreError::Engine("the message store failed; see the error log".into()))
         }
     }
 }
@@ -187,10 +237,20 @@ impl Store for MemoryStore {
         false
     }
 
-    fn submit(&self, _op: Op) {}
+    fn submit(&self, _op: Op) -> u64 {
+        0
+    }
 
-    fn barrier(&self) -> Durable {
+    fn durable(&self, _ticket: u64) -> Durable {
         Durable::ready()
+    }
+
+    fn flush(&self) -> Durable {
+        Durable::ready()
+    }
+
+    fn watermark(&self) -> Option<watch::Receiver<Watermark>> {
+        None
     }
 
     fn load(&self) -> Result<Loaded, StoreError> {

@@ -24,27 +24,30 @@ async fn a_stalled_subscriber_does_not_slow_others_and_its_queue_is_bounded() {
     options.set_inflight(50);
     let (publisher, _) = v3::connect(options).await;
     const N: usize = 4000;
+    // The publisher keeps at most WINDOW messages ahead of the fast subscriber: the broker
+    // never slows publishers down, so an unpaced one would overflow every queue of 100, the
+    // fast subscriber's included.
+    const WINDOW: usize = 50;
     let payload = vec![0x5a; 4096];
-    let sender = tokio::spawn(async move {
-        for i in 0..N {
+
+    // 16 MB pass through the broker; the fast subscriber gets every message, in order, while
+    // the stalled one's socket buffer and then its bounded queue fill up.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    for start in (0..N).step_by(WINDOW) {
+        for i in start..start + WINDOW {
             publisher
                 .client
                 .publish(format!("flood/{i}"), v3::QoS::AtLeastOnce, false, payload.clone())
                 .await
                 .unwrap();
         }
-        publisher
-    });
-
-    // 16 MB pass through the broker; the fast subscriber gets every message, in order, while
-    // the stalled one's socket buffer and then its bounded queue fill up.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    for i in 0..N {
-        let p =
-            tokio::time::timeout_at(deadline, fast.expect_publish()).await.expect("fast subscriber keeps up");
-        assert_eq!(p.topic, format!("flood/{i}"));
+        for i in start..start + WINDOW {
+            let p = tokio::time::timeout_at(deadline, fast.expect_publish())
+                .await
+                .expect("fast subscriber keeps up");
+            assert_eq!(p.topic, format!("flood/{i}"));
+        }
     }
-    let _publisher = sender.await.unwrap();
     let dropped = broker.broker.metrics().dropped_count(DropReason::QueueFull);
     assert!(dropped > 0, "the stalled subscriber's queue overflowed and was counted");
     let queued = broker.broker.session("stalled").expect("session").lock().queue_len();
