@@ -8,7 +8,7 @@ TARGET_DIR   := $(shell $(CARGO) metadata --format-version 1 --no-deps 2>/dev/nu
 BROKER_BIN   := $(TARGET_DIR)/debug/fleetmq-broker
 OPERATOR_BIN := $(TARGET_DIR)/debug/fleetmq-operator
 
-.PHONY: run build test test-rust test-python lint fmt check-python-deps clean crds
+.PHONY: run build test test-rust test-python lint fmt check-python-deps clean crds bench bench-store
 
 ## run: build and start the broker on 127.0.0.1:1883 (anonymous, state under ./data)
 run:
@@ -33,6 +33,13 @@ test-rust:
 test-python: check-python-deps
 	$(CARGO) build -p fleetmq-broker --bin fleetmq-broker -p fleetmq-operator --bin fleetmq-operator
 	FLEETMQ_BROKER=$(BROKER_BIN) FLEETMQ_OPERATOR=$(OPERATOR_BIN) $(PYTHON) -m pytest -q tests/python
+
+## bench: every benchmark (release build, pinned CPUs; results in bench/results/)
+bench: bench-store
+
+## bench-store: durable-store throughput (fsync always/interval vs memory) and recovery time
+bench-store:
+	python3 bench/store_bench.py
 
 ## crds: regenerate crds/ (one file per kind) from the operator's types; a test fails on drift
 crds:

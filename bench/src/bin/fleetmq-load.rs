@@ -1,0 +1,316 @@
+//! `fleetmq-load`: an MQTT load generator for benchmarks.
+//!
+//! Single-threaded tokio (so it fits on one core, pinned apart from the broker), rumqttc
+//! clients. Publishers are closed-loop with a bounded window (rumqttc's in-flight limit);
+//! payloads carry the publisher id, a sequence number and a send timestamp, so the
+//! subscribers count loss and duplicates exactly and measure end-to-end latency.
+//!
+//! Prints one JSON object with the results.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::Parser;
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use serde::Serialize;
+use tokio::sync::mpsc;
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "kebab-case")]
+enum Workload {
+    /// P publishers → S subscribers on `bench/#` (fan-in with S = 1).
+    Fanin,
+    /// 1 publisher → S subscribers of one topic.
+    Fanout,
+    /// P publisher/subscriber pairs, each on its own topic.
+    Pairs,
+}
+
+#[derive(Debug, Parser)]
+struct Args {
+    /// Broker address.
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    /// Broker port.
+    #[arg(long, default_value_t = 1883)]
+    port: u16,
+    /// Workload shape.
+    #[arg(long, value_enum, default_value = "fanin")]
+    workload: Workload,
+    /// Publishers (fan-in, pairs).
+    #[arg(long, default_value_t = 50)]
+    publishers: usize,
+    /// Subscribers (fan-in, fan-out).
+    #[arg(long, default_value_t = 1)]
+    subscribers: usize,
+    /// QoS for publishing and subscribing (0 or 1).
+    #[arg(long, default_value_t = 1)]
+    qos: u8,
+    /// Payload bytes (at least 24: id, sequence, timestamp).
+    #[arg(long, default_value_t = 64)]
+    payload: usize,
+    /// How long publishers publish.
+    #[arg(long, default_value = "10", value_parser = parse_secs)]
+    duration: Duration,
+    /// Total publish rate in messages/s across publishers (0 = as fast as the window allows).
+    #[arg(long, default_value_t = 0)]
+    rate: u64,
+    /// Messages per publisher (0 = publish until `--duration` ends). A bounded run lets a
+    /// slower subscriber drain everything afterwards, so losses mean real losses rather than
+    /// queue overflow.
+    #[arg(long, default_value_t = 0)]
+    messages: u64,
+    /// Per-client in-flight window.
+    #[arg(long, default_value_t = 100)]
+    window: u16,
+    /// Subscribers use persistent sessions (clean session 0), so a durable broker stores
+    /// every delivery.
+    #[arg(long)]
+    persistent: bool,
+    /// Client id prefix (runs against the same broker must not collide).
+    #[arg(long, default_value = "load")]
+    id: String,
+}
+
+fn parse_secs(s: &str) -> Result<Duration, String> {
+    s.trim_end_matches('s').parse::<f64>().map(Duration::from_secs_f64).map_err(|e| e.to_string())
+}
+
+#[derive(Debug, Default, Serialize)]
+struct Report {
+    workload: String,
+    qos: u8,
+    payload: usize,
+    publishers: usize,
+    subscribers: usize,
+    persistent: bool,
+    seconds: f64,
+    published: u64,
+    acknowledged: u64,
+    delivered: u64,
+    expected: u64,
+    lost: u64,
+    duplicates: u64,
+    publish_rate: f64,
+    delivery_rate: f64,
+    latency_p50_ms: f64,
+    latency_p99_ms: f64,
+}
+
+fn options(args: &Args, id: String, clean: bool) -> MqttOptions {
+    let mut o = MqttOptions::new(id, args.host.clone(), args.port);
+    o.set_keep_alive(Duration::from_secs(60));
+    o.set_clean_session(clean);
+    o.set_inflight(args.window);
+    o.set_max_packet_size(1 << 24, 1 << 24);
+    o
+}
+
+fn qos(level: u8) -> QoS {
+    if level == 0 { QoS::AtMostOnce } else { QoS::AtLeastOnce }
+}
+
+fn now_micros(epoch: Instant) -> u64 {
+    epoch.elapsed().as_micros() as u64
+}
+
+/// A received message: (publisher, sequence, latency µs).
+type Received = (u32, u64, u64);
+
+async fn subscriber(
+    args: &Args,
+    n: usize,
+    filter: String,
+    epoch: Instant,
+    tx: mpsc::UnboundedSender<Received>,
+) -> anyhow::Result<AsyncClient> {
+    let clean = !args.persistent;
+    let (client, mut events) = AsyncClient::new(options(args, format!("{}-sub-{n}", args.id), clean), 10_000);
+    client.subscribe(filter, qos(args.qos)).await?;
+    loop {
+        match events.poll().await.context("subscriber connection")? {
+            Event::Incoming(Packet::SubAck(_)) => break,
+            _ => continue,
+        }
+    }
+    tokio::task::spawn_local(async move {
+        while let Ok(event) = events.poll().await {
+            if let Event::Incoming(Packet::Publish(p)) = event
+                && p.payload.len() >= 20
+            {
+                let publisher = u32::from_be_bytes(p.payload[0..4].try_into().unwrap_or_default());
+                let seq = u64::from_be_bytes(p.payload[4..12].try_into().unwrap_or_default());
+                let sent = u64::from_be_bytes(p.payload[12..20].try_into().unwrap_or_default());
+                let _ = tx.send((publisher, seq, now_micros(epoch).saturating_sub(sent)));
+            }
+        }
+    });
+    Ok(client)
+}
+
+struct PublisherResult {
+    published: u64,
+    acknowledged: u64,
+}
+
+async fn publisher(
+    args: &Args,
+    n: u32,
+    topic: String,
+    epoch: Instant,
+    per_second: f64,
+) -> anyhow::Result<PublisherResult> {
+    let (client, mut events) = AsyncClient::new(options(args, format!("{}-pub-{n}", args.id), true), 1_000);
+    let acks = std::rc::Rc::new(std::cell::Cell::new(0u64));
+    let acks2 = acks.clone();
+    let pump = tokio::task::spawn_local(async move {
+        while let Ok(event) = events.poll().await {
+            if matches!(event, Event::Incoming(Packet::PubAck(_))) {
+                acks2.set(acks2.get() + 1);
+            }
+        }
+    });
+    let mut payload = vec![0u8; args.payload.max(20)];
+    let deadline = Instant::now() + args.duration;
+    let interval = (per_second > 0.0).then(|| Duration::from_secs_f64(1.0 / per_second));
+    let mut next = Instant::now();
+    let mut seq = 0u64;
+    while Instant::now() < deadline && (args.messages == 0 || seq < args.messages) {
+        if let Some(interval) = interval {
+            next += interval;
+            if let Some(wait) = next.checked_duration_since(Instant::now()) {
+                tokio::time::sleep(wait).await;
+            }
+        }
+        payload[0..4].copy_from_slice(&n.to_be_bytes());
+        payload[4..12].copy_from_slice(&seq.to_be_bytes());
+        payload[12..20].copy_from_slice(&now_micros(epoch).to_be_bytes());
+        // Blocks when rumqttc's window is full: closed-loop publishing.
+        client.publish(topic.as_str(), qos(args.qos), false, payload.clone()).await?;
+        seq += 1;
+    }
+    // Let outstanding acknowledgements arrive.
+    let settle = Instant::now() + Duration::from_secs(10);
+    while args.qos > 0 && acks.get() < seq && Instant::now() < settle {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let _ = client.disconnect().await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    pump.abort();
+    Ok(PublisherResult { published: seq, acknowledged: if args.qos == 0 { seq } else { acks.get() } })
+}
+
+fn percentile(sorted: &[u64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[idx] as f64 / 1000.0
+}
+
+async fn run(args: Args) -> anyhow::Result<Report> {
+    if args.qos > 1 {
+        bail!("--qos must be 0 or 1");
+    }
+    let epoch = Instant::now();
+    let (tx, mut rx) = mpsc::unbounded_channel::<Received>();
+    let (publishers, subscribers) = match args.workload {
+        Workload::Fanin => (args.publishers, args.subscribers),
+        Workload::Fanout => (1, args.subscribers),
+        Workload::Pairs => (args.publishers, args.publishers),
+    };
+    let mut subs = Vec::new();
+    for s in 0..subscribers {
+        let filter = match args.workload {
+            Workload::Fanin => "bench/#".to_string(),
+            Workload::Fanout => "bench/fanout".to_string(),
+            Workload::Pairs => format!("bench/pair/{s}"),
+        };
+        subs.push(subscriber(&args, s, filter, epoch, tx.clone()).await?);
+    }
+    drop(tx);
+    let per_publisher = if args.rate == 0 { 0.0 } else { args.rate as f64 / publishers as f64 };
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for p in 0..publishers {
+        let topic = match args.workload {
+            Workload::Fanin => format!("bench/{p}"),
+            Workload::Fanout => "bench/fanout".to_string(),
+            Workload::Pairs => format!("bench/pair/{p}"),
+        };
+        let args = clone_args(&args);
+        tasks.push(tokio::task::spawn_local(async move {
+            publisher(&args, p as u32, topic, epoch, per_publisher).await
+        }));
+    }
+    let mut report = Report::default();
+    for t in tasks {
+        let r = t.await??;
+        report.published += r.published;
+        report.acknowledged += r.acknowledged;
+    }
+    let publish_seconds = started.elapsed().as_secs_f64();
+    // Deliveries still in flight: wait until quiet.
+    let mut seen: HashMap<(u32, u64), u32> = HashMap::new();
+    let mut latencies = Vec::new();
+    let quiet = Duration::from_millis(if args.persistent { 2000 } else { 700 });
+    // Collection ends after `quiet` without a delivery.
+    while let Ok(Some((publisher, seq, latency))) = tokio::time::timeout(quiet, rx.recv()).await {
+        *seen.entry((publisher, seq)).or_default() += 1;
+        latencies.push(latency);
+    }
+    let delivered_seconds = started.elapsed().as_secs_f64() - quiet.as_secs_f64();
+    let fanout = match args.workload {
+        Workload::Fanout => subscribers as u64,
+        _ => 1,
+    };
+    report.expected = report.acknowledged * fanout;
+    report.delivered = seen.values().map(|c| u64::from(*c)).sum();
+    report.duplicates = seen.values().map(|c| u64::from(*c).saturating_sub(fanout)).sum();
+    let distinct: u64 = seen.values().map(|c| u64::from(*c).min(fanout)).sum();
+    report.lost = report.expected.saturating_sub(distinct);
+    latencies.sort_unstable();
+    report.latency_p50_ms = percentile(&latencies, 0.50);
+    report.latency_p99_ms = percentile(&latencies, 0.99);
+    report.workload = format!("{:?}", args.workload).to_lowercase();
+    report.qos = args.qos;
+    report.payload = args.payload;
+    report.publishers = publishers;
+    report.subscribers = subscribers;
+    report.persistent = args.persistent;
+    report.seconds = publish_seconds;
+    report.publish_rate = report.acknowledged as f64 / publish_seconds;
+    report.delivery_rate = report.delivered as f64 / delivered_seconds.max(publish_seconds);
+    for s in subs {
+        let _ = s.disconnect().await;
+    }
+    Ok(report)
+}
+
+fn clone_args(a: &Args) -> Args {
+    Args {
+        host: a.host.clone(),
+        port: a.port,
+        workload: a.workload,
+        publishers: a.publishers,
+        subscribers: a.subscribers,
+        qos: a.qos,
+        payload: a.payload,
+        duration: a.duration,
+        rate: a.rate,
+        messages: a.messages,
+        window: a.window,
+        persistent: a.persistent,
+        id: a.id.clone(),
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let local = tokio::task::LocalSet::new();
+    let report = local.block_on(&rt, run(args))?;
+    println!("{}", serde_json::to_string(&report)?);
+    Ok(())
+}
