@@ -1,9 +1,169 @@
-//! `fleetmq-operator`: placeholder until the operator lands (CRDs, reconcile, render).
+//! `fleetmq-operator`: the Kubernetes operator for FleetMQ.
+//!
+//! - `run` (default): the controllers, with leader election, `/metrics` and `/healthz`.
+//! - `crd`: prints the CRDs (or writes one file per kind with `--out-dir`).
+//! - `render -f FILE|DIR`: runs the builders offline and prints every manifest.
 
-fn main() {
-    eprintln!(
-        "fleetmq-operator {}: the Kubernetes operator is not implemented yet",
-        env!("CARGO_PKG_VERSION")
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use fleetmq_operator::auth::PasswordHasher;
+use fleetmq_operator::leader::{LeaderElector, LeaseConfig};
+use fleetmq_operator::metrics::Metrics;
+use fleetmq_operator::reconcile::Context;
+use fleetmq_operator::{controller, crd, names, render};
+use kube::runtime::events::{Recorder, Reporter};
+
+#[derive(Parser)]
+#[command(name = "fleetmq-operator", version, about = "Kubernetes operator for the FleetMQ MQTT broker")]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the controllers (the default).
+    Run(RunArgs),
+    /// Print the CustomResourceDefinitions.
+    Crd {
+        /// Write one file per kind (`<plural>.fleetmq.io.yaml`) into this directory instead.
+        #[arg(long, value_name = "DIR")]
+        out_dir: Option<PathBuf>,
+    },
+    /// Render the objects the operator would create for MqttBroker/MqttUser/MqttBridge YAML.
+    Render {
+        /// A YAML file or a directory of them (repeatable).
+        #[arg(short = 'f', long = "filename", required = true, value_name = "FILE|DIR")]
+        files: Vec<PathBuf>,
+        /// Namespace for objects that name none.
+        #[arg(long, short = 'n', default_value = "default")]
+        namespace: String,
+        /// Also write each broker's broker.yaml to `<DIR>/<namespace>_<name>.yaml`.
+        #[arg(long, value_name = "DIR")]
+        config_dir: Option<PathBuf>,
+    },
+}
+
+#[derive(clap::Args, Default)]
+struct RunArgs {
+    /// Namespaces to watch, comma-separated; empty = all namespaces.
+    #[arg(long, env = "FLEETMQ_WATCH_NAMESPACES", value_delimiter = ',')]
+    namespaces: Vec<String>,
+    /// Address of the /metrics and /healthz endpoint.
+    #[arg(long, env = "FLEETMQ_METRICS_ADDR", default_value = "0.0.0.0:8080")]
+    metrics_addr: Option<SocketAddr>,
+    /// Broker image for MqttBrokers without spec.image.
+    #[arg(long, env = "FLEETMQ_BROKER_IMAGE")]
+    broker_image: Option<String>,
+    /// Disable leader election (only for a single replica).
+    #[arg(long)]
+    no_leader_election: bool,
+    /// Name of the leader Lease.
+    #[arg(long, default_value = "fleetmq-operator-leader")]
+    lease_name: String,
+    /// Namespace of the leader Lease (the operator's own).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    lease_namespace: String,
+    /// Identity in the Lease (the pod name).
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command.unwrap_or(Command::Run(RunArgs::default())) {
+        Command::Crd { out_dir: None } => {
+            print!("{}", crd::crds_yaml());
+            Ok(())
+        }
+        Command::Crd { out_dir: Some(dir) } => {
+            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            for def in crd::all_crds() {
+                let name = def.metadata.name.clone().unwrap_or_default();
+                let path = dir.join(format!("{name}.yaml"));
+                std::fs::write(&path, crd::crd_yaml(&def))
+                    .with_context(|| format!("writing {}", path.display()))?;
+                eprintln!("wrote {}", path.display());
+            }
+            Ok(())
+        }
+        Command::Render { files, namespace, config_dir } => {
+            render_cmd(&files, &namespace, config_dir.as_deref())
+        }
+        Command::Run(args) => {
+            tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(run(args))
+        }
+    }
+}
+
+fn render_cmd(
+    files: &[PathBuf],
+    namespace: &str,
+    config_dir: Option<&std::path::Path>,
+) -> anyhow::Result<()> {
+    let input = render::load(files, namespace)?;
+    let output = render::render(&input, &PasswordHasher::default())?;
+    for warning in &output.warnings {
+        eprintln!("warning: {warning}");
+    }
+    if let Some(dir) = config_dir {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        for (ns, name, yaml) in &output.configs {
+            let path = dir.join(format!("{ns}_{name}.yaml"));
+            std::fs::write(&path, yaml).with_context(|| format!("writing {}", path.display()))?;
+        }
+    }
+    print!("{}", output.manifests);
+    Ok(())
+}
+
+async fn run(args: RunArgs) -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,kube=warn")),
+        )
+        .json()
+        .init();
+    let client = kube::Client::try_default().await.context("connecting to the Kubernetes API")?;
+    let metrics = Metrics::new();
+    if let Some(addr) = args.metrics_addr {
+        let (bound, serve) = fleetmq_operator::metrics::serve(metrics.clone(), addr)
+            .await
+            .with_context(|| format!("binding the metrics endpoint on {addr}"))?;
+        tracing::info!(%bound, "serving /metrics and /healthz");
+        tokio::spawn(serve);
+    }
+    let identity = args.identity.clone().unwrap_or_else(|| {
+        std::env::var("HOSTNAME").unwrap_or_else(|_| format!("fleetmq-operator-{}", std::process::id()))
+    });
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter { controller: names::FIELD_MANAGER.into(), instance: Some(identity.clone()) },
     );
-    std::process::exit(2);
+    let mut ctx = Context::new(client.clone(), Some(recorder), metrics.clone());
+    if let Some(image) = &args.broker_image {
+        ctx = ctx.with_default_image(image.clone());
+    }
+    let ctx = Arc::new(ctx);
+    let work = controller::run(client.clone(), ctx, args.namespaces.clone());
+    if args.no_leader_election {
+        work.await;
+        return Ok(());
+    }
+    let elector = LeaderElector::new(
+        kube::Api::namespaced(client, &args.lease_namespace),
+        LeaseConfig::new(args.lease_name.clone(), identity),
+    );
+    if let Err(lost) = elector.run(work, &metrics).await {
+        metrics.set_healthy(false);
+        // Exit rather than keep reconciling without the lease; the Deployment restarts us as a
+        // follower.
+        anyhow::bail!(lost);
+    }
+    Ok(())
 }

@@ -1,0 +1,470 @@
+//! The reconcilers against kube-fake-client (an in-memory API server without watches), called
+//! directly: create → steady state makes no writes → change a user → only the auth Secret
+//! changes and the pod template does not → delete; missing brokers; refused specs.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use argon2::password_hash::PasswordVerifier as _;
+use fleetmq_operator::conditions::{DEGRADED, READY, reason};
+use fleetmq_operator::crd::{AclAccess, AclRule, MqttBridge, MqttBroker, MqttUser};
+use fleetmq_operator::metrics::Metrics;
+use fleetmq_operator::names;
+use fleetmq_operator::reconcile::{self, Context};
+use k8s_openapi::ByteString;
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::{Client, ResourceExt};
+use kube_fake_client::{ClientBuilder, interceptor};
+use serde_json::{Value, json};
+
+use crate::{cheap_hasher, parse};
+
+const NS: &str = "iot";
+
+/// Writes the reconcilers made, as `verb Kind/name`.
+type Writes = Arc<Mutex<Vec<String>>>;
+
+fn kind_name(object: &Value, name: Option<&str>) -> String {
+    let kind = object["kind"].as_str().unwrap_or("?");
+    let name = name.or(object["metadata"]["name"].as_str()).unwrap_or("?");
+    format!("{kind}/{name}")
+}
+
+async fn fake(objects: Vec<Value>) -> (Client, Writes) {
+    let writes: Writes = Arc::default();
+    let (w1, w2, w3, w4, w5, w6) =
+        (writes.clone(), writes.clone(), writes.clone(), writes.clone(), writes.clone(), writes.clone());
+    let record = |w: &Writes, entry: String| w.lock().expect("lock").push(entry);
+    let funcs = interceptor::Funcs::new()
+        .create(move |ctx| {
+            record(&w1, format!("create {}", kind_name(ctx.object, None)));
+            Ok(None)
+        })
+        .update(move |ctx| {
+            record(&w2, format!("update {}", kind_name(ctx.object, None)));
+            Ok(None)
+        })
+        .replace(move |ctx| {
+            record(&w3, format!("replace {}", kind_name(ctx.object, Some(ctx.name))));
+            Ok(None)
+        })
+        .patch(move |ctx| {
+            record(&w4, format!("patch {}", kind_name(ctx.patch, Some(ctx.name))));
+            Ok(None)
+        })
+        .patch_status(move |ctx| {
+            record(&w5, format!("status {}", kind_name(ctx.patch, Some(ctx.name))));
+            Ok(None)
+        })
+        .delete(move |ctx| {
+            record(&w6, format!("delete {}", ctx.name));
+            Ok(None)
+        });
+    let client = ClientBuilder::new()
+        .with_resource::<MqttBroker>()
+        .with_resource::<MqttUser>()
+        .with_resource::<MqttBridge>()
+        .with_status_subresource::<MqttBroker>()
+        .with_status_subresource::<MqttUser>()
+        .with_status_subresource::<MqttBridge>()
+        .with_runtime_objects(objects)
+        .with_interceptor_funcs(funcs)
+        .build()
+        .await
+        .expect("fake client");
+    (client, writes)
+}
+
+fn take(writes: &Writes) -> Vec<String> {
+    let mut w = std::mem::take(&mut *writes.lock().expect("lock"));
+    w.sort();
+    w
+}
+
+fn ctx(client: &Client) -> Arc<Context> {
+    Arc::new(Context::new(client.clone(), None, Metrics::new()).with_hasher(cheap_hasher()))
+}
+
+const RESOURCES: &str = r##"
+apiVersion: fleetmq.io/v1alpha1
+kind: MqttBroker
+metadata: {name: edge, namespace: iot}
+spec:
+  replicas: 2
+  listeners: [{name: mqtt, protocol: mqtt, port: 1883}]
+---
+apiVersion: fleetmq.io/v1alpha1
+kind: MqttUser
+metadata: {name: gateway, namespace: iot}
+spec:
+  brokerRef: {name: edge}
+  acl: [{topic: "telemetry/#", access: write}]
+---
+apiVersion: fleetmq.io/v1alpha1
+kind: MqttUser
+metadata: {name: app, namespace: iot}
+spec:
+  brokerRef: {name: edge}
+  passwordSecretRef: {name: app-password}
+  acl: [{topic: "telemetry/#", access: read}]
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: app-password, namespace: iot}
+data: {password: b2xkLXBhc3N3b3Jk}
+"##;
+
+fn objects(yaml: &str) -> Vec<Value> {
+    let mut out = Vec::new();
+    for de in serde_yaml::Deserializer::from_str(yaml) {
+        let v: serde_yaml::Value = serde::Deserialize::deserialize(de).expect("yaml");
+        if !v.is_null() {
+            out.push(serde_json::to_value(v).expect("json"));
+        }
+    }
+    // Make sure the fixture is also valid for render (same parser as the operator's).
+    let _ = parse(yaml);
+    out
+}
+
+async fn get<K>(client: &Client, name: &str) -> K
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    Api::<K>::namespaced(client.clone(), NS).get(name).await.unwrap_or_else(|e| panic!("get {name}: {e}"))
+}
+
+async fn reconcile_all(client: &Client, ctx: &Arc<Context>) {
+    for name in ["app", "gateway"] {
+        reconcile::reconcile_user(Arc::new(get::<MqttUser>(client, name).await), ctx.clone())
+            .await
+            .expect("user");
+    }
+    reconcile::reconcile_broker(Arc::new(get::<MqttBroker>(client, "edge").await), ctx.clone())
+        .await
+        .expect("broker");
+}
+
+fn condition<'a>(conditions: &'a [Condition], type_: &str) -> &'a Condition {
+    conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+        .unwrap_or_else(|| panic!("no {type_} condition in {conditions:?}"))
+}
+
+fn secret_text(secret: &Secret, key: &str) -> String {
+    String::from_utf8(secret.data.as_ref().and_then(|d| d.get(key)).expect("key").0.clone()).expect("utf8")
+}
+
+fn password_line(passwords: &str, user: &str) -> String {
+    passwords
+        .lines()
+        .find(|l| l.starts_with(&format!("{user}:")))
+        .unwrap_or_else(|| panic!("{user} in {passwords}"))
+        .to_string()
+}
+
+fn verifies(line: &str, password: &str) -> bool {
+    let phc = line.split_once(':').map(|(_, h)| h).expect("user:hash");
+    argon2::Argon2::default()
+        .verify_password(password.as_bytes(), &argon2::PasswordHash::new(phc).expect("phc"))
+        .is_ok()
+}
+
+async fn pod_template(client: &Client) -> Value {
+    let sts: StatefulSet = get(client, "edge").await;
+    serde_json::to_value(sts.spec.expect("spec").template).expect("json")
+}
+
+#[tokio::test]
+async fn lifecycle_create_steady_change_delete() {
+    let (client, writes) = fake(objects(RESOURCES)).await;
+    let ctx = ctx(&client);
+
+    // Create.
+    reconcile_all(&client, &ctx).await;
+    let created = take(&writes);
+    for expected in [
+        "patch Secret/gateway-mqtt-credentials",
+        "patch ConfigMap/edge-config",
+        "patch Secret/edge-auth",
+        "patch Service/edge-headless",
+        "patch Service/edge",
+        "patch StatefulSet/edge",
+        "patch PodDisruptionBudget/edge",
+        "status MqttBroker/edge",
+        "status MqttUser/app",
+        "status MqttUser/gateway",
+    ] {
+        assert!(created.contains(&expected.to_string()), "{expected} missing from {created:?}");
+    }
+    let sts: StatefulSet = get(&client, "edge").await;
+    let broker: MqttBroker = get(&client, "edge").await;
+    let owner = &sts.owner_references()[0];
+    assert_eq!(
+        (owner.kind.as_str(), owner.uid.as_str(), owner.controller),
+        ("MqttBroker", broker.uid().as_deref().unwrap_or(""), Some(true))
+    );
+    let _: ConfigMap = get(&client, "edge-config").await;
+    let _: Service = get(&client, "edge-headless").await;
+    let _: PodDisruptionBudget = get(&client, "edge").await;
+
+    let status = broker.status.clone().expect("broker status");
+    assert_eq!(status.observed_generation, broker.metadata.generation);
+    assert_eq!(
+        status.selector.as_deref(),
+        Some("app.kubernetes.io/instance=edge,app.kubernetes.io/name=fleetmq-broker")
+    );
+    assert_eq!(status.endpoints[0].url, "mqtt://edge.iot.svc:1883");
+    assert!(status.config_hash.is_some());
+    let degraded = condition(&status.conditions, DEGRADED);
+    assert_eq!((degraded.status.as_str(), degraded.reason.as_str()), ("True", reason::UNSUPPORTED_BY_BROKER));
+    assert!(degraded.message.contains("spec.auth"), "{}", degraded.message);
+    assert_eq!(condition(&status.conditions, READY).reason, reason::PODS_NOT_READY);
+
+    // The generated password was written once, and both users are in the password file.
+    let creds: Secret = get(&client, "gateway-mqtt-credentials").await;
+    let generated = secret_text(&creds, "password");
+    assert_eq!(generated.len(), 32);
+    assert_eq!(secret_text(&creds, "uri"), format!("mqtt://gateway:{generated}@edge.iot.svc:1883"));
+    assert_eq!(creds.owner_references()[0].kind, "MqttUser");
+    let auth: Secret = get(&client, "edge-auth").await;
+    let passwords = secret_text(&auth, names::PASSWORD_FILE_KEY);
+    assert!(verifies(&password_line(&passwords, "gateway"), &generated));
+    assert!(verifies(&password_line(&passwords, "app"), "old-password"));
+    assert!(secret_text(&auth, names::ACL_FILE_KEY).contains("user app\ntopic read telemetry/#\n"));
+    let user: MqttUser = get(&client, "gateway").await;
+    let user_status = user.status.expect("user status");
+    assert_eq!(user_status.credentials_secret.as_deref(), Some("gateway-mqtt-credentials"));
+    assert_eq!(condition(&user_status.conditions, READY).reason, reason::UNSUPPORTED_BY_BROKER);
+
+    // Steady state: a second (and third) pass writes nothing at all.
+    for _ in 0..2 {
+        reconcile_all(&client, &ctx).await;
+        assert_eq!(take(&writes), Vec::<String>::new(), "steady state must not write");
+    }
+    let creds_again: Secret = get(&client, "gateway-mqtt-credentials").await;
+    assert_eq!(secret_text(&creds_again, "password"), generated, "never regenerated");
+
+    // Rotate the referenced password: only the auth Secret changes.
+    let template_before = pod_template(&client).await;
+    let config_before: ConfigMap = get(&client, "edge-config").await;
+    let mut pw: Secret = get(&client, "app-password").await;
+    pw.data = Some(BTreeMap::from([("password".to_string(), ByteString(b"new-password".to_vec()))]));
+    Api::<Secret>::namespaced(client.clone(), NS)
+        .replace("app-password", &PostParams::default(), &pw)
+        .await
+        .expect("rotate");
+    take(&writes);
+    reconcile_all(&client, &ctx).await;
+    assert_eq!(take(&writes), ["patch Secret/edge-auth"]);
+    let auth: Secret = get(&client, "edge-auth").await;
+    let passwords = secret_text(&auth, names::PASSWORD_FILE_KEY);
+    assert!(verifies(&password_line(&passwords, "app"), "new-password"));
+    assert!(!verifies(&password_line(&passwords, "app"), "old-password"));
+    assert_eq!(pod_template(&client).await, template_before, "a password change does not roll pods");
+
+    // Change a user's ACL: again only the auth Secret.
+    let users: Api<MqttUser> = Api::namespaced(client.clone(), NS);
+    let mut gateway: MqttUser = get(&client, "gateway").await;
+    gateway.spec.acl.push(AclRule { topic: "commands/gateway/#".into(), access: AclAccess::Read });
+    users.replace("gateway", &PostParams::default(), &gateway).await.expect("edit user");
+    take(&writes);
+    reconcile_all(&client, &ctx).await;
+    let w = take(&writes);
+    assert!(w.contains(&"patch Secret/edge-auth".to_string()), "{w:?}");
+    assert!(w.iter().all(|e| e == "patch Secret/edge-auth" || e == "status MqttUser/gateway"), "{w:?}");
+    assert_eq!(pod_template(&client).await, template_before, "an ACL change does not roll pods");
+    let config_after: ConfigMap = get(&client, "edge-config").await;
+    assert_eq!(config_after.data, config_before.data);
+
+    // A limit is hot-reloadable: the ConfigMap (and status configHash) change, not the pods.
+    let brokers: Api<MqttBroker> = Api::namespaced(client.clone(), NS);
+    brokers
+        .patch(
+            "edge",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"limits": {"maxInflight": 8}}})),
+        )
+        .await
+        .expect("edit limits");
+    take(&writes);
+    reconcile_all(&client, &ctx).await;
+    assert_eq!(take(&writes), ["patch ConfigMap/edge-config", "status MqttBroker/edge"]);
+    assert_eq!(pod_template(&client).await, template_before, "a limit change does not roll pods");
+
+    // A listener change needs a restart: the pod-template hash changes.
+    brokers
+        .patch(
+            "edge",
+            &PatchParams::default(),
+            &Patch::Merge(
+                json!({"spec": {"listeners": [{"name": "mqtt", "protocol": "mqtt", "port": 1884}]}}),
+            ),
+        )
+        .await
+        .expect("edit listeners");
+    take(&writes);
+    reconcile_all(&client, &ctx).await;
+    let w = take(&writes);
+    assert!(w.contains(&"patch StatefulSet/edge".to_string()), "{w:?}");
+    let template_after = pod_template(&client).await;
+    let hash = |t: &Value| t["metadata"]["annotations"][names::RESTART_HASH_ANNOTATION].clone();
+    assert_ne!(hash(&template_after), hash(&template_before));
+
+    // Delete the broker: its users report BrokerNotFound instead of failing.
+    brokers.delete("edge", &DeleteParams::default()).await.expect("delete");
+    for name in ["app", "gateway"] {
+        let action =
+            reconcile::reconcile_user(Arc::new(get::<MqttUser>(&client, name).await), ctx.clone()).await;
+        assert!(action.is_ok(), "{action:?}");
+        let user: MqttUser = get(&client, name).await;
+        let ready = condition(&user.status.as_ref().expect("status").conditions, READY).clone();
+        assert_eq!((ready.status.as_str(), ready.reason.as_str()), ("False", reason::BROKER_NOT_FOUND));
+    }
+}
+
+#[tokio::test]
+async fn users_and_bridges_of_a_missing_broker_are_not_ready() {
+    let yaml = r##"
+apiVersion: fleetmq.io/v1alpha1
+kind: MqttUser
+metadata: {name: orphan, namespace: iot}
+spec:
+  brokerRef: {name: nowhere}
+---
+apiVersion: fleetmq.io/v1alpha1
+kind: MqttBridge
+metadata: {name: lost, namespace: iot}
+spec:
+  brokerRef: {name: nowhere}
+  remote: {addresses: ["remote:1883"]}
+  topics: [{pattern: "#", direction: out}]
+"##;
+    let (client, writes) = fake(objects(yaml)).await;
+    let ctx = ctx(&client);
+    reconcile::reconcile_user(Arc::new(get::<MqttUser>(&client, "orphan").await), ctx.clone())
+        .await
+        .expect("no error loop");
+    reconcile::reconcile_bridge(Arc::new(get::<MqttBridge>(&client, "lost").await), ctx.clone())
+        .await
+        .expect("no error loop");
+    let user: MqttUser = get(&client, "orphan").await;
+    let bridge: MqttBridge = get(&client, "lost").await;
+    for conditions in [&user.status.expect("status").conditions, &bridge.status.expect("status").conditions] {
+        let ready = condition(conditions, READY);
+        assert_eq!((ready.status.as_str(), ready.reason.as_str()), ("False", reason::BROKER_NOT_FOUND));
+        assert!(ready.message.contains("nowhere"), "{}", ready.message);
+    }
+    // No credentials Secret for a user without a broker (no host to point it at).
+    assert_eq!(take(&writes), ["status MqttBridge/lost", "status MqttUser/orphan"]);
+    // And again: same status, no write.
+    reconcile::reconcile_user(Arc::new(get::<MqttUser>(&client, "orphan").await), ctx.clone())
+        .await
+        .expect("ok");
+    reconcile::reconcile_bridge(Arc::new(get::<MqttBridge>(&client, "lost").await), ctx.clone())
+        .await
+        .expect("ok");
+    assert_eq!(take(&writes), Vec::<String>::new());
+}
+
+#[tokio::test]
+async fn refused_broker_creates_nothing_and_says_why() {
+    let yaml = r##"
+apiVersion: fleetmq.io/v1alpha1
+kind: MqttBroker
+metadata: {name: bad, namespace: iot}
+spec:
+  listeners: [{name: mqtts, protocol: mqtts, port: 8883}]
+"##;
+    let (client, writes) = fake(objects(yaml)).await;
+    let ctx = ctx(&client);
+    reconcile::reconcile_broker(Arc::new(get::<MqttBroker>(&client, "bad").await), ctx.clone())
+        .await
+        .expect("refusal is not an error");
+    assert_eq!(take(&writes), ["status MqttBroker/bad"]);
+    let broker: MqttBroker = get(&client, "bad").await;
+    let ready = condition(&broker.status.expect("status").conditions, READY).clone();
+    assert_eq!((ready.status.as_str(), ready.reason.as_str()), ("False", reason::INVALID_SPEC));
+    assert!(ready.message.contains("spec.tls"), "{}", ready.message);
+}
+
+#[tokio::test]
+async fn broker_without_servable_listener_is_unsupported() {
+    let yaml = r##"
+apiVersion: fleetmq.io/v1alpha1
+kind: MqttBroker
+metadata: {name: wsonly, namespace: iot}
+spec:
+  listeners: [{name: ws, protocol: ws, port: 8080}]
+"##;
+    let (client, writes) = fake(objects(yaml)).await;
+    let ctx = ctx(&client);
+    reconcile::reconcile_broker(Arc::new(get::<MqttBroker>(&client, "wsonly").await), ctx.clone())
+        .await
+        .expect("ok");
+    assert_eq!(take(&writes), ["status MqttBroker/wsonly"]);
+    let broker: MqttBroker = get(&client, "wsonly").await;
+    let ready = condition(&broker.status.expect("status").conditions, READY).clone();
+    assert_eq!(ready.reason, reason::UNSUPPORTED_BY_BROKER);
+    assert!(ready.message.contains("spec.listeners"), "{}", ready.message);
+}
+
+#[tokio::test]
+async fn username_conflicts_and_missing_secrets_are_reported_per_user() {
+    let yaml = r##"
+apiVersion: fleetmq.io/v1alpha1
+kind: MqttBroker
+metadata: {name: edge, namespace: iot}
+spec: {}
+---
+apiVersion: fleetmq.io/v1alpha1
+kind: MqttUser
+metadata: {name: a-first, namespace: iot}
+spec: {brokerRef: {name: edge}, username: shared}
+---
+apiVersion: fleetmq.io/v1alpha1
+kind: MqttUser
+metadata: {name: b-second, namespace: iot}
+spec: {brokerRef: {name: edge}, username: shared}
+---
+apiVersion: fleetmq.io/v1alpha1
+kind: MqttUser
+metadata: {name: no-secret, namespace: iot}
+spec: {brokerRef: {name: edge}, passwordSecretRef: {name: absent}}
+"##;
+    let (client, _writes) = fake(objects(yaml)).await;
+    let ctx = ctx(&client);
+    for name in ["a-first", "b-second", "no-secret"] {
+        reconcile::reconcile_user(Arc::new(get::<MqttUser>(&client, name).await), ctx.clone())
+            .await
+            .expect("ok");
+    }
+    reconcile::reconcile_broker(Arc::new(get::<MqttBroker>(&client, "edge").await), ctx.clone())
+        .await
+        .expect("ok");
+    let reason_of =
+        |u: &MqttUser| condition(&u.status.as_ref().expect("status").conditions, READY).reason.clone();
+    assert_eq!(
+        reason_of(&get(&client, "a-first").await),
+        reason::UNSUPPORTED_BY_BROKER,
+        "rendered; not enforced yet"
+    );
+    assert_eq!(reason_of(&get(&client, "b-second").await), reason::USERNAME_CONFLICT);
+    assert_eq!(reason_of(&get(&client, "no-secret").await), reason::SECRET_NOT_FOUND);
+    let auth: Secret = get(&client, "edge-auth").await;
+    let passwords = secret_text(&auth, names::PASSWORD_FILE_KEY);
+    assert_eq!(
+        passwords.lines().filter(|l| !l.starts_with('#')).count(),
+        1,
+        "only a-first is rendered: {passwords}"
+    );
+    assert!(passwords.contains("\nshared:$argon2id$"));
+}

@@ -1,0 +1,195 @@
+"""The operator's offline output, checked by independent tools.
+
+- `fleetmq-operator render` on examples/ produces manifests that `kubernetes-validate --strict`
+  accepts for the two newest Kubernetes versions it ships;
+- the CRDs in crds/ are valid CustomResourceDefinitions and match `fleetmq-operator crd`;
+- the example custom resources satisfy the CRDs' openAPIV3Schema (jsonschema, with unknown
+  fields refused as the API server's strict field validation does), and the bad ones in
+  operator/tests/fixtures/invalid.yaml marked `refused-by: schema` are refused naming the field;
+- the broker config that `render --config-dir` writes is accepted by the real broker binary.
+"""
+
+from __future__ import annotations
+
+import copy
+import pathlib
+import subprocess
+
+import jsonschema
+import kubernetes_validate
+import pytest
+import yaml
+from kubernetes_validate import utils as kv_utils
+
+from conftest import ROOT, broker_binary, operator_binary
+
+EXAMPLES = ROOT / "examples"
+CRDS = ROOT / "crds"
+INVALID = ROOT / "operator" / "tests" / "fixtures" / "invalid.yaml"
+
+# Kinds from other projects' CRDs, which kubernetes-validate has no schema for.
+FOREIGN_KINDS = {"Certificate": "cert-manager.io/v1", "ServiceMonitor": "monitoring.coreos.com/v1"}
+
+
+def newest_versions(n: int = 2) -> list[str]:
+    versions = sorted(set(kv_utils.all_versions()), key=lambda v: tuple(int(x) for x in v.split(".")))
+    return versions[-n:]
+
+
+def run_operator(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run([operator_binary(), *args], capture_output=True, text=True, timeout=120)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"fleetmq-operator {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr}")
+    return proc
+
+
+@pytest.fixture(scope="module")
+def rendered() -> list[dict]:
+    out = run_operator("render", "-f", str(EXAMPLES)).stdout
+    return [doc for doc in yaml.safe_load_all(out) if doc]
+
+
+@pytest.mark.parametrize("version", newest_versions())
+def test_rendered_examples_pass_kubernetes_validate_strict(rendered, version):
+    kinds = set()
+    for doc in rendered:
+        kinds.add(doc["kind"])
+        if doc["kind"] in FOREIGN_KINDS:
+            assert doc["apiVersion"] == FOREIGN_KINDS[doc["kind"]]
+            assert isinstance(doc.get("spec"), dict) and doc["metadata"]["name"]
+            continue
+        try:
+            kubernetes_validate.validate(doc, version, strict=True)
+        except kubernetes_validate.ValidationError as err:
+            path = ".".join(str(p) for p in err.path)
+            pytest.fail(f"{doc['kind']}/{doc['metadata']['name']} invalid for {version} at {path}: {err.message}")
+    assert {"ConfigMap", "Secret", "Service", "StatefulSet", "PodDisruptionBudget"} <= kinds
+    assert {"Certificate", "ServiceMonitor"} <= kinds, "the production example exercises the optional objects"
+
+
+@pytest.mark.parametrize("version", newest_versions())
+def test_crds_are_valid_custom_resource_definitions(version):
+    files = sorted(CRDS.glob("*.yaml"))
+    assert [f.name for f in files] == [
+        "mqttbridges.fleetmq.io.yaml",
+        "mqttbrokers.fleetmq.io.yaml",
+        "mqttusers.fleetmq.io.yaml",
+    ]
+    for path in files:
+        kubernetes_validate.validate(yaml.safe_load(path.read_text()), version, strict=True)
+
+
+def test_crd_command_prints_the_crds_directory():
+    printed = run_operator("crd").stdout
+    by_name = {doc["metadata"]["name"]: doc for doc in yaml.safe_load_all(printed) if doc}
+    on_disk = {yaml.safe_load(p.read_text())["metadata"]["name"]: yaml.safe_load(p.read_text()) for p in CRDS.glob("*.yaml")}
+    assert by_name == on_disk
+
+
+def openapi_to_jsonschema(schema: dict, strict: bool = True) -> dict:
+    """OpenAPI v3 (as in a CRD) to JSON Schema: `nullable` becomes a null type, and objects
+    with declared properties refuse unknown fields (the API server's strict field validation)."""
+    s = copy.deepcopy(schema)
+
+    def walk(node):
+        if isinstance(node, list):
+            for item in node:
+                walk(item)
+            return
+        if not isinstance(node, dict):
+            return
+        if node.pop("nullable", False) and "type" in node:
+            node["type"] = [node["type"], "null"]
+        if (
+            strict
+            and "properties" in node
+            and "additionalProperties" not in node
+            and not node.get("x-kubernetes-preserve-unknown-fields")
+        ):
+            node["additionalProperties"] = False
+        for key in ("properties", "patternProperties"):
+            for child in node.get(key, {}).values():
+                walk(child)
+        for key in ("items", "additionalProperties", "not"):
+            if isinstance(node.get(key), dict):
+                walk(node[key])
+        for key in ("allOf", "anyOf", "oneOf"):
+            walk(node.get(key, []))
+
+    walk(s)
+    return s
+
+
+@pytest.fixture(scope="module")
+def schemas() -> dict[str, dict]:
+    out = {}
+    for path in CRDS.glob("*.yaml"):
+        crd = yaml.safe_load(path.read_text())
+        root = copy.deepcopy(crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"])
+        # The API server always accepts these at the root; CRD schemas need not declare them.
+        for implicit, kind in (("apiVersion", "string"), ("kind", "string"), ("metadata", "object")):
+            root.setdefault("properties", {}).setdefault(implicit, {"type": kind})
+        out[crd["spec"]["names"]["kind"]] = openapi_to_jsonschema(root)
+    return out
+
+
+def custom_resources(path: pathlib.Path) -> list[dict]:
+    return [d for d in yaml.safe_load_all(path.read_text()) if d and d.get("apiVersion") == "fleetmq.io/v1alpha1"]
+
+
+@pytest.mark.parametrize("path", sorted(EXAMPLES.glob("*.yaml")), ids=lambda p: p.name)
+def test_examples_satisfy_the_crd_schema(schemas, path):
+    docs = custom_resources(path)
+    assert docs, f"{path.name} has custom resources"
+    for doc in docs:
+        errors = sorted(jsonschema.Draft7Validator(schemas[doc["kind"]]).iter_errors(doc), key=str)
+        assert not errors, f"{path.name} {doc['kind']}/{doc['metadata']['name']}: " + "; ".join(
+            f"{'.'.join(map(str, e.absolute_path))}: {e.message}" for e in errors
+        )
+
+
+def field_path(parts) -> str:
+    out = ""
+    for part in parts:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def schema_cases() -> list[dict]:
+    return [d for d in custom_resources(INVALID) if d["metadata"]["annotations"]["test.fleetmq.io/refused-by"] == "schema"]
+
+
+@pytest.mark.parametrize("doc", schema_cases(), ids=lambda d: d["metadata"]["name"])
+def test_bad_resources_are_refused_by_the_schema_naming_the_field(schemas, doc):
+    expected = doc["metadata"]["annotations"]["test.fleetmq.io/field"]
+    errors = list(jsonschema.Draft7Validator(schemas[doc["kind"]]).iter_errors(doc))
+    assert errors, f"{doc['metadata']['name']} must be refused"
+    paths = [field_path(e.absolute_path) for e in errors]
+    assert expected in paths, f"expected an error at {expected}, got {paths}"
+
+
+def test_render_is_deterministic_and_its_config_runs_in_the_broker(tmp_path):
+    first = run_operator("render", "-f", str(EXAMPLES), "--config-dir", str(tmp_path)).stdout
+    second = run_operator("render", "-f", str(EXAMPLES)).stdout
+    assert first == second
+    configs = sorted(tmp_path.glob("*.yaml"))
+    assert [c.name for c in configs] == ["default_fleet.yaml", "default_minimal.yaml"]
+    for config in configs:
+        proc = subprocess.run(
+            [broker_binary(), "--config", str(config), "--check-config"], capture_output=True, text=True, timeout=60
+        )
+        assert proc.returncode == 0, f"broker refused {config.name}:\n{proc.stdout}\n{proc.stderr}"
+
+
+def test_render_warns_about_unsupported_fields_and_refuses_bad_brokers(tmp_path):
+    proc = run_operator("render", "-f", str(EXAMPLES / "production-broker.yaml"))
+    assert "spec.metrics" in proc.stderr and "spec.auth" in proc.stderr and "MqttBridge" not in proc.stderr
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        "apiVersion: fleetmq.io/v1alpha1\nkind: MqttBroker\nmetadata: {name: bad}\n"
+        "spec:\n  listeners: [{name: tls, protocol: mqtts, port: 8883}]\n"
+    )
+    proc = run_operator("render", "-f", str(bad), check=False)
+    assert proc.returncode != 0
+    assert "spec.tls" in proc.stderr
