@@ -173,13 +173,14 @@ def main():
         f"{args.repetitions} repetitions alternating; broker on CPU 0, "
         "load generator on CPU 1 (taskset), release build, 1 worker.",
         "",
-        "| mode | median acked msg/s | vs memory | lost | duplicates |",
-        "|---|---|---|---|---|",
+        "| mode | median acked msg/s | vs memory | broker CPU per message | lost | duplicates |",
+        "|---|---|---|---|---|---|",
     ]
     for m in modes:
         lost = sum(r["lost"] for r in results[m])
         dups = sum(r["duplicates"] for r in results[m])
-        lines.append(f"| {m} | {med[m]:.0f} | {med[m] / med['memory']:.0%} | {lost} | {dups} |")
+        cpu_us = statistics.median(r["broker_cpu_s"] * 1e6 / max(r["acknowledged"], 1) for r in results[m])
+        lines.append(f"| {m} | {med[m]:.0f} | {med[m] / med['memory']:.0%} | {cpu_us:.2f} µs | {lost} | {dups} |")
     lines += ["", "| recovery | state | time in broker | process start to ready |", "|---|---|---|---|"]
     for r in rec:
         state = (f"{r.get('retained', 0)} retained" if r["name"] == "retained"

@@ -13,6 +13,7 @@ use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use fjall::config::FilterPolicy;
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 use fleetmq_config::{Fsync, Storage};
 use tokio::sync::watch;
@@ -107,9 +108,11 @@ impl DiskStore {
                 )),
                 other => engine(&path, "cannot open or recover the store", other),
             })?;
-        let open = |name: &str| {
-            db.keyspace(name, KeyspaceCreateOptions::default).map_err(|e| engine(&path, name, e))
-        };
+        // The broker never reads single keys back (memory is authoritative; the store is
+        // scanned at start and by prefix when a session ends), so building bloom filters at
+        // every flush and compaction would be pure cost.
+        let options = || KeyspaceCreateOptions::default().filter_policy(FilterPolicy::disabled());
+        let open = |name: &str| db.keyspace(name, options).map_err(|e| engine(&path, name, e));
         let ks = Keyspaces {
             meta: open("meta")?,
             retained: open("retained")?,
@@ -362,6 +365,10 @@ impl Writer {
                     Err(RecvTimeoutError::Disconnected) => break,
                 },
             };
+            // Let submitters that share this core add to the batch before it is taken: on a
+            // busy core this turns many tiny commits into few large ones; on an idle machine
+            // it returns at once.
+            std::thread::yield_now();
             if clock_at.elapsed() > clock_refresh {
                 clock = Clock::now();
                 clock_at = Instant::now();
