@@ -260,6 +260,12 @@ impl Journal for StoreJournal<'_> {
         }
     }
 
+    fn acked_below(&mut self, floor: u64) {
+        if self.active {
+            self.submit(Op::QueueFloor { store_id: self.store_id, floor });
+        }
+    }
+
     fn inbound(&mut self, packet_id: u16, present: bool) {
         if self.active {
             self.submit(Op::Inbound { store_id: self.store_id, packet_id, present });
@@ -451,7 +457,11 @@ impl Broker {
             let gone_for = record.disconnected_at.map(|at| wall.duration_since(at).unwrap_or_default());
             {
                 let mut st = session.lock();
-                st.restore(Restored { deliveries: loaded.deliveries, inbound: loaded.inbound });
+                st.restore(Restored {
+                    deliveries: loaded.deliveries,
+                    inbound: loaded.inbound,
+                    floor: loaded.floor,
+                });
                 st.persisted = true;
                 st.disconnected_at = Some(record.disconnected_at.unwrap_or(wall));
                 // A will only survives if its connection had already ended abnormally.

@@ -322,6 +322,10 @@ pub trait Journal {
     fn released(&mut self, seq: u64, delivery: &Delivery);
     /// A delivery left for good (acknowledged, expired, evicted, replaced, discarded).
     fn removed(&mut self, seq: u64);
+    /// Every delivery with a sequence number below `floor` has left. Acknowledgements mostly
+    /// arrive oldest first, so this replaces one deletion per message with one small, often
+    /// overwritten record per session (the store drops the entries below it lazily).
+    fn acked_below(&mut self, floor: u64);
     /// An inbound QoS 2 packet id was recorded (`true`) or released (`false`).
     fn inbound(&mut self, packet_id: u16, present: bool);
 }
@@ -334,6 +338,7 @@ impl Journal for NoJournal {
     fn queued(&mut self, _: u64, _: &Delivery) {}
     fn released(&mut self, _: u64, _: &Delivery) {}
     fn removed(&mut self, _: u64) {}
+    fn acked_below(&mut self, _: u64) {}
     fn inbound(&mut self, _: u16, _: bool) {}
 }
 
@@ -345,6 +350,8 @@ pub struct Restored {
     pub deliveries: Vec<(u64, Delivery, Option<Phase>)>,
     /// Inbound QoS 2 packet ids awaiting PUBREL.
     pub inbound: Vec<u16>,
+    /// Every sequence number below this one was acknowledged (see [`Journal::acked_below`]).
+    pub floor: u64,
 }
 
 /// The mutable part of a session.
@@ -368,6 +375,7 @@ pub struct SessionState {
     pub persisted: bool,
     limits: QueueLimits,
     queue: Queue,
+    /// Sent and unacknowledged, in sequence order.
     inflight: VecDeque<Inflight>,
     outbound_ids: FxHashSet<u16>,
     /// Inflight entries sent on the current connection (they use the client's window).
@@ -404,6 +412,9 @@ impl SessionState {
     /// Puts back what the store kept: messages with an outstanding PUBREL go in flight (their
     /// PUBREL is re-sent), everything else is queued and sent with DUP set.
     pub fn restore(&mut self, mut restored: Restored) {
+        // New sequence numbers must stay above the stored floor, or the store would take
+        // them for acknowledged ones.
+        self.next_seq = self.next_seq.max(restored.floor);
         restored.deliveries.sort_by_key(|(seq, _, _)| *seq);
         for (seq, delivery, phase) in restored.deliveries {
             self.next_seq = self.next_seq.max(seq + 1);
@@ -652,13 +663,23 @@ impl SessionState {
                 qos => {
                     let packet_id = packet_id_of(q.seq);
                     self.outbound_ids.insert(packet_id);
-                    self.inflight.push_back(Inflight {
+                    let entry = Inflight {
                         seq: q.seq,
                         packet_id,
                         delivery: q.delivery.clone(),
                         phase: if qos == QoS::AtLeastOnce { Phase::AwaitPuback } else { Phase::AwaitPubrec },
                         sent_on: generation,
-                    });
+                    };
+                    // Kept in sequence order: the oldest held message is then at the front
+                    // (see `remove_inflight`). Only PUBREL-stage entries restored at start
+                    // can be newer than a queued message.
+                    match self.inflight.back() {
+                        Some(last) if last.seq > entry.seq => {
+                            let pos = self.inflight.partition_point(|e| e.seq < entry.seq);
+                            self.inflight.insert(pos, entry);
+                        }
+                        _ => self.inflight.push_back(entry),
+                    }
                     self.sent_count += 1;
                     Some(packet_id)
                 }
@@ -688,7 +709,19 @@ impl SessionState {
         if self.attachment.as_ref().is_some_and(|a| a.generation == entry.sent_on) {
             self.sent_count -= 1;
         }
-        journal.removed(entry.seq);
+        // The lowest sequence number still held (both are in sequence order); acknowledgements
+        // usually remove exactly that.
+        let floor = match (self.inflight.front(), self.queue.front()) {
+            (Some(e), Some(q)) => e.seq.min(q.seq),
+            (Some(e), None) => e.seq,
+            (None, Some(q)) => q.seq,
+            (None, None) => self.next_seq,
+        };
+        if entry.seq < floor {
+            journal.acked_below(floor);
+        } else {
+            journal.removed(entry.seq);
+        }
         // Window space opened: let the writer continue.
         self.wake();
         Some(entry)
@@ -870,6 +903,9 @@ mod tests {
         }
         fn removed(&mut self, seq: u64) {
             self.0.push(format!("removed {seq}"));
+        }
+        fn acked_below(&mut self, floor: u64) {
+            self.0.push(format!("acked below {floor}"));
         }
         fn inbound(&mut self, packet_id: u16, present: bool) {
             self.0.push(format!("inbound {packet_id} {present}"));
@@ -1146,14 +1182,65 @@ mod tests {
             [
                 "queued 1 q1",
                 "queued 2 q2",
-                "removed 1",
+                "acked below 2",
                 "released 2",
-                "removed 2",
+                "acked below 3",
                 "inbound 7 true",
                 "inbound 7 false"
             ],
             "QoS 0 is never journaled"
         );
+    }
+
+    #[test]
+    fn in_order_acks_move_the_floor_and_out_of_order_ones_delete() {
+        let mut j = Recorder::default();
+        let mut st = SessionState::new(Expiry::Never, QueueLimits { max_inflight: 10, ..LIMITS });
+        st.attach(1, Arc::new(ConnSignal::default()), 10);
+        for topic in ["a", "b", "c", "d"] {
+            st.enqueue(delivery(topic, QoS::AtLeastOnce), false, &mut j);
+        }
+        let mut out = Vec::new();
+        st.next_batch(1, true, 2, Instant::now(), &mut out, &mut j);
+        j.0.clear();
+        // c and d are still queued (batch of 2): acknowledging b (not the oldest) deletes it.
+        assert!(st.on_puback(packet_id_of(1), &mut j).is_some());
+        assert!(st.on_puback(packet_id_of(0), &mut j).is_some());
+        assert_eq!(j.0, ["removed 1", "acked below 2"], "the floor never passes a held message");
+        st.next_batch(1, true, 10, Instant::now(), &mut out, &mut j);
+        assert!(st.on_puback(packet_id_of(2), &mut j).is_some());
+        assert!(st.on_puback(packet_id_of(3), &mut j).is_some());
+        assert_eq!(j.0[2..], ["acked below 3", "acked below 4"]);
+    }
+
+    #[test]
+    fn floor_stays_below_a_restored_pubrel_stage_entry() {
+        let mut j = Recorder::default();
+        let mut st = SessionState::new(Expiry::Never, QueueLimits { max_inflight: 10, ..LIMITS });
+        st.restore(Restored {
+            deliveries: vec![
+                (3, delivery("a", QoS::AtLeastOnce), None),
+                (5, delivery("b", QoS::ExactlyOnce), Some(Phase::AwaitPubcomp)),
+            ],
+            inbound: Vec::new(),
+            floor: 3,
+        });
+        st.attach(1, Arc::new(ConnSignal::default()), 10);
+        batch(&mut st, 1);
+        let seqs: Vec<u64> = st.inflight().map(|e| e.seq).collect();
+        assert_eq!(seqs, [3, 5], "in flight in sequence order");
+        assert!(st.on_puback(packet_id_of(3), &mut j).is_some());
+        assert!(st.on_pubcomp(packet_id_of(5), &mut j).is_some());
+        assert_eq!(j.0, ["acked below 5", "acked below 6"]);
+    }
+
+    #[test]
+    fn restore_keeps_new_sequence_numbers_above_the_floor() {
+        let mut st = state();
+        st.restore(Restored { deliveries: Vec::new(), inbound: Vec::new(), floor: 500 });
+        let mut j = Recorder::default();
+        st.enqueue(delivery("x", QoS::AtLeastOnce), false, &mut j);
+        assert_eq!(j.0, ["queued 500 x"]);
     }
 
     #[test]
@@ -1169,6 +1256,7 @@ mod tests {
                 (9, delivery("c", QoS::ExactlyOnce), None),
             ],
             inbound: vec![42],
+            floor: 0,
         });
         assert_eq!(st.queue_len(), 2);
         assert_eq!(st.inflight_len(), 1);

@@ -10,12 +10,14 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
+use fjall::compaction::filter::{CompactionFilter, Context, Factory, ItemAccessor, Verdict};
 use fjall::config::FilterPolicy;
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 use fleetmq_config::{Fsync, Storage};
+use rustc_hash::FxHashMap;
 use tokio::sync::watch;
 
 use super::records::{self, Clock};
@@ -62,8 +64,60 @@ struct Keyspaces {
     retained: Keyspace,
     sessions: Keyspace,
     queue: Keyspace,
+    /// Per session incarnation: every queue entry below this sequence number is acknowledged.
+    floors: Keyspace,
     inbound: Keyspace,
     delayed: Keyspace,
+}
+
+/// Queue floors by session incarnation, shared by the writer and the compaction filter.
+type Floors = Arc<RwLock<FxHashMap<u64, u64>>>;
+
+/// Drops queue entries below their session's floor while fjall compacts, so an acknowledged
+/// message costs no deletion of its own. Dropping without a tombstone may let an older
+/// version of the same key reappear from a lower level; that version is below the floor too,
+/// so recovery skips it and a later compaction drops it.
+struct FloorFilterFactory(Floors);
+
+impl Factory for FloorFilterFactory {
+    fn name(&self) -> &str {
+        "fleetmq-queue-floor"
+    }
+
+    fn make_filter(&self, _: &Context) -> Box<dyn CompactionFilter> {
+        Box::new(FloorFilter { floors: self.0.clone(), last: None })
+    }
+}
+
+struct FloorFilter {
+    floors: Floors,
+    /// Keys arrive sorted, so the session of the previous key is usually the next one's too.
+    last: Option<(u64, u64)>,
+}
+
+impl CompactionFilter for FloorFilter {
+    fn filter_item(
+        &mut self,
+        item: ItemAccessor<'_>,
+        _: &Context,
+    ) -> fjall::compaction::filter::CompactionFilterResult {
+        let Ok((store_id, seq)) = records::split_key16(item.key()) else { return Ok(Verdict::Keep) };
+        let floor = match self.last {
+            Some((id, floor)) if id == store_id => floor,
+            _ => {
+                let floor = self
+                    .floors
+                    .read()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .get(&store_id)
+                    .copied()
+                    .unwrap_or(0);
+                self.last = Some((store_id, floor));
+                floor
+            }
+        };
+        Ok(if seq < floor { Verdict::Destroy } else { Verdict::Keep })
+    }
 }
 
 /// The fjall-backed store.
@@ -76,6 +130,7 @@ pub struct DiskStore {
     tx: Mutex<(Option<mpsc::Sender<Op>>, u64)>,
     progress: watch::Receiver<Watermark>,
     failed: Arc<AtomicBool>,
+    floors: Floors,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
@@ -96,10 +151,15 @@ impl DiskStore {
     pub fn open(storage: &Storage) -> Result<Self, StoreError> {
         let path = storage.data_dir.join("store");
         std::fs::create_dir_all(&path).map_err(|e| engine(&path, "cannot create the store directory", e))?;
+        let floors = Floors::default();
+        let filter: Arc<dyn Factory> = Arc::new(FloorFilterFactory(floors.clone()));
         let db = Database::builder(&path)
             // Acknowledgements depend on our own syncs, not fjall's per-write default.
             .manual_journal_persist(true)
             .worker_threads(1)
+            .with_compaction_filter_factories(Arc::new(move |keyspace: &str| {
+                (keyspace == "queue").then(|| filter.clone())
+            }))
             .open()
             .map_err(|e| match e {
                 fjall::Error::Locked => StoreError::Engine(format!(
@@ -118,6 +178,7 @@ impl DiskStore {
             retained: open("retained")?,
             sessions: open("sessions")?,
             queue: open("queue")?,
+            floors: open("floors")?,
             inbound: open("inbound")?,
             delayed: open("delayed")?,
         };
@@ -165,6 +226,7 @@ impl DiskStore {
             failed: failed.clone(),
             commit: recovered,
             progress: progress_tx,
+            floors: floors.clone(),
         };
         let thread = std::thread::Builder::new()
             .name("fleetmq-store".into())
@@ -177,6 +239,7 @@ impl DiskStore {
             tx: Mutex::new((Some(tx), 0)),
             progress,
             failed,
+            floors,
             thread: Mutex::new(Some(thread)),
         })
     }
@@ -252,8 +315,24 @@ impl Store for DiskStore {
                 .map_err(|r| records::corrupt("session", &key, r))?;
             sessions.insert(
                 record.store_id,
-                LoadedSession { record, deliveries: Vec::new(), inbound: Vec::new() },
+                LoadedSession { record, deliveries: Vec::new(), inbound: Vec::new(), floor: 0 },
             );
+        }
+        let mut floor_orphans = Vec::new();
+        {
+            let mut floors = self.floors.write().unwrap_or_else(|p| p.into_inner());
+            for item in self.ks.floors.iter() {
+                let (key, value) = item.into_inner().map_err(|e| scan_err("queue floors", e))?;
+                let (store_id, floor) = records::split_floor(&key, &value)
+                    .map_err(|r| records::corrupt("queue floor", &key, r))?;
+                match sessions.get_mut(&store_id) {
+                    Some(session) => {
+                        session.floor = floor;
+                        floors.insert(store_id, floor);
+                    }
+                    None => floor_orphans.push(key.to_vec()),
+                }
+            }
         }
         let mut orphans = Vec::new();
         for item in self.ks.queue.iter() {
@@ -265,6 +344,10 @@ impl Store for DiskStore {
                 orphans.push(key.to_vec());
                 continue;
             };
+            if seq < session.floor {
+                // Acknowledged; compaction drops it.
+                continue;
+            }
             let (delivery, released) =
                 records::decode_delivery(&value, clock).map_err(|r| records::corrupt("queue", &key, r))?;
             if !released && delivery.message.is_expired(now) {
@@ -295,17 +378,20 @@ impl Store for DiskStore {
                 message,
             ));
         }
-        if !orphans.is_empty() || !inbound_orphans.is_empty() {
+        if !orphans.is_empty() || !inbound_orphans.is_empty() || !floor_orphans.is_empty() {
             let mut batch = self.db.batch();
             for key in &orphans {
                 batch.remove(&self.ks.queue, key.clone());
+            }
+            for key in &floor_orphans {
+                batch.remove(&self.ks.floors, key.clone());
             }
             for key in &inbound_orphans {
                 batch.remove(&self.ks.inbound, key.clone());
             }
             batch.commit().map_err(|e| engine(&self.path, "cannot clean up the store", e))?;
             tracing::info!(
-                entries = orphans.len() + inbound_orphans.len(),
+                entries = orphans.len() + inbound_orphans.len() + floor_orphans.len(),
                 "removed leftover and expired queue entries"
             );
         }
@@ -331,6 +417,8 @@ struct Writer {
     commit: u64,
     /// Published after each batch: how far acknowledgements may go.
     progress: watch::Sender<Watermark>,
+    /// Committed queue floors, for the compaction filter.
+    floors: Floors,
 }
 
 /// Upper bound on changes applied in one batch, so one huge burst cannot delay every
@@ -377,13 +465,20 @@ impl Writer {
             let mut needs_sync = false;
             let mut next = Some(first);
             let mut count = 0;
+            // Floors of this batch, one write per session however many acknowledgements.
+            let mut floors: FxHashMap<u64, u64> = FxHashMap::default();
             while let Some(op) = next.take() {
                 applied += 1;
                 count += 1;
                 needs_sync |= op.needs_sync();
                 match op {
+                    Op::QueueFloor { store_id, floor } => {
+                        let slot = floors.entry(store_id).or_default();
+                        *slot = (*slot).max(floor);
+                    }
                     Op::SessionDelete { client_id, store_id } => {
                         // Range deletes read the keyspace: earlier writes must be applied first.
+                        self.put_floors(&mut batch, &mut floors);
                         self.commit(std::mem::replace(&mut batch, self.db.batch()));
                         self.delete_session(&client_id, store_id);
                     }
@@ -393,6 +488,7 @@ impl Writer {
                     next = rx.try_recv().ok();
                 }
             }
+            self.put_floors(&mut batch, &mut floors);
             self.commit(batch);
             unsynced = true;
             if self.fsync == Fsync::Always && needs_sync {
@@ -446,6 +542,20 @@ impl Writer {
         }
     }
 
+    /// Adds the batch's queue floors to `batch` and publishes them to the compaction filter
+    /// (safe before the commit: entries below a floor are acknowledged whether or not the
+    /// floor itself survives a crash).
+    fn put_floors(&self, batch: &mut fjall::OwnedWriteBatch, floors: &mut FxHashMap<u64, u64>) {
+        if floors.is_empty() {
+            return;
+        }
+        let mut shared = self.floors.write().unwrap_or_else(|p| p.into_inner());
+        for (store_id, floor) in floors.drain() {
+            batch.insert(&self.ks.floors, store_id.to_be_bytes().to_vec(), floor.to_be_bytes().to_vec());
+            shared.insert(store_id, floor);
+        }
+    }
+
     fn apply(&self, batch: &mut fjall::OwnedWriteBatch, op: Op, clock: Clock) {
         let ks = &self.ks;
         match op {
@@ -472,6 +582,9 @@ impl Writer {
             ),
             Op::QueueDelete { store_id, seq } => {
                 batch.remove(&ks.queue, records::queue_key(store_id, seq).to_vec())
+            }
+            Op::QueueFloor { store_id, floor } => {
+                batch.insert(&ks.floors, store_id.to_be_bytes().to_vec(), floor.to_be_bytes().to_vec());
             }
             Op::Inbound { store_id, packet_id, present: true } => {
                 batch.insert(&ks.inbound, records::inbound_key(store_id, packet_id).to_vec(), Vec::new());
@@ -504,6 +617,8 @@ impl Writer {
                 }
             }
         }
+        batch.remove(&self.ks.floors, prefix.to_vec());
+        self.floors.write().unwrap_or_else(|p| p.into_inner()).remove(&store_id);
         // The metadata key is the client id; a newer incarnation may already own it.
         match self.ks.sessions.get(client_id.as_bytes()) {
             Ok(Some(value)) => {
@@ -639,5 +754,36 @@ mod tests {
         let store = DiskStore::open(&dir.storage(Fsync::Always)).unwrap();
         assert!(store.load().unwrap().sessions.is_empty());
         assert_eq!(store.ks.queue.iter().count(), 0, "the orphan was deleted");
+    }
+
+    #[test]
+    fn queue_floors_hide_acknowledged_entries_and_compaction_drops_them() {
+        let dir = TempDir::new("floors");
+        {
+            let store = DiskStore::open(&dir.storage(Fsync::Always)).unwrap();
+            store.submit(Op::SessionPut(Box::new(record("c", 3))));
+            store.submit(Op::SessionPut(Box::new(record("gone", 4))));
+            for seq in 0..10 {
+                store.submit(Op::QueuePut { store_id: 3, seq, delivery: delivery("m"), phase: None });
+            }
+            store.submit(Op::QueueFloor { store_id: 3, floor: 4 });
+            store.submit(Op::QueueFloor { store_id: 3, floor: 6 });
+            store.submit(Op::QueueDelete { store_id: 3, seq: 8 });
+            store.submit(Op::QueueFloor { store_id: 4, floor: 2 });
+            store.submit(Op::SessionDelete { client_id: "gone".into(), store_id: 4 });
+            block_on(store.flush().wait()).unwrap();
+        }
+        let store = DiskStore::open(&dir.storage(Fsync::Always)).unwrap();
+        let loaded = store.load().unwrap();
+        assert_eq!(loaded.sessions.len(), 1);
+        let s = &loaded.sessions[0];
+        assert_eq!(s.floor, 6);
+        let seqs: Vec<u64> = s.deliveries.iter().map(|d| d.0).collect();
+        assert_eq!(seqs, [6, 7, 9], "below the floor and deleted entries are gone");
+        assert_eq!(store.ks.floors.iter().count(), 1, "an ended session's floor is deleted");
+        assert_eq!(store.ks.queue.iter().count(), 9, "entries below the floor wait for compaction");
+        store.ks.queue.rotate_memtable_and_wait().unwrap();
+        store.ks.queue.major_compact().unwrap();
+        assert_eq!(store.ks.queue.iter().count(), 3, "compaction dropped the acknowledged entries");
     }
 }

@@ -59,6 +59,8 @@ pub struct LoadedSession {
     pub deliveries: Vec<(u64, Delivery, Option<Phase>)>,
     /// Inbound QoS 2 packet ids awaiting PUBREL.
     pub inbound: Vec<u16>,
+    /// Sequence numbers below this one were acknowledged ([`Op::QueueFloor`]).
+    pub floor: u64,
 }
 
 /// Everything a store hands back at start.
@@ -102,6 +104,14 @@ pub enum Op {
         /// `Some(AwaitPubcomp)` once the PUBREC arrived.
         phase: Option<Phase>,
     },
+    /// Every delivery of the session below `floor` is gone. Stands for one deletion per
+    /// acknowledged message; the engine drops the entries below it lazily.
+    QueueFloor {
+        /// Session incarnation.
+        store_id: u64,
+        /// Lowest sequence number still held.
+        floor: u64,
+    },
     /// Delivery gone.
     QueueDelete {
         /// Session incarnation.
@@ -132,6 +142,7 @@ impl Op {
         !matches!(
             self,
             Op::QueueDelete { .. }
+                | Op::QueueFloor { .. }
                 | Op::SessionDelete { .. }
                 | Op::DelayedDelete(_)
                 | Op::Inbound { present: false, .. }

@@ -350,6 +350,13 @@ pub(crate) fn split_key16(key: &[u8]) -> Result<(u64, u64), String> {
     Ok((a, b))
 }
 
+/// Splits a queue-floor record into (store id, floor).
+pub(crate) fn split_floor(key: &[u8], value: &[u8]) -> Result<(u64, u64), String> {
+    let store_id = u64::from_be_bytes(key.try_into().map_err(|_| "bad floor key length")?);
+    let floor = u64::from_be_bytes(value.try_into().map_err(|_| "bad floor value length")?);
+    Ok((store_id, floor))
+}
+
 /// Splits an inbound key.
 pub(crate) fn split_inbound_key(key: &[u8]) -> Result<(u64, u16), String> {
     if key.len() != 10 {
