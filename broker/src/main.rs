@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use anyhow::Context as _;
 use clap::Parser;
-use fleetmq_config::{BrokerConfig, Listener, ListenerProtocol, LogFormat};
+use fleetmq_config::{BrokerConfig, Listener, LogFormat};
 use tracing_subscriber::EnvFilter;
 
 /// FleetMQ MQTT broker (MQTT 3.1, 3.1.1 and 5.0).
@@ -42,11 +42,7 @@ fn load(cli: &Cli) -> anyhow::Result<BrokerConfig> {
         None => BrokerConfig::default(),
     };
     if !cli.bind.is_empty() {
-        config.listeners = cli
-            .bind
-            .iter()
-            .map(|addr| Listener { name: None, protocol: ListenerProtocol::Mqtt, bind: *addr })
-            .collect();
+        config.listeners = cli.bind.iter().map(|addr| Listener::mqtt(*addr)).collect();
     }
     if let Some(dir) = &cli.data_dir {
         config.storage.data_dir = dir.clone();

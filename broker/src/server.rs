@@ -31,6 +31,7 @@ pub struct BoundListeners {
 impl BoundListeners {
     /// Binds every listener now, so a port conflict is reported before anything starts.
     pub fn bind(config: &BrokerConfig) -> anyhow::Result<Self> {
+        refuse_unimplemented(config)?;
         let mut sockets = Vec::new();
         for (i, listener) in config.listeners.iter().enumerate() {
             let name = listener.display_name();
@@ -46,6 +47,40 @@ impl BoundListeners {
     /// Actual addresses (resolves port 0).
     pub fn addrs(&self) -> Vec<SocketAddr> {
         self.sockets.iter().filter_map(|(_, s)| s.local_addr().ok()).collect()
+    }
+}
+
+/// Config keys this build parses but does not serve yet: refusing them beats silently
+/// ignoring a security setting. Entries leave as the features land.
+fn refuse_unimplemented(config: &BrokerConfig) -> anyhow::Result<()> {
+    let mut keys = Vec::new();
+    for (i, l) in config.listeners.iter().enumerate() {
+        if l.protocol != fleetmq_config::ListenerProtocol::Mqtt {
+            keys.push(format!("listeners[{i}].protocol: {}", l.protocol.as_str()));
+        }
+        if l.proxy_protocol {
+            keys.push(format!("listeners[{i}].proxy_protocol"));
+        }
+        if l.max_connections > 0 {
+            keys.push(format!("listeners[{i}].max_connections"));
+        }
+        if l.max_connection_rate > 0 {
+            keys.push(format!("listeners[{i}].max_connection_rate"));
+        }
+    }
+    if config.auth.password_file.is_some() {
+        keys.push("auth.password_file".into());
+    }
+    if config.auth.acl_file.is_some() {
+        keys.push("auth.acl_file".into());
+    }
+    if config.limits.max_publish_rate > 0 {
+        keys.push("limits.max_publish_rate".into());
+    }
+    if keys.is_empty() {
+        Ok(())
+    } else {
+        anyhow::bail!("not supported by this build yet: {}", keys.join(", "))
     }
 }
 

@@ -89,7 +89,7 @@ pub fn broker_config(
             crd::ListenerProtocol::Mqtt => listeners.push(Listener {
                 name: Some(listener.name.clone()),
                 protocol: ListenerProtocol::Mqtt,
-                bind: SocketAddr::from((Ipv4Addr::UNSPECIFIED, port(listener.port))),
+                ..Listener::mqtt(SocketAddr::from((Ipv4Addr::UNSPECIFIED, port(listener.port))))
             }),
             other => missing(
                 format!("spec.listeners[{i}]"),
@@ -130,6 +130,10 @@ pub fn broker_config(
             &format!("the broker does not read password_file/acl_file yet{who}; {effect}"),
         );
     }
+
+    // The HTTP endpoint (metrics, health) listens on the pod network on the metrics port.
+    let http_port = spec.metrics.as_ref().map_or(9090, |m| m.port);
+    config.http.bind = SocketAddr::from((Ipv4Addr::UNSPECIFIED, port(http_port)));
 
     // Limits (hot-reloadable by design: they live in the ConfigMap, never in the pod template).
     config.limits = limits(&spec.limits);
@@ -213,6 +217,7 @@ fn limits(spec: &crd::LimitsSpec) -> Limits {
         max_keepalive: to_u16(spec.max_keepalive, d.max_keepalive),
         max_topic_levels: d.max_topic_levels,
         max_topic_alias: d.max_topic_alias,
+        max_publish_rate: d.max_publish_rate,
         conflate: spec.conflate.clone(),
     }
 }

@@ -161,6 +161,8 @@ def start_broker(tmp_path, request):
             "sys": {"interval": "0s"},
             "server": {"workers": 2, "shutdown_timeout": "5s"},
             "storage": {"data_dir": str(tmp_path / f"data-{port}")},
+            # Its own free port: brokers of one test run side by side.
+            "http": {"bind": f"127.0.0.1:{free_port()}"},
         }
         effective = merge(base, config or {})
         for key in unset:

@@ -79,6 +79,8 @@ pub struct BrokerConfig {
     pub sys: Sys,
     /// Process-level settings.
     pub server: Server,
+    /// The HTTP endpoint: metrics, health, admin API.
+    pub http: Http,
     /// Logging.
     pub log: Log,
 }
@@ -93,6 +95,7 @@ impl Default for BrokerConfig {
             sessions: Sessions::default(),
             sys: Sys::default(),
             server: Server::default(),
+            http: Http::default(),
             log: Log::default(),
         }
     }
@@ -105,7 +108,38 @@ pub enum ListenerProtocol {
     /// Plain MQTT over TCP.
     #[default]
     Mqtt,
+    /// MQTT over TLS.
+    Mqtts,
+    /// MQTT over WebSocket.
+    Ws,
+    /// MQTT over WebSocket over TLS.
+    Wss,
 }
+
+impl ListenerProtocol {
+    /// The name used in config, logs and default listener names.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ListenerProtocol::Mqtt => "mqtt",
+            ListenerProtocol::Mqtts => "mqtts",
+            ListenerProtocol::Ws => "ws",
+            ListenerProtocol::Wss => "wss",
+        }
+    }
+
+    /// Whether the transport is TLS (needs `tls`).
+    pub fn is_tls(self) -> bool {
+        matches!(self, ListenerProtocol::Mqtts | ListenerProtocol::Wss)
+    }
+
+    /// Whether the transport is WebSocket (uses `path`).
+    pub fn is_websocket(self) -> bool {
+        matches!(self, ListenerProtocol::Ws | ListenerProtocol::Wss)
+    }
+}
+
+/// The WebSocket path when a `ws`/`wss` listener sets none (what MQTT.js and Paho use).
+pub const DEFAULT_WS_PATH: &str = "/mqtt";
 
 /// One listening socket.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -119,6 +153,31 @@ pub struct Listener {
     pub protocol: ListenerProtocol,
     /// Address and port, e.g. `0.0.0.0:1883` or `[::]:1883`.
     pub bind: SocketAddr,
+    /// Concurrent connections on this listener; 0 = unlimited (`limits.max_connections`
+    /// still applies across listeners).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub max_connections: u32,
+    /// New connections accepted per second on this listener; 0 = unlimited.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub max_connection_rate: u32,
+    /// Expect a PROXY protocol v1 or v2 header (from a load balancer) on every connection
+    /// and take the client address from it; connections without one are refused.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub proxy_protocol: bool,
+    /// HTTP path of a `ws`/`wss` listener. Default: `/mqtt`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// Certificates of a `mqtts`/`wss` listener.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<Tls>,
+}
+
+fn is_zero(v: &u32) -> bool {
+    *v == 0
+}
+
+fn is_false(v: &bool) -> bool {
+    !*v
 }
 
 impl Default for Listener {
@@ -127,18 +186,71 @@ impl Default for Listener {
             name: None,
             protocol: ListenerProtocol::Mqtt,
             bind: SocketAddr::from(([127, 0, 0, 1], 1883)),
+            max_connections: 0,
+            max_connection_rate: 0,
+            proxy_protocol: false,
+            path: None,
+            tls: None,
         }
     }
 }
 
 impl Listener {
-    /// The listener's name for logs: the configured one or `mqtt-<port>`.
+    /// A plain MQTT listener on `bind`.
+    pub fn mqtt(bind: SocketAddr) -> Self {
+        Listener { bind, ..Listener::default() }
+    }
+
+    /// The listener's name for logs: the configured one or `<protocol>-<port>`.
     pub fn display_name(&self) -> String {
         match &self.name {
             Some(name) => name.clone(),
-            None => format!("mqtt-{}", self.bind.port()),
+            None => format!("{}-{}", self.protocol.as_str(), self.bind.port()),
         }
     }
+
+    /// The WebSocket path (`path` or `/mqtt`).
+    pub fn ws_path(&self) -> &str {
+        self.path.as_deref().unwrap_or(DEFAULT_WS_PATH)
+    }
+}
+
+/// Lowest TLS version a listener accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub enum TlsVersion {
+    /// TLS 1.2 and 1.3.
+    #[default]
+    #[serde(rename = "1.2")]
+    V1_2,
+    /// TLS 1.3 only.
+    #[serde(rename = "1.3")]
+    V1_3,
+}
+
+/// TLS settings of a listener (Mosquitto's `certfile`, `keyfile`, `cafile`,
+/// `require_certificate`, `use_identity_as_username`). The files are re-read when they
+/// change: new handshakes use the new certificate, open connections stay.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tls {
+    /// PEM certificate chain, leaf first.
+    pub cert_file: PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: PathBuf,
+    /// PEM CA bundle that client certificates must chain to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+    /// Lowest protocol version: `"1.2"` (default) or `"1.3"`.
+    #[serde(default)]
+    pub min_version: TlsVersion,
+    /// Refuse clients without a certificate signed by `ca_file`. Without it, a certificate is
+    /// verified when the client offers one.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub require_certificate: bool,
+    /// The client certificate's subject Common Name becomes the username (no password
+    /// needed); needs `require_certificate`.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub use_identity_as_username: bool,
 }
 
 /// When a write counts as durable.
@@ -182,15 +294,23 @@ impl Default for Storage {
     }
 }
 
-/// Authentication policy.
+/// Authentication and authorization.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct Auth {
-    /// Accept clients without credentials. Default (unset): allowed only when every listener
-    /// binds a loopback address, like Mosquitto's local-only mode; set `true` or `false` to
-    /// decide explicitly.
+    /// Accept clients without credentials. Default (unset): refused when `password_file` is
+    /// set; otherwise allowed only when every listener binds a loopback address, like
+    /// Mosquitto's local-only mode. Set `true` or `false` to decide explicitly.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub allow_anonymous: Option<bool>,
+    /// Mosquitto-format password file (`user:hash` lines; `$7$` PBKDF2-SHA512, `$6$` SHA-512
+    /// and argon2id hashes). Re-read when it changes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub password_file: Option<PathBuf>,
+    /// Mosquitto-format ACL file. Unset: every client may publish and subscribe to every
+    /// topic except `$SYS` writes. Re-read when it changes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub acl_file: Option<PathBuf>,
 }
 
 /// Limits on connections, packets and session queues.
@@ -222,6 +342,10 @@ pub struct Limits {
     pub max_topic_levels: u16,
     /// Topic aliases a v5 client may use towards the broker (Topic Alias Maximum).
     pub max_topic_alias: u16,
+    /// PUBLISH packets per second one client may send; 0 = unlimited. Above it the broker
+    /// stops reading from the client until the rate drops (nothing is refused or lost).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub max_publish_rate: u32,
     /// Topic filters whose messages are conflated for offline sessions: a newly queued message
     /// replaces the queued message of the same topic, so a reconnecting client gets only the
     /// newest value per topic. Never applies to online delivery.
@@ -240,6 +364,7 @@ impl Default for Limits {
             max_keepalive: 65535,
             max_topic_levels: 128,
             max_topic_alias: 64,
+            max_publish_rate: 0,
             conflate: Vec::new(),
         }
     }
@@ -295,6 +420,27 @@ pub struct Server {
 impl Default for Server {
     fn default() -> Self {
         Server { workers: 0, shutdown_timeout: Duration::from_secs(5) }
+    }
+}
+
+/// The HTTP endpoint: `/metrics` (Prometheus), `/healthz`, `/readyz` and the admin API
+/// (`/api/v1/...`, only with `admin_token_file`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Http {
+    /// Serve the endpoint.
+    pub enabled: bool,
+    /// Address and port.
+    pub bind: SocketAddr,
+    /// File holding the admin API's bearer token (surrounding whitespace ignored). Unset:
+    /// the admin API is off. Re-read when it changes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub admin_token_file: Option<PathBuf>,
+}
+
+impl Default for Http {
+    fn default() -> Self {
+        Http { enabled: true, bind: SocketAddr::from(([127, 0, 0, 1], 8080)), admin_token_file: None }
     }
 }
 
@@ -376,13 +522,24 @@ impl BrokerConfig {
             check(&format!("limits.conflate[{i}]"), rules::filter(filter))?;
         }
         check("log.level", rules::nonempty(&self.log.level))?;
+        if self.http.enabled
+            && let Some(i) = self.listeners.iter().position(|l| l.bind == self.http.bind)
+        {
+            return Err(ConfigError::invalid(
+                "http.bind",
+                format!("{} is already used by listeners[{i}]", self.http.bind),
+            ));
+        }
         Ok(())
     }
 
     /// Whether clients without credentials are accepted, after applying the default rule
-    /// (allowed only when every listener is on a loopback address).
+    /// (refused once a password file is configured; otherwise allowed only when every
+    /// listener is on a loopback address).
     pub fn anonymous_allowed(&self) -> bool {
-        self.auth.allow_anonymous.unwrap_or_else(|| self.listeners.iter().all(|l| l.bind.ip().is_loopback()))
+        self.auth.allow_anonymous.unwrap_or_else(|| {
+            self.auth.password_file.is_none() && self.listeners.iter().all(|l| l.bind.ip().is_loopback())
+        })
     }
 }
 

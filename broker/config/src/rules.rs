@@ -71,6 +71,47 @@ pub(crate) fn listeners(listeners: &[Listener]) -> Result<(), (String, String)> 
                 format!("{} is already used by listeners[{j}]", listener.bind),
             ));
         }
+        let protocol = listener.protocol;
+        match (&listener.tls, protocol.is_tls()) {
+            (None, true) => {
+                return Err((
+                    format!("listeners[{i}].tls"),
+                    format!("a {} listener needs tls.cert_file and tls.key_file", protocol.as_str()),
+                ));
+            }
+            (Some(_), false) => {
+                return Err((
+                    format!("listeners[{i}].tls"),
+                    format!("only mqtts and wss listeners use tls (this one is {})", protocol.as_str()),
+                ));
+            }
+            (Some(tls), true) => {
+                if tls.require_certificate && tls.ca_file.is_none() {
+                    return Err((
+                        format!("listeners[{i}].tls.ca_file"),
+                        "require_certificate needs the CA that client certificates chain to".to_string(),
+                    ));
+                }
+                if tls.use_identity_as_username && !tls.require_certificate {
+                    return Err((
+                        format!("listeners[{i}].tls.use_identity_as_username"),
+                        "needs require_certificate: true".to_string(),
+                    ));
+                }
+            }
+            (None, false) => {}
+        }
+        if let Some(path) = &listener.path {
+            if !protocol.is_websocket() {
+                return Err((
+                    format!("listeners[{i}].path"),
+                    format!("only ws and wss listeners have a path (this one is {})", protocol.as_str()),
+                ));
+            }
+            if !path.starts_with('/') {
+                return Err((format!("listeners[{i}].path"), format!("'{path}' must start with '/'")));
+            }
+        }
     }
     Ok(())
 }

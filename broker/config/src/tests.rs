@@ -118,6 +118,20 @@ fn out_of_range_values_in_a_file_name_key_and_line() {
         ("log:\n  level: ' '\n", "log.level", 2),
         ("sessions:\n  persistent_session_expiry: 150y\n", "sessions.persistent_session_expiry", 2),
         ("listeners:\n  - bind: 127.0.0.1:1\n  - bind: 127.0.0.1:1\n", "listeners[1].bind", 2),
+        ("listeners:\n  - bind: 127.0.0.1:1\n    protocol: mqtts\n", "listeners[0].tls", 2),
+        ("listeners:\n  - bind: 127.0.0.1:1\n    tls: {cert_file: c, key_file: k}\n", "listeners[0].tls", 2),
+        (
+            "listeners:\n  - bind: 127.0.0.1:1\n    protocol: wss\n    tls: {cert_file: c, key_file: k, require_certificate: true}\n",
+            "listeners[0].tls.ca_file",
+            2,
+        ),
+        (
+            "listeners:\n  - bind: 127.0.0.1:1\n    protocol: mqtts\n    tls: {cert_file: c, key_file: k, use_identity_as_username: true}\n",
+            "listeners[0].tls.use_identity_as_username",
+            2,
+        ),
+        ("listeners:\n  - bind: 127.0.0.1:1\n    path: /mqtt\n", "listeners[0].path", 2),
+        ("listeners:\n  - bind: 127.0.0.1:1\n    protocol: ws\n    path: mqtt\n", "listeners[0].path", 2),
     ] {
         let msg = match parse(yaml) {
             Err(err @ ConfigError::Parse { .. }) => err.to_string(),
@@ -170,7 +184,7 @@ fn yaml_round_trip_is_lossless() {
     config.listeners.push(Listener {
         name: Some("lan".into()),
         protocol: ListenerProtocol::Mqtt,
-        bind: "[::]:1883".parse().unwrap(),
+        ..Listener::mqtt("[::]:1883".parse().unwrap())
     });
     config.sessions.persistent_session_expiry = Some(Duration::from_secs(3600 * 24));
     config.limits.max_queued_bytes = ByteSize::kib(64);
@@ -189,4 +203,61 @@ fn byte_sizes_render_exactly() {
     assert!(yaml.contains("max_queued_bytes: 1000001\n"), "{yaml}");
     assert!(yaml.contains("max_packet_size: 3KiB\n"), "{yaml}");
     assert!(yaml.contains("max_queued_bytes") && parse(&yaml).unwrap() == config);
+}
+
+#[test]
+fn transports_auth_and_http_keys_parse() {
+    let config = parse(
+        r#"
+listeners:
+  - bind: 0.0.0.0:8883
+    protocol: mqtts
+    max_connections: 1000
+    max_connection_rate: 50
+    proxy_protocol: true
+    tls:
+      cert_file: /tls/tls.crt
+      key_file: /tls/tls.key
+      ca_file: /tls/ca.crt
+      min_version: "1.3"
+      require_certificate: true
+      use_identity_as_username: true
+  - bind: 0.0.0.0:8083
+    protocol: ws
+auth:
+  password_file: /auth/passwords
+  acl_file: /auth/acl
+limits:
+  max_publish_rate: 100
+http:
+  bind: 0.0.0.0:9090
+  admin_token_file: /auth/token
+"#,
+    )
+    .unwrap();
+    let tls = config.listeners[0].tls.as_ref().unwrap();
+    assert_eq!(tls.min_version, TlsVersion::V1_3);
+    assert!(tls.require_certificate && tls.use_identity_as_username);
+    assert_eq!(config.listeners[0].display_name(), "mqtts-8883");
+    assert_eq!(config.listeners[1].ws_path(), "/mqtt");
+    assert_eq!(config.limits.max_publish_rate, 100);
+    assert!(!config.anonymous_allowed(), "a password file turns anonymous access off by default");
+    assert_eq!(config.http.bind.port(), 9090);
+    // What the operator writes must read back the same.
+    assert_eq!(BrokerConfig::from_yaml_str(&config.to_yaml(), "rendered").unwrap(), config);
+}
+
+#[test]
+fn http_must_not_take_a_listener_port() {
+    let err = parse("listeners:\n  - bind: 127.0.0.1:8080\n").unwrap_err().to_string();
+    assert!(err.contains("http.bind"), "{err}");
+    assert!(parse("listeners:\n  - bind: 127.0.0.1:8080\nhttp:\n  enabled: false\n").is_ok());
+}
+
+#[test]
+fn loopback_default_with_a_password_file_refuses_anonymous() {
+    let config = parse("auth:\n  password_file: /p\n").unwrap();
+    assert!(!config.anonymous_allowed());
+    let config = parse("auth:\n  password_file: /p\n  allow_anonymous: true\n").unwrap();
+    assert!(config.anonymous_allowed());
 }

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use fleetmq_broker::server::RunningBroker;
-use fleetmq_config::{BrokerConfig, Listener, ListenerProtocol};
+use fleetmq_config::{BrokerConfig, Listener};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
@@ -19,11 +19,12 @@ pub fn broker_with(f: impl FnOnce(&mut BrokerConfig)) -> RunningBroker {
     let mut config = BrokerConfig {
         listeners: vec![Listener {
             name: Some("test".into()),
-            protocol: ListenerProtocol::Mqtt,
-            bind: "127.0.0.1:0".parse().unwrap(),
+            ..Listener::mqtt("127.0.0.1:0".parse().unwrap())
         }],
         ..BrokerConfig::default()
     };
+    // Tests run side by side: no fixed HTTP port (tests of the endpoint turn it on, on port 0).
+    config.http.enabled = false;
     config.server.workers = 2;
     // In memory unless a test asks for a store (it then sets a temporary storage.data_dir).
     config.storage.persistence = false;

@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use fleetmq_broker::server::RunningBroker;
-use fleetmq_config::{ByteSize, Listener, ListenerProtocol};
+use fleetmq_config::{ByteSize, Listener};
 
 use crate::common::{self, v3, v5};
 use crate::raw::{self, Packet, Raw, prop};
@@ -161,11 +161,8 @@ async fn v5_server_keep_alive_is_enforced() {
 
 fn non_loopback(allow: Option<bool>) -> RunningBroker {
     common::broker_with(|c| {
-        c.listeners = vec![Listener {
-            name: Some("any".into()),
-            protocol: ListenerProtocol::Mqtt,
-            bind: "0.0.0.0:0".parse().unwrap(),
-        }];
+        c.listeners =
+            vec![Listener { name: Some("any".into()), ..Listener::mqtt("0.0.0.0:0".parse().unwrap()) }];
         c.auth.allow_anonymous = allow;
     })
 }
