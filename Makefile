@@ -49,6 +49,7 @@ crds:
 
 check-python-deps:
 	@command -v mosquitto_pub >/dev/null || { echo "mosquitto_pub missing: run .ci/run or 'apt-get install mosquitto-clients'"; exit 1; }
+	@test -d tests/js/node_modules/mqtt || { echo "MQTT.js missing: run .ci/run (or 'npm ci --prefix tests/js')"; exit 1; }
 	@$(PYTHON) -c 'import paho.mqtt, pytest, yaml, jsonschema, kubernetes_validate' 2>/dev/null || { echo "Python test deps missing in $(PYTHON_VENV): run .ci/run (or python3 -m venv $(PYTHON_VENV) && $(PYTHON_VENV)/bin/pip install -r tests/requirements.txt)"; exit 1; }
 
 fmt:

@@ -4,7 +4,11 @@
 //! and v5 handlers translating packets) → `core` (sessions, router, retained, timers) →
 //! `store` (persistence seam).
 
+pub mod auth;
 pub mod core;
 pub mod frontend;
+pub mod http;
+pub mod reload;
 pub mod server;
 pub mod store;
+pub mod transport;

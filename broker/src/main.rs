@@ -13,7 +13,7 @@ use tracing_subscriber::EnvFilter;
 ///
 /// Without --config it listens on 127.0.0.1:1883 and accepts anonymous clients (loopback
 /// only). Every config key is documented in docs/configuration.md.
-#[derive(Debug, Parser)]
+#[derive(Debug, Clone, Parser)]
 #[command(name = "fleetmq-broker", version)]
 struct Cli {
     /// YAML config file.
@@ -22,6 +22,10 @@ struct Cli {
     /// Listen on ADDR:PORT instead of the configured listeners (repeatable).
     #[arg(long, value_name = "ADDR:PORT")]
     bind: Vec<SocketAddr>,
+    /// Serve /metrics, /healthz, /readyz and the admin API on ADDR:PORT (overrides
+    /// http.bind and turns http.enabled on; port 0 picks a free port, logged at start).
+    #[arg(long, value_name = "ADDR:PORT")]
+    http_bind: Option<SocketAddr>,
     /// Directory for durable state (overrides storage.data_dir).
     #[arg(long, value_name = "DIR")]
     data_dir: Option<PathBuf>,
@@ -34,6 +38,40 @@ struct Cli {
     /// Validate the configuration, print the effective config and exit.
     #[arg(long)]
     check_config: bool,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+/// Subcommands; without one the broker runs.
+#[derive(Debug, Clone, clap::Subcommand)]
+enum Command {
+    /// Add, update or delete a user in a Mosquitto-format password file (argon2id hashes),
+    /// like mosquitto_passwd. See docs/security.md.
+    Passwd(PasswdCli),
+}
+
+/// `fleetmq-broker passwd [-c] [-b] [-D] FILE USERNAME [PASSWORD]`.
+#[derive(Debug, Clone, clap::Args)]
+struct PasswdCli {
+    /// Create the file, overwriting an existing one (FILE `-` prints the line instead).
+    #[arg(short = 'c')]
+    create: bool,
+    /// Batch mode: take PASSWORD from the command line (visible in `ps` and shell history).
+    #[arg(short = 'b')]
+    batch: bool,
+    /// Delete USERNAME.
+    #[arg(short = 'D')]
+    delete: bool,
+    /// The password file.
+    #[arg(value_name = "FILE")]
+    file: PathBuf,
+    /// The user.
+    #[arg(value_name = "USERNAME")]
+    username: String,
+    /// The password (with -b). Without -b it is asked twice on the terminal, or read as one
+    /// line from standard input when that is not a terminal.
+    #[arg(value_name = "PASSWORD")]
+    password: Option<String>,
 }
 
 fn load(cli: &Cli) -> anyhow::Result<BrokerConfig> {
@@ -43,6 +81,10 @@ fn load(cli: &Cli) -> anyhow::Result<BrokerConfig> {
     };
     if !cli.bind.is_empty() {
         config.listeners = cli.bind.iter().map(|addr| Listener::mqtt(*addr)).collect();
+    }
+    if let Some(addr) = cli.http_bind {
+        config.http.enabled = true;
+        config.http.bind = addr;
     }
     if let Some(dir) = &cli.data_dir {
         config.storage.data_dir = dir.clone();
@@ -80,6 +122,17 @@ fn init_logging(config: &BrokerConfig) -> anyhow::Result<()> {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if let Some(Command::Passwd(p)) = &cli.command {
+        let args = fleetmq_broker::auth::passwd::PasswdArgs {
+            create: p.create,
+            batch: p.batch,
+            delete: p.delete,
+            file: p.file.clone(),
+            username: p.username.clone(),
+            password: p.password.clone(),
+        };
+        return fleetmq_broker::auth::passwd::run(&args).map_err(Into::into);
+    }
     let config = load(&cli)?;
     if cli.check_config {
         print!("{}", config.to_yaml());
@@ -95,5 +148,12 @@ fn main() -> anyhow::Result<()> {
         data_dir = %config.storage.data_dir.display(),
         "starting FleetMQ broker"
     );
-    fleetmq_broker::server::run(config)
+    // The file is read again on change or SIGHUP, with the same command-line overrides.
+    let source = cli.config.clone().map(|path| {
+        let cli = cli.clone();
+        let reload: fleetmq_broker::reload::ConfigSource =
+            Box::new(move || load(&cli).map_err(|e| format!("{e:#}")));
+        (path, reload)
+    });
+    fleetmq_broker::server::run(config, source)
 }

@@ -2,85 +2,80 @@
 
 use std::future::Future;
 use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
 use std::rc::Rc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use fleetmq_config::BrokerConfig;
-use ntex::io::Io;
+use fleetmq_config::{BrokerConfig, ListenerProtocol};
+use ntex::io::{Filter, Io};
 use ntex::service::cfg::SharedCfg;
 use ntex::service::{ServiceFactory, chain_factory, fn_service};
 use ntex::time::Seconds;
 use ntex_mqtt::error::{HandshakeError, MqttError};
 use ntex_mqtt::{MqttServer, MqttServiceConfig, QoS, v3, v5};
 
+use crate::auth::AuthState;
 use crate::core::Broker;
 use crate::core::sys;
 use crate::frontend::{FrontendError, ListenerContext, preamble};
+use crate::reload::{ConfigSource, Reloader, SharedReloader};
 use crate::store::disk::DiskStore;
+use crate::transport::ListenerStack;
+use crate::transport::tls::{self, TlsHandle};
 
 /// How long a new connection may take to send CONNECT.
 const CONNECT_TIMEOUT: Seconds = Seconds(10);
 
-/// Sockets bound for the configured listeners, in config order.
+/// Sockets bound for the configured listeners, in config order, with their transport
+/// stacks (TLS certificates are loaded at bind time, so a bad file stops the start).
 #[derive(Debug)]
 pub struct BoundListeners {
     sockets: Vec<(String, TcpListener)>,
+    stacks: Vec<ListenerStack>,
+    /// Certificate handles of TLS listeners, by listener index (for rotation).
+    tls: Vec<(usize, TlsHandle)>,
+    /// The HTTP endpoint's socket (`http.bind`), when `http.enabled`.
+    http: Option<TcpListener>,
 }
 
 impl BoundListeners {
     /// Binds every listener now, so a port conflict is reported before anything starts.
     pub fn bind(config: &BrokerConfig) -> anyhow::Result<Self> {
-        refuse_unimplemented(config)?;
         let mut sockets = Vec::new();
+        let mut stacks = Vec::new();
+        let mut handles = Vec::new();
+        let max_packet = usize::try_from(config.limits.max_packet_size.as_u64()).unwrap_or(usize::MAX);
         for (i, listener) in config.listeners.iter().enumerate() {
             let name = listener.display_name();
+            let tls = match &listener.tls {
+                Some(tls) => {
+                    let handle = TlsHandle::new(tls::server_config(i, tls)?);
+                    handles.push((i, handle.clone()));
+                    Some(handle)
+                }
+                None => None,
+            };
             let socket = TcpListener::bind(listener.bind).with_context(|| {
                 format!("cannot listen on {} (listeners[{i}], \"{name}\")", listener.bind)
             })?;
             socket.set_nonblocking(true)?;
             sockets.push((name, socket));
+            stacks.push(ListenerStack::new(listener, tls, max_packet));
         }
-        Ok(BoundListeners { sockets })
+        let http = crate::http::bind(config)?;
+        Ok(BoundListeners { sockets, stacks, tls: handles, http })
+    }
+
+    /// Actual address of the HTTP endpoint (resolves port 0), when it is enabled.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http.as_ref().and_then(|s| s.local_addr().ok())
     }
 
     /// Actual addresses (resolves port 0).
     pub fn addrs(&self) -> Vec<SocketAddr> {
         self.sockets.iter().filter_map(|(_, s)| s.local_addr().ok()).collect()
-    }
-}
-
-/// Config keys this build parses but does not serve yet: refusing them beats silently
-/// ignoring a security setting. Entries leave as the features land.
-fn refuse_unimplemented(config: &BrokerConfig) -> anyhow::Result<()> {
-    let mut keys = Vec::new();
-    for (i, l) in config.listeners.iter().enumerate() {
-        if l.protocol != fleetmq_config::ListenerProtocol::Mqtt {
-            keys.push(format!("listeners[{i}].protocol: {}", l.protocol.as_str()));
-        }
-        if l.proxy_protocol {
-            keys.push(format!("listeners[{i}].proxy_protocol"));
-        }
-        if l.max_connections > 0 {
-            keys.push(format!("listeners[{i}].max_connections"));
-        }
-        if l.max_connection_rate > 0 {
-            keys.push(format!("listeners[{i}].max_connection_rate"));
-        }
-    }
-    if config.auth.password_file.is_some() {
-        keys.push("auth.password_file".into());
-    }
-    if config.auth.acl_file.is_some() {
-        keys.push("auth.acl_file".into());
-    }
-    if config.limits.max_publish_rate > 0 {
-        keys.push("limits.max_publish_rate".into());
-    }
-    if keys.is_empty() {
-        Ok(())
-    } else {
-        anyhow::bail!("not supported by this build yet: {}", keys.join(", "))
     }
 }
 
@@ -108,12 +103,12 @@ fn mqtt_config(config: &BrokerConfig) -> SharedCfg {
 
 /// The service stack for one listener: connection preamble (MQTT 3.1, empty client ids), then ntex-mqtt with our v3
 /// and v5 front ends.
-fn mqtt_service(
+pub(crate) fn mqtt_service<F: Filter>(
     ctx: ListenerContext,
-) -> impl ServiceFactory<Io, SharedCfg, Response = (), Error = MqttError<FrontendError>, InitError = ()> {
+) -> impl ServiceFactory<Io<F>, SharedCfg, Response = (), Error = MqttError<FrontendError>, InitError = ()> {
     let ctx = Rc::new(ctx);
     let (ctx3, ctx5) = (ctx.clone(), ctx);
-    chain_factory(fn_service(async |io: Io| match preamble::normalize(&io).await {
+    chain_factory(fn_service(async |io: Io<F>| match preamble::normalize(&io).await {
         Ok(()) => Ok(io),
         Err(err) => Err(MqttError::Handshake(HandshakeError::Disconnected(Some(err)))),
     }))
@@ -138,6 +133,8 @@ pub async fn serve(
     broker: Broker,
     listeners: BoundListeners,
     shutdown: impl Future<Output = ()>,
+    reloader: SharedReloader,
+    hangup: Option<tokio::signal::unix::Signal>,
 ) -> anyhow::Result<()> {
     let config = broker.config().clone();
     let workers = match config.server.workers {
@@ -147,24 +144,48 @@ pub async fn serve(
     let mut builder = ntex::server::build().workers(workers).disable_signals().shutdown_timeout(
         ntex::time::Millis(u32::try_from(config.server.shutdown_timeout.as_millis()).unwrap_or(u32::MAX)),
     );
-    for (name, socket) in listeners.sockets {
-        tracing::info!(listener = %name, "listening on {} (MQTT 3.1, 3.1.1, 5.0)", socket.local_addr()?);
-        let ctx = ListenerContext { broker: broker.clone(), name: name.clone() };
+    for ((index, (name, socket)), stack) in listeners.sockets.into_iter().enumerate().zip(listeners.stacks) {
+        let listener = &config.listeners[index];
+        let transport = match listener.protocol {
+            ListenerProtocol::Ws | ListenerProtocol::Wss => {
+                format!("{} on {}", listener.protocol.as_str(), listener.ws_path())
+            }
+            other => other.as_str().to_string(),
+        };
+        let proxy = if listener.proxy_protocol { ", PROXY protocol required" } else { "" };
+        tracing::info!(listener = %name, "listening on {} ({transport}{proxy}; MQTT 3.1, 3.1.1, 5.0)", socket.local_addr()?);
+        let ctx = ListenerContext {
+            broker: broker.clone(),
+            name: name.clone(),
+            slots: stack.slots(),
+            identity_as_username: stack.identity_as_username(),
+        };
         builder = builder
-            .listen(name.clone(), socket, async move |_| mqtt_service(ctx.clone()))?
+            .listen(name.clone(), socket, async move |_| stack.factory(ctx.clone()))?
             .config(name, mqtt_config(&config));
+    }
+    if let Some(socket) = listeners.http {
+        // POST /api/v1/reload does what SIGHUP does.
+        let hook_reloader = reloader.clone();
+        let hook: crate::http::ReloadHook =
+            Arc::new(move || hook_reloader.lock().unwrap_or_else(|p| p.into_inner()).check(true));
+        let endpoint = crate::http::Endpoint::new(broker.clone(), Some(hook))?;
+        builder = crate::http::listen(builder, socket, endpoint)?;
     }
     let server = builder.run();
 
+    ntex::rt::spawn(Reloader::run(reloader, hangup));
     let timers = broker.clone();
     ntex::rt::spawn(async move { timers.run_timers().await });
     let periodic = broker.clone();
     let interval = config.sys.interval;
     ntex::rt::spawn(async move {
-        let tick = if interval.is_zero() { Duration::from_secs(60) } else { interval };
         loop {
+            // Read every time: `sys.interval` is reloadable.
+            let interval = periodic.config().sys.interval;
+            let tick = if interval.is_zero() { Duration::from_secs(60) } else { interval };
             tokio::time::sleep(tick).await;
-            if !interval.is_zero() {
+            if !periodic.config().sys.interval.is_zero() {
                 sys::publish(&periodic);
             }
             periodic.housekeeping();
@@ -202,14 +223,19 @@ pub async fn serve(
 pub fn open_broker(config: BrokerConfig) -> anyhow::Result<Broker> {
     if !config.storage.persistence {
         tracing::info!("persistence off: sessions, queues and retained messages are kept in memory only");
-        return Ok(Broker::new(config));
+        let auth = load_auth(&config)?;
+        let broker = Broker::new(config);
+        broker.set_auth(auth);
+        return Ok(broker);
     }
     let started = Instant::now();
     let store = DiskStore::open(&config.storage).with_context(|| {
         format!("cannot open the store in storage.data_dir {}", config.storage.data_dir.display())
     })?;
     let fsync = config.storage.fsync;
+    let auth = load_auth(&config)?;
     let broker = Broker::with_store(config, Box::new(store));
+    broker.set_auth(auth);
     let recovered = broker.recover().context("cannot recover the stored state (the store may be damaged)")?;
     tracing::info!(
         retained = recovered.retained,
@@ -223,8 +249,43 @@ pub fn open_broker(config: BrokerConfig) -> anyhow::Result<Broker> {
     Ok(broker)
 }
 
-/// Runs the broker in this thread until SIGTERM or SIGINT.
-pub fn run(config: BrokerConfig) -> anyhow::Result<()> {
+/// Loads `auth.password_file` and `auth.acl_file`; an unreadable or malformed file stops the
+/// start with the file, line and reason.
+fn load_auth(config: &BrokerConfig) -> anyhow::Result<AuthState> {
+    let state = AuthState::load(&config.auth).context("cannot load the auth files")?;
+    if let Some(passwords) = &state.passwords {
+        tracing::info!(users = passwords.len(), file = %passwords.origin(), "password file loaded");
+    }
+    if let Some(acl) = state.acl.origin() {
+        tracing::info!(file = %acl, "ACL file loaded");
+    }
+    Ok(state)
+}
+
+/// Builds the shared reloader: config file (when given), TLS certificates, auth files.
+fn reloader(
+    broker: &Broker,
+    source: Option<(PathBuf, ConfigSource)>,
+    listeners: &BoundListeners,
+) -> SharedReloader {
+    let mut reloader = Reloader::new(broker.clone(), source, listeners.tls.clone());
+    let core = broker.clone();
+    reloader.add_hook(
+        "auth files",
+        AuthState::files(&broker.config().auth),
+        Box::new(move |config: &BrokerConfig| {
+            let state = AuthState::load(&config.auth).map_err(|e| e.to_string())?;
+            core.set_auth(state);
+            tracing::info!("auth files reloaded");
+            Ok(AuthState::files(&config.auth))
+        }),
+    );
+    Arc::new(Mutex::new(reloader))
+}
+
+/// Runs the broker in this thread until SIGTERM or SIGINT. `source` is the config file and
+/// how to read it again (with the command line's overrides) for hot reload.
+pub fn run(config: BrokerConfig, source: Option<(PathBuf, ConfigSource)>) -> anyhow::Result<()> {
     ntex::rt::System::build().name("fleetmq").disable_signals().build(ntex::rt::DefaultRuntime).block_on(
         async move {
             // Signal handlers first: a SIGTERM during a long recovery must still stop cleanly
@@ -233,16 +294,19 @@ pub fn run(config: BrokerConfig) -> anyhow::Result<()> {
             let broker = open_broker(config)?;
             // Bound after recovery, so a port that accepts connections means a broker that is
             // ready to serve them.
-            let listeners = BoundListeners::bind(broker.config())?;
-            serve(broker, listeners, signals.wait()).await
+            let listeners = BoundListeners::bind(&broker.config())?;
+            let reloader = reloader(&broker, source, &listeners);
+            let (shutdown, hangup) = signals.split();
+            serve(broker, listeners, shutdown, reloader, Some(hangup)).await
         },
     )
 }
 
-/// SIGTERM and SIGINT, registered before anything slow happens.
+/// SIGTERM, SIGINT and SIGHUP, registered before anything slow happens.
 struct Signals {
     term: tokio::signal::unix::Signal,
     int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
 }
 
 impl Signals {
@@ -251,14 +315,20 @@ impl Signals {
         Ok(Signals {
             term: signal(SignalKind::terminate()).context("cannot install the SIGTERM handler")?,
             int: signal(SignalKind::interrupt()).context("cannot install the SIGINT handler")?,
+            hup: signal(SignalKind::hangup()).context("cannot install the SIGHUP handler")?,
         })
     }
 
-    async fn wait(mut self) {
-        tokio::select! {
-            _ = self.term.recv() => tracing::info!("SIGTERM received"),
-            _ = self.int.recv() => tracing::info!("SIGINT received"),
-        }
+    /// The shutdown signal (SIGTERM or SIGINT) and SIGHUP (reload).
+    fn split(self) -> (impl Future<Output = ()>, tokio::signal::unix::Signal) {
+        let (mut term, mut int) = (self.term, self.int);
+        let shutdown = async move {
+            tokio::select! {
+                _ = term.recv() => tracing::info!("SIGTERM received"),
+                _ = int.recv() => tracing::info!("SIGINT received"),
+            }
+        };
+        (shutdown, self.hup)
     }
 }
 
@@ -268,6 +338,8 @@ pub struct RunningBroker {
     pub broker: Broker,
     /// Bound listener addresses, in config order.
     pub addrs: Vec<SocketAddr>,
+    http: Option<SocketAddr>,
+    reloader: SharedReloader,
     stop: Option<std::sync::mpsc::Sender<()>>,
     thread: Option<std::thread::JoinHandle<anyhow::Result<()>>>,
 }
@@ -278,7 +350,10 @@ impl RunningBroker {
         config.validate()?;
         let listeners = BoundListeners::bind(&config)?;
         let addrs = listeners.addrs();
+        let http = listeners.http_addr();
         let broker = open_broker(config)?;
+        let reloader = reloader(&broker, None, &listeners);
+        let serve_reloader = reloader.clone();
         let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
         let core = broker.clone();
         let thread = std::thread::Builder::new().name("fleetmq-broker".into()).spawn(move || {
@@ -291,15 +366,25 @@ impl RunningBroker {
                         // The std channel is polled from a blocking thread: tests stop rarely.
                         let _ = tokio::task::spawn_blocking(move || stop_rx.recv()).await;
                     };
-                    serve(core, listeners, stop).await
+                    serve(core, listeners, stop, serve_reloader, None).await
                 })
         })?;
-        Ok(RunningBroker { broker, addrs, stop: Some(stop_tx), thread: Some(thread) })
+        Ok(RunningBroker { broker, addrs, http, reloader, stop: Some(stop_tx), thread: Some(thread) })
     }
 
     /// The first listener's address.
     pub fn addr(&self) -> SocketAddr {
         self.addrs[0]
+    }
+
+    /// The HTTP endpoint's address (`http.bind` with port 0 resolved), when it is enabled.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http
+    }
+
+    /// Re-reads certificates and auth files now (what SIGHUP does for the binary).
+    pub fn reload(&self) -> Result<String, String> {
+        self.reloader.lock().unwrap_or_else(|p| p.into_inner()).check(true)
     }
 
     /// Gracefully stops the broker and waits for it.

@@ -204,7 +204,8 @@ def broker(start_broker) -> Broker:
 @pytest.fixture
 def clients():
     """Factory for paho clients (helpers.Client) that are stopped at teardown:
-    clients(broker, client_id, protocol=V5, clean_session=None, manual_ack=False)."""
+    clients(broker, client_id, protocol=V5, clean_session=None, manual_ack=False, port=None,
+    transport="tcp", ws_path="/mqtt", tls=None)."""
     from helpers import Client
 
     made: list[Client] = []
@@ -212,7 +213,8 @@ def clients():
     def make(broker: Broker, client_id: str = "", protocol: int | None = None, **kwargs) -> Client:
         from helpers import V5
 
-        client = Client(broker.host, broker.port, client_id, V5 if protocol is None else protocol, **kwargs)
+        port = kwargs.pop("port", broker.port)
+        client = Client(broker.host, port, client_id, V5 if protocol is None else protocol, **kwargs)
         made.append(client)
         return client
 
@@ -262,12 +264,16 @@ def mosq_sub():
 
 @pytest.fixture
 def launch(tmp_path, request):
-    """Starts the broker binary with exactly `args` (no test defaults):
+    """Starts the broker binary with exactly `args` (no test defaults, except that the HTTP
+    endpoint gets a free port unless `args` name one with --http-bind or only check the config):
     launch(args, wait_port=None) -> Broker. With `wait_port`, waits until it listens there.
     Processes still running at teardown are killed."""
     started: list[Broker] = []
 
     def start(args: list[str], wait_port: int | None = None) -> Broker:
+        if "--http-bind" not in args and "--check-config" not in args:
+            # Other brokers run beside this one: never the default HTTP port 8080.
+            args = [*args, "--http-bind", f"127.0.0.1:{free_port()}"]
         log_path = tmp_path / f"launch-{len(started)}.log"
         log = open(log_path, "w")
         proc = subprocess.Popen([broker_binary(), *args], stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path)

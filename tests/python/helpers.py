@@ -65,7 +65,10 @@ class Client:
     reason codes use the raw client (rawmqtt.py)."""
 
     def __init__(self, host: str, port: int, client_id: str = "", protocol: int = V5,
-                 clean_session: bool | None = None, manual_ack: bool = False):
+                 clean_session: bool | None = None, manual_ack: bool = False,
+                 transport: str = "tcp", ws_path: str = "/mqtt", tls: dict | None = None):
+        """`transport` "websockets" speaks MQTT over WebSocket on `ws_path`; `tls` holds
+        paho `tls_set` arguments (ca_certs, certfile, keyfile, tls_version, ...)."""
         self.host, self.port, self.protocol = host, port, protocol
         kwargs = {}
         if protocol != V5:
@@ -76,8 +79,13 @@ class Client:
             protocol=protocol,
             manual_ack=manual_ack,
             reconnect_on_failure=False,
+            transport=transport,
             **kwargs,
         )
+        if transport == "websockets":
+            self.paho.ws_set_options(path=ws_path)
+        if tls is not None:
+            self.paho.tls_set(**tls)
         self.cond = threading.Condition()
         self.messages: list[mqtt.MQTTMessage] = []
         self.connacks: list[tuple] = []  # (reason_code, session_present, properties)

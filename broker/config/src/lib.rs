@@ -522,7 +522,9 @@ impl BrokerConfig {
             check(&format!("limits.conflate[{i}]"), rules::filter(filter))?;
         }
         check("log.level", rules::nonempty(&self.log.level))?;
+        // Port 0 picks a free port at bind time, so it never collides.
         if self.http.enabled
+            && self.http.bind.port() != 0
             && let Some(i) = self.listeners.iter().position(|l| l.bind == self.http.bind)
         {
             return Err(ConfigError::invalid(

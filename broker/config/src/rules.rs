@@ -65,7 +65,9 @@ pub(crate) fn listeners(listeners: &[Listener]) -> Result<(), (String, String)> 
         {
             return Err((format!("listeners[{i}].name"), "must not be empty".to_string()));
         }
-        if let Some(j) = listeners[..i].iter().position(|other| other.bind == listener.bind) {
+        if let Some(j) =
+            listeners[..i].iter().position(|other| other.bind == listener.bind && listener.bind.port() != 0)
+        {
             return Err((
                 format!("listeners[{i}].bind"),
                 format!("{} is already used by listeners[{j}]", listener.bind),

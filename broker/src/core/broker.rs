@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use arc_swap::{ArcSwap, Guard};
 use fleetmq_config::BrokerConfig;
 use rustc_hash::{FxHashMap, FxHasher};
 use std::hash::{Hash, Hasher};
@@ -21,9 +22,10 @@ use super::session::{
 };
 use super::topic::{self, TopicError};
 use super::types::{
-    ByteString, Bytes, Delivery, Message, ProtocolVersion, QoS, RetainHandling, SessionId,
-    SubscriptionOptions, expiry_deadline,
+    ByteString, Bytes, Delivery, Message, ProtocolVersion, QoS, RetainHandling, SubscriptionOptions,
+    expiry_deadline,
 };
+use crate::auth::{AuthState, ClientAcl};
 use crate::store::{Durable, MemoryStore, Op, SessionRecord, Store, StoreError};
 
 /// Settings the core reads on every connection, derived from the config once.
@@ -65,6 +67,16 @@ impl Settings {
     }
 }
 
+/// What [`Broker::apply_config`] did with a reloaded config: top-level sections applied,
+/// and sections that differ but only take effect after a restart.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ConfigChange {
+    /// Sections now in force.
+    pub applied: Vec<String>,
+    /// Sections that changed in the file but keep their running values until a restart.
+    pub needs_restart: Vec<String>,
+}
+
 /// What a front end knows about a connecting client.
 #[derive(Debug)]
 pub struct ConnectRequest {
@@ -80,7 +92,7 @@ pub struct ConnectRequest {
     pub protocol: ProtocolVersion,
     /// Client's Receive Maximum (v5), or `u16::MAX`.
     pub receive_max: u16,
-    /// User Name, if sent.
+    /// User Name, if sent (or the client certificate's CN with `use_identity_as_username`).
     pub username: Option<ByteString>,
     /// Password, if sent.
     pub password: Option<Bytes>,
@@ -88,16 +100,36 @@ pub struct ConnectRequest {
     pub peer: Option<SocketAddr>,
 }
 
+/// How a connecting client proves who it is.
+#[derive(Debug, Clone)]
+pub enum Credentials {
+    /// Nothing: anonymous.
+    Anonymous,
+    /// User Name (and Password, possibly empty) from CONNECT.
+    Password {
+        /// User Name.
+        username: ByteString,
+        /// Password as sent (empty when absent).
+        password: Bytes,
+    },
+    /// A client certificate verified by the TLS handshake (`use_identity_as_username`).
+    Certificate,
+}
+
 /// Why a connection is refused. Front ends map these to CONNACK codes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum ConnectError {
-    /// Anonymous access is disabled and no credentials matched.
+    /// Anonymous access is disabled (no User Name, or no password file to check one).
     #[error("not authorized")]
     NotAuthorized,
+    /// User Name or Password not accepted (v5 0x86, v3 4).
+    #[error("bad user name or password")]
+    BadCredentials,
     /// Empty client id where the protocol does not allow one.
     #[error("client identifier not valid")]
     ClientIdRejected,
-    /// `limits.max_connections` reached.
+    /// `limits.max_connections` reached, or the listener's `max_connections` (the front end
+    /// checks that one, since the core does not know listeners).
     #[error("connection limit reached")]
     QuotaExceeded,
     /// The broker is shutting down.
@@ -142,8 +174,19 @@ pub enum PublishError {
     /// Bad topic name or `$delayed` form (Topic Name Invalid, 0x90).
     #[error("{0}")]
     Topic(#[from] TopicError),
-    /// Clients may not publish to `$SYS` (Not Authorized, 0x87).
-    #[error("publishing to $SYS topics is not allowed")]
+    /// `$SYS` topics, or the publisher's ACL grants no write access (Not Authorized, 0x87).
+    #[error("not authorized to publish to this topic")]
+    NotAuthorized,
+}
+
+/// Why a subscription is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SubscribeError {
+    /// Invalid filter (v5 0x8F, v3 0x80).
+    #[error("{0}")]
+    Topic(#[from] TopicError),
+    /// The ACL grants no read access in this filter (v5 0x87, v3 0x80).
+    #[error("not authorized by the ACL")]
     NotAuthorized,
 }
 
@@ -200,8 +243,11 @@ impl Registry {
 }
 
 struct Inner {
-    config: BrokerConfig,
-    settings: Settings,
+    /// The config in force; replaced by [`Broker::apply_config`] on reload.
+    config: ArcSwap<BrokerConfig>,
+    settings: ArcSwap<Settings>,
+    /// Password file and ACL in force; replaced by [`Broker::set_auth`] on reload.
+    auth: ArcSwap<AuthState>,
     registry: Registry,
     router: Router,
     retained: Retained,
@@ -309,8 +355,9 @@ impl Broker {
         let settings = Settings::from_config(&config);
         Broker {
             inner: Arc::new(Inner {
-                config,
-                settings,
+                config: ArcSwap::from_pointee(config),
+                settings: ArcSwap::from_pointee(settings),
+                auth: ArcSwap::from_pointee(AuthState::default()),
                 registry: Registry::new(),
                 router: Router::default(),
                 retained: Retained::default(),
@@ -327,14 +374,14 @@ impl Broker {
         }
     }
 
-    /// The configuration the broker was started with.
-    pub fn config(&self) -> &BrokerConfig {
-        &self.inner.config
+    /// The configuration in force (the start config with reloaded sections applied).
+    pub fn config(&self) -> Guard<Arc<BrokerConfig>> {
+        self.inner.config.load()
     }
 
     /// Derived settings.
-    pub fn settings(&self) -> &Settings {
-        &self.inner.settings
+    pub fn settings(&self) -> Guard<Arc<Settings>> {
+        self.inner.settings.load()
     }
 
     /// Counters.
@@ -452,7 +499,7 @@ impl Broker {
                 record.store_id,
                 record.client_id.clone(),
                 record.expiry,
-                inner.settings.queue,
+                inner.settings.load().queue,
             ));
             let gone_for = record.disconnected_at.map(|at| wall.duration_since(at).unwrap_or_default());
             {
@@ -520,11 +567,68 @@ impl Broker {
         Ok(stats)
     }
 
-    fn authenticate(&self, req: &ConnectRequest) -> Result<(), ConnectError> {
-        // Password files arrive with the security work; until then the anonymous policy
-        // decides for every client, with or without credentials.
-        if self.inner.settings.allow_anonymous { Ok(()) } else { Err(ConnectError::NotAuthorized) }
-            .inspect_err(|_| tracing::debug!(client_id = %req.client_id, "anonymous access is disabled"))
+    /// Checks a connecting client's credentials (before [`Broker::connect`]). Password hashes
+    /// are verified on the blocking pool: an argon2id check takes tens of milliseconds that
+    /// must not stall the other connections of this worker (verified credentials are cached).
+    /// Failures count in `auth_failures`; the reason is only logged, never sent.
+    pub async fn authenticate(&self, credentials: Credentials) -> Result<(), ConnectError> {
+        let allow_anonymous = self.inner.settings.load().allow_anonymous;
+        let result = match credentials {
+            Credentials::Certificate => Ok(()),
+            Credentials::Anonymous => {
+                if allow_anonymous {
+                    Ok(())
+                } else {
+                    Err(ConnectError::NotAuthorized)
+                }
+            }
+            Credentials::Password { username, password } => {
+                let auth = self.inner.auth.load_full();
+                if auth.passwords.is_none() {
+                    // No password file: the User Name only names the client for the ACL.
+                    if allow_anonymous { Ok(()) } else { Err(ConnectError::NotAuthorized) }
+                } else {
+                    let verified = tokio::task::spawn_blocking(move || {
+                        auth.passwords.as_ref().is_some_and(|file| file.verify(&username, &password))
+                    })
+                    .await
+                    .unwrap_or(false);
+                    if verified { Ok(()) } else { Err(ConnectError::BadCredentials) }
+                }
+            }
+        };
+        if result.is_err() {
+            self.inner.metrics.auth_failure();
+        }
+        result
+    }
+
+    /// Puts new auth files in force: every session's ACL is resolved again, and connected
+    /// clients whose user is no longer in the password file are disconnected (v5 reason
+    /// 0x87); everyone else stays connected.
+    pub fn set_auth(&self, state: AuthState) {
+        let state = Arc::new(state);
+        self.inner.auth.store(state.clone());
+        for session in self.inner.registry.all() {
+            let username = session.username();
+            session.set_acl(state.acl.client(username.as_deref(), &session.client_id));
+            let removed = match (&state.passwords, &username) {
+                (Some(file), Some(user)) => !file.contains(user),
+                _ => false,
+            };
+            if removed {
+                let st = session.lock();
+                if st.attachment.is_some() {
+                    tracing::info!(client_id = %session.client_id, "user removed from the password file: disconnecting");
+                    st.kick(Kick::NotAuthorized);
+                }
+            }
+        }
+    }
+
+    /// The auth files in force.
+    pub fn auth(&self) -> Guard<Arc<AuthState>> {
+        self.inner.auth.load()
     }
 
     /// Connects a client: authenticates, resolves the client id, takes over or resumes an
@@ -534,8 +638,8 @@ impl Broker {
         if self.is_shutting_down() {
             return Err(ConnectError::ServerUnavailable);
         }
-        self.authenticate(&req)?;
-        if inner.settings.max_connections > 0 && inner.metrics.connected() >= inner.settings.max_connections {
+        let max_connections = inner.settings.load().max_connections;
+        if max_connections > 0 && inner.metrics.connected() >= max_connections {
             return Err(ConnectError::QuotaExceeded);
         }
         let (client_id, assigned) = if req.client_id.is_empty() {
@@ -547,7 +651,7 @@ impl Broker {
         } else {
             (req.client_id.clone(), false)
         };
-        let expiry = req.expiry.capped(inner.settings.max_session_expiry);
+        let expiry = req.expiry.capped(inner.settings.load().max_session_expiry);
         let generation = inner.generations.fetch_add(1, Ordering::Relaxed);
         let signal = Arc::new(ConnSignal::default());
         let mut replaced = None;
@@ -585,8 +689,13 @@ impl Broker {
                     replaced = other;
                     let id = inner.session_ids.fetch_add(1, Ordering::Relaxed);
                     let store_id = inner.store_ids.fetch_add(1, Ordering::Relaxed);
-                    let session =
-                        Arc::new(Session::new(id, store_id, client_id.clone(), expiry, inner.settings.queue));
+                    let session = Arc::new(Session::new(
+                        id,
+                        store_id,
+                        client_id.clone(),
+                        expiry,
+                        inner.settings.load().queue,
+                    ));
                     {
                         let mut st = session.lock();
                         st.attach(generation, signal.clone(), req.receive_max);
@@ -611,8 +720,10 @@ impl Broker {
             self.persist_session(&session, &mut st);
         }
         if let Some(will) = will_now {
-            self.publish_will(will, session.id);
+            self.publish_will(will, &session);
         }
+        session.set_acl(inner.auth.load().acl.client(req.username.as_deref(), &client_id));
+        session.set_username(req.username.clone());
         inner.metrics.connection(true);
         Ok(Connected {
             session,
@@ -641,7 +752,7 @@ impl Broker {
                     st.will = None;
                 }
                 if let Some(expiry) = expiry {
-                    st.expiry = expiry.capped(inner.settings.max_session_expiry);
+                    st.expiry = expiry.capped(inner.settings.load().max_session_expiry);
                 }
             }
             if self.is_shutting_down() {
@@ -684,14 +795,19 @@ impl Broker {
             will
         };
         if let Some(will) = will {
-            self.publish_will(will, session.id);
+            self.publish_will(will, session);
         }
     }
 
-    fn publish_will(&self, will: Will, origin: SessionId) {
+    fn publish_will(&self, will: Will, session: &Session) {
+        // Like any PUBLISH of the client's: its ACL (of the connection that set the will).
+        if !session.acl().can_publish(&will.message.topic) || will.message.topic.starts_with("$SYS") {
+            tracing::info!(client_id = %session.client_id, topic = %will.message.topic, "will not published: not authorized");
+            return;
+        }
         let mut message = will.message;
         message.expires_at = expiry_deadline(Instant::now(), will.expiry_interval);
-        message.origin = origin;
+        message.origin = session.id;
         tracing::debug!(topic = %message.topic, "publishing will message");
         self.dispatch(Arc::new(message));
     }
@@ -734,7 +850,7 @@ impl Broker {
             }
         }
         if let Some(will) = will {
-            self.publish_will(will, session.id);
+            self.publish_will(will, session);
         }
         true
     }
@@ -744,10 +860,23 @@ impl Broker {
     /// stored effect (queued copies for persistent sessions, retained state, the delayed
     /// message) is durable; the acknowledgement to the publisher waits for it.
     pub fn publish(&self, message: Message) -> Result<(Published, Durable), PublishError> {
+        self.publish_as(message, None)
+    }
+
+    /// [`Broker::publish`] on behalf of a client whose ACL must allow the (final, for
+    /// `$delayed`) topic.
+    pub fn publish_as(
+        &self,
+        message: Message,
+        acl: Option<&ClientAcl>,
+    ) -> Result<(Published, Durable), PublishError> {
         let inner = &*self.inner;
-        let max_levels = inner.settings.max_topic_levels;
+        let max_levels = inner.settings.load().max_topic_levels;
         if let Some(delayed) = topic::parse_delayed(&message.topic, max_levels) {
             let (delay, target) = delayed?;
+            if acl.is_some_and(|acl| !acl.can_publish(&target)) {
+                return Err(PublishError::NotAuthorized);
+            }
             let mut message = message;
             message.topic = target;
             tracing::debug!(topic = %message.topic, delay, "delayed publish scheduled");
@@ -763,7 +892,7 @@ impl Broker {
             return Ok((Published::Delayed, self.durable(ticket)));
         }
         topic::validate_topic_name(&message.topic, max_levels)?;
-        if message.topic.starts_with("$SYS") {
+        if message.topic.starts_with("$SYS") || acl.is_some_and(|acl| !acl.can_publish(&message.topic)) {
             return Err(PublishError::NotAuthorized);
         }
         let (matched, ticket) = self.dispatch(Arc::new(message));
@@ -788,8 +917,10 @@ impl Broker {
                 Op::RetainedSet(message.clone())
             });
         }
-        let conflate = !inner.settings.conflate.is_empty()
-            && inner.settings.conflate.iter().any(|f| topic::matches(f, &message.topic));
+        let settings = inner.settings.load();
+        let conflate = !settings.conflate.is_empty()
+            && settings.conflate.iter().any(|f| topic::matches(f, &message.topic));
+        drop(settings);
         let mut matched = 0;
         inner.router.route(&message, |session, delivery| {
             matched += 1;
@@ -816,20 +947,25 @@ impl Broker {
         &self,
         session: &Arc<Session>,
         requests: &[SubscribeRequest],
-    ) -> (Vec<Result<QoS, TopicError>>, Vec<Delivery>, Durable) {
+    ) -> (Vec<Result<QoS, SubscribeError>>, Vec<Delivery>, Durable) {
         let inner = &*self.inner;
         let mut results = Vec::with_capacity(requests.len());
         let mut retained = Vec::new();
         let now = Instant::now();
         let mut changed = false;
         for req in requests {
-            let filter = match topic::parse_subscription(&req.filter, inner.settings.max_topic_levels) {
+            let filter = match topic::parse_subscription(&req.filter, inner.settings.load().max_topic_levels)
+            {
                 Ok(filter) => filter,
                 Err(err) => {
-                    results.push(Err(err));
+                    results.push(Err(err.into()));
                     continue;
                 }
             };
+            if !session.acl().can_subscribe(&req.filter) {
+                results.push(Err(SubscribeError::NotAuthorized));
+                continue;
+            }
             let existed = {
                 let mut st = session.lock();
                 if st.ended {
@@ -849,6 +985,8 @@ impl Broker {
             if send_retained {
                 let mut found = Vec::new();
                 inner.retained.matching(&filter.filter, now, &mut found);
+                let acl = session.acl();
+                found.retain(|message| acl.can_read(&message.topic));
                 retained.extend(found.into_iter().map(|message| Delivery {
                     qos: message.qos.min(req.options.qos),
                     retain: true,
@@ -885,7 +1023,7 @@ impl Broker {
         let results: Vec<_> = filters
             .iter()
             .map(|raw| {
-                let filter = topic::parse_subscription(raw, self.inner.settings.max_topic_levels)?;
+                let filter = topic::parse_subscription(raw, self.inner.settings.load().max_topic_levels)?;
                 let existed = session.lock().subscriptions.remove(raw).is_some();
                 if existed {
                     self.inner.router.unsubscribe(session, &filter);
@@ -987,6 +1125,53 @@ impl Broker {
             .await;
     }
 
+    /// Puts a reloaded config in force. Sections the running broker cannot change (listeners,
+    /// storage, server, the HTTP bind address, log) keep their current values and are reported
+    /// as needing a restart; the rest applies at once: limits (queue limits of every session;
+    /// the in-flight window from each client's next connection), sessions, `$SYS`, auth
+    /// policy and files, the admin token file.
+    pub fn apply_config(&self, mut new: BrokerConfig) -> ConfigChange {
+        let old = self.config();
+        let mut change = ConfigChange::default();
+        macro_rules! restart_only {
+            ($($field:ident).+, $name:expr) => {
+                if new.$($field).+ != old.$($field).+ {
+                    change.needs_restart.push($name.to_string());
+                    new.$($field).+ = old.$($field).+.clone();
+                }
+            };
+        }
+        restart_only!(listeners, "listeners");
+        restart_only!(storage, "storage");
+        restart_only!(server, "server");
+        restart_only!(http.enabled, "http.enabled");
+        restart_only!(http.bind, "http.bind");
+        restart_only!(log, "log");
+        for (name, changed) in [
+            ("limits", new.limits != old.limits),
+            ("sessions", new.sessions != old.sessions),
+            ("sys", new.sys != old.sys),
+            ("auth", new.auth != old.auth),
+            ("http.admin_token_file", new.http.admin_token_file != old.http.admin_token_file),
+        ] {
+            if changed {
+                change.applied.push(name.to_string());
+            }
+        }
+        let limits_changed = new.limits != old.limits;
+        drop(old);
+        let settings = Settings::from_config(&new);
+        let queue = settings.queue;
+        self.inner.settings.store(Arc::new(settings));
+        self.inner.config.store(Arc::new(new));
+        if limits_changed {
+            for session in self.inner.registry.all() {
+                session.lock().set_limits(queue);
+            }
+        }
+        change
+    }
+
     /// Periodic housekeeping: expired retained messages, and expired messages queued for
     /// offline sessions (so they leave memory and disk without waiting for a reconnect).
     pub fn housekeeping(&self) {
@@ -1029,6 +1214,11 @@ fn assigned_client_id() -> ByteString {
     let t = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or_default();
     ByteString::from(format!("fleetmq-{:x}{:04x}", t & 0xffff_ffff_ffff, n & 0xffff))
 }
+
+// Admin API operations (listing, disconnecting, retained clean-up) live in their own file; a
+// child module so they can use the registry and store without widening this module's API.
+#[path = "admin.rs"]
+pub mod admin;
 
 #[cfg(test)]
 mod tests;

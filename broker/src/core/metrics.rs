@@ -1,5 +1,5 @@
-//! Broker counters. Plain atomics on the hot path; `$SYS` and (later) the Prometheus
-//! endpoint read them.
+//! Broker counters. Plain atomics on the hot path; `$SYS`, the admin API's stats and the
+//! Prometheus endpoint (`crate::http::metrics`) read them.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -37,11 +37,17 @@ pub struct Metrics {
     sent: [AtomicU64; 3],
     bytes_received: AtomicU64,
     bytes_sent: AtomicU64,
+    /// PUBLISH packet bytes by QoS (part of `bytes_received` / `bytes_sent`).
+    publish_bytes_received: [AtomicU64; 3],
+    publish_bytes_sent: [AtomicU64; 3],
     dropped: [AtomicU64; 3],
+    auth_failures: AtomicU64,
     connections_accepted: AtomicU64,
     connections_refused: AtomicU64,
     connected: AtomicU64,
     connected_max: AtomicU64,
+    connections_rate_limited: AtomicU64,
+    publishes_throttled: AtomicU64,
 }
 
 fn add(counter: &AtomicU64, n: u64) {
@@ -56,12 +62,14 @@ impl Metrics {
     /// A PUBLISH arrived from a client.
     pub fn message_received(&self, qos: QoS, packet_bytes: u64) {
         add(&self.received[qos as usize], 1);
+        add(&self.publish_bytes_received[qos as usize], packet_bytes);
         add(&self.bytes_received, packet_bytes);
     }
 
     /// A PUBLISH was written to a client.
     pub fn message_sent(&self, qos: QoS, packet_bytes: u64) {
         add(&self.sent[qos as usize], 1);
+        add(&self.publish_bytes_sent[qos as usize], packet_bytes);
         add(&self.bytes_sent, packet_bytes);
     }
 
@@ -85,6 +93,31 @@ impl Metrics {
         } else {
             add(&self.connections_refused, 1);
         }
+    }
+
+    /// A client presented credentials (or none) that authentication refused.
+    pub fn auth_failure(&self) {
+        add(&self.auth_failures, 1);
+    }
+
+    /// A listener's connection rate limit refused a connection.
+    pub fn connection_rate_limited(&self) {
+        add(&self.connections_rate_limited, 1);
+    }
+
+    /// A connection paused reading because it exceeded `limits.max_publish_rate`.
+    pub fn publish_throttled(&self) {
+        add(&self.publishes_throttled, 1);
+    }
+
+    /// Times connections were paused by `limits.max_publish_rate`.
+    pub fn publishes_throttled(&self) -> u64 {
+        get(&self.publishes_throttled)
+    }
+
+    /// Connections refused by listener connection rate limits.
+    pub fn connections_rate_limited(&self) -> u64 {
+        get(&self.connections_rate_limited)
     }
 
     /// An accepted connection closed.
@@ -120,6 +153,21 @@ impl Metrics {
     /// Bytes written to clients.
     pub fn bytes_sent(&self) -> u64 {
         get(&self.bytes_sent)
+    }
+
+    /// PUBLISH packet bytes received at `qos`.
+    pub fn received_bytes(&self, qos: QoS) -> u64 {
+        get(&self.publish_bytes_received[qos as usize])
+    }
+
+    /// PUBLISH packet bytes sent at `qos`.
+    pub fn sent_bytes(&self, qos: QoS) -> u64 {
+        get(&self.publish_bytes_sent[qos as usize])
+    }
+
+    /// Connection attempts refused by authentication since start.
+    pub fn auth_failures(&self) -> u64 {
+        get(&self.auth_failures)
     }
 
     /// Messages dropped for `reason`.

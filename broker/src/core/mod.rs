@@ -14,6 +14,7 @@ pub mod topic;
 pub mod trie;
 pub mod types;
 
+pub use broker::admin;
 pub use broker::{
     Broker, ConnectError, ConnectRequest, Connected, DisconnectKind, PublishError, SubscribeRequest,
 };

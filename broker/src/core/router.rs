@@ -92,7 +92,12 @@ impl Router {
         if let Some(wild) = &wild {
             wild.matches(&message.topic, &mut matches);
         }
-        matches.retain(|m| !(m.entry.options.no_local && m.entry.value.id == message.origin));
+        // No Local, and the subscriber's ACL read rules (shared picks were already made among
+        // members that may read).
+        matches.retain(|m| {
+            !(m.entry.options.no_local && m.entry.value.id == message.origin)
+                && (m.shared || m.entry.value.may_read(&message.topic))
+        });
         if matches.is_empty() {
             return;
         }

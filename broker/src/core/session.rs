@@ -10,11 +10,13 @@ use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use rustc_hash::{FxHashMap, FxHashSet};
 use tokio::sync::Notify;
 
 use super::trie::Member;
 use super::types::{ByteString, Delivery, Message, QoS, SessionId, SubscriptionOptions};
+use crate::auth::ClientAcl;
 
 /// How long a session outlives its connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -77,6 +79,10 @@ pub enum Kick {
     /// The session no longer belongs to this connection (it closed, or the session ended):
     /// the writer just stops.
     Detached = 3,
+    /// Disconnected through the admin API (v5 reason 0x98).
+    AdminAction = 4,
+    /// The client's credentials were withdrawn (v5 reason 0x87).
+    NotAuthorized = 5,
 }
 
 /// Per-connection wake-up and close request, shared between the session (any thread) and
@@ -110,6 +116,8 @@ impl ConnSignal {
             1 => Some(Kick::TakenOver),
             2 => Some(Kick::ServerShuttingDown),
             3 => Some(Kick::Detached),
+            4 => Some(Kick::AdminAction),
+            5 => Some(Kick::NotAuthorized),
             _ => None,
         }
     }
@@ -135,6 +143,9 @@ pub struct Attachment {
     pub signal: Arc<ConnSignal>,
     /// Effective outbound window: min(client Receive Maximum, `max_inflight`).
     pub window: u16,
+    /// Who is connected (address, protocol, keep-alive), for the admin API and metrics; set by
+    /// the front end right after connect (see `Broker::set_connection_info`).
+    pub info: Option<Arc<super::admin::ConnectionInfo>>,
     /// The writer found nothing to do and waits for a signal.
     writer_idle: bool,
 }
@@ -466,12 +477,20 @@ impl SessionState {
         self.attachment.as_ref().is_some_and(|a| a.generation == generation)
     }
 
+    /// Replaces the queue limits (config reload). Queued messages above a lowered limit stay;
+    /// the new limit applies to what arrives next. The in-flight window of a connection
+    /// already attached keeps its size until the client reconnects.
+    pub fn set_limits(&mut self, limits: QueueLimits) {
+        self.limits = limits;
+    }
+
     /// Attaches a new connection. Everything in flight will be sent again on it.
     pub fn attach(&mut self, generation: u64, signal: Arc<ConnSignal>, client_receive_max: u16) {
         self.attachment = Some(Attachment {
             generation,
             signal,
             window: client_receive_max.min(self.limits.max_inflight).max(1),
+            info: None,
             writer_idle: false,
         });
         self.last_generation = generation;
@@ -805,6 +824,11 @@ pub struct Session {
     /// MQTT client identifier.
     pub client_id: ByteString,
     online: AtomicBool,
+    /// The ACL rules of the client's last connection, checked for every delivery (read by
+    /// publishers on any thread, replaced on connect and on auth reload).
+    acl: ArcSwap<ClientAcl>,
+    /// Username of the last connection (the ACL is resolved again from it on reload).
+    username: Mutex<Option<ByteString>>,
     state: Mutex<SessionState>,
 }
 
@@ -822,8 +846,30 @@ impl Session {
             store_id,
             client_id,
             online: AtomicBool::new(false),
+            acl: ArcSwap::from_pointee(ClientAcl::allow_all()),
+            username: Mutex::new(None),
             state: Mutex::new(SessionState::new(expiry, limits)),
         }
+    }
+
+    /// The client's ACL rules.
+    pub fn acl(&self) -> arc_swap::Guard<Arc<ClientAcl>> {
+        self.acl.load()
+    }
+
+    /// Replaces the client's ACL rules.
+    pub fn set_acl(&self, acl: ClientAcl) {
+        self.acl.store(Arc::new(acl));
+    }
+
+    /// Username of the last connection.
+    pub fn username(&self) -> Option<ByteString> {
+        self.username.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Records the username of a new connection.
+    pub fn set_username(&self, username: Option<ByteString>) {
+        *self.username.lock().unwrap_or_else(|p| p.into_inner()) = username;
     }
 
     /// Locks the state. A panic while holding the lock is a bug, but one connection's bug
@@ -842,6 +888,10 @@ impl Session {
 impl Member for Arc<Session> {
     fn key(&self) -> u64 {
         self.id
+    }
+
+    fn may_read(&self, topic: &str) -> bool {
+        self.acl.load().can_read(topic)
     }
 
     fn is_online(&self) -> bool {

@@ -16,6 +16,11 @@ pub trait Member {
     fn key(&self) -> u64;
     /// Whether the member is connected; shared groups prefer connected members.
     fn is_online(&self) -> bool;
+    /// Whether the member may receive messages on `topic` (its ACL read rules). Shared
+    /// groups pick among the members that may.
+    fn may_read(&self, _topic: &str) -> bool {
+        true
+    }
 }
 
 /// A subscriber with the options of one subscription.
@@ -149,7 +154,7 @@ impl<V: Member> Trie<V> {
         let levels: Vec<&str> = topic.split('/').collect();
         // MQTT 5.0 §4.7.2: filters starting with a wildcard do not match `$` topics.
         let dollar = topic.starts_with('$');
-        collect(&self.root, &levels, !dollar, out);
+        collect(&self.root, topic, &levels, !dollar, out);
     }
 }
 
@@ -215,52 +220,54 @@ fn remove_at<V: Member>(node: &mut Node<V>, levels: &[&str], group: Option<&str>
     }
 }
 
-fn push_leaf<'a, V: Member>(leaf: &'a Leaf<V>, out: &mut Vec<Matched<'a, V>>) {
+fn push_leaf<'a, V: Member>(leaf: &'a Leaf<V>, topic: &str, out: &mut Vec<Matched<'a, V>>) {
     out.extend(leaf.direct.values().map(|entry| Matched { entry, shared: false }));
     for group in leaf.shared.values() {
-        if let Some(entry) = pick_member(group) {
+        if let Some(entry) = pick_member(group, topic) {
             out.push(Matched { entry, shared: true });
         }
     }
 }
 
-fn pick_member<V: Member>(group: &SharedGroup<V>) -> Option<&Entry<V>> {
+fn pick_member<'a, V: Member>(group: &'a SharedGroup<V>, topic: &str) -> Option<&'a Entry<V>> {
     let n = group.members.len();
     if n == 0 {
         return None;
     }
     let start = group.cursor.fetch_add(1, Ordering::Relaxed);
-    (0..n)
-        .map(|i| &group.members[(start + i) % n])
+    let candidates =
+        || (0..n).map(move |i| &group.members[(start + i) % n]).filter(|m| m.value.may_read(topic));
+    candidates()
         .find(|m| m.value.is_online())
         // Nobody connected: queue on a persistent member rather than drop the message.
-        .or_else(|| Some(&group.members[start % n]))
+        .or_else(|| candidates().next())
 }
 
 fn collect<'a, V: Member>(
     node: &'a Node<V>,
+    topic: &str,
     levels: &[&str],
     wildcards: bool,
     out: &mut Vec<Matched<'a, V>>,
 ) {
     match levels.split_first() {
         None => {
-            push_leaf(&node.leaf, out);
+            push_leaf(&node.leaf, topic, out);
             // "a/#" also matches "a" (MQTT 5.0 §4.7.1.2).
             if let Some(hash) = &node.hash {
-                push_leaf(hash, out);
+                push_leaf(hash, topic, out);
             }
         }
         Some((first, rest)) => {
             if let Some(child) = node.children.get(*first) {
-                collect(child, rest, true, out);
+                collect(child, topic, rest, true, out);
             }
             if wildcards {
                 if let Some(plus) = &node.plus {
-                    collect(plus, rest, true, out);
+                    collect(plus, topic, rest, true, out);
                 }
                 if let Some(hash) = &node.hash {
-                    push_leaf(hash, out);
+                    push_leaf(hash, topic, out);
                 }
             }
         }

@@ -23,7 +23,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::core::broker::{Broker, DisconnectKind, PublishError, Published};
+use crate::core::broker::{Broker, ConnectError, Credentials, DisconnectKind, PublishError, Published};
 use crate::core::session::{ConnSignal, Kick, Session};
 use crate::core::types::{ByteString, Bytes, Message, Properties, ProtocolVersion, QoS, expiry_deadline};
 use crate::store::Durable;
@@ -55,6 +55,84 @@ pub struct ListenerContext {
     pub broker: Broker,
     /// Listener name for logs.
     pub name: String,
+    /// The listener's `max_connections`, shared by its workers (`None`: unlimited).
+    pub slots: Option<Arc<ConnectionSlots>>,
+    /// `tls.use_identity_as_username`: the client certificate's CN is the username.
+    pub identity_as_username: bool,
+}
+
+/// Counts a listener's connections against its `max_connections`.
+#[derive(Debug)]
+pub struct ConnectionSlots {
+    max: u32,
+    used: std::sync::atomic::AtomicU32,
+}
+
+impl ConnectionSlots {
+    /// Slots for at most `max` concurrent connections.
+    pub fn new(max: u32) -> Self {
+        ConnectionSlots { max, used: std::sync::atomic::AtomicU32::new(0) }
+    }
+
+    /// Takes a slot for a connection, or `None` when all are in use.
+    pub fn acquire(self: &Arc<Self>) -> Option<SlotGuard> {
+        use std::sync::atomic::Ordering;
+        self.used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < self.max).then_some(n + 1))
+            .ok()
+            .map(|_| SlotGuard(self.clone()))
+    }
+
+    /// Connections holding a slot.
+    pub fn used(&self) -> u32 {
+        self.used.load(std::sync::atomic::Ordering::Acquire)
+    }
+}
+
+/// A connection's slot, returned when the connection ends.
+#[derive(Debug)]
+pub struct SlotGuard(Arc<ConnectionSlots>);
+
+impl Drop for SlotGuard {
+    fn drop(&mut self) {
+        self.0.used.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
+}
+
+impl ListenerContext {
+    /// Who the client claims to be: with `use_identity_as_username` the verified client
+    /// certificate's subject CN (no password needed), else CONNECT's User Name and
+    /// Password. Returns the username to use and the credentials to check.
+    pub(crate) fn credentials(
+        &self,
+        io: &ntex::io::IoRef,
+        username: Option<&ByteString>,
+        password: Option<&Bytes>,
+    ) -> Result<(Option<ByteString>, Credentials), &'static str> {
+        if self.identity_as_username {
+            let cn = crate::transport::tls::peer_common_name_ref(io)
+                .ok_or("use_identity_as_username: the client certificate has no subject CN")?;
+            return Ok((Some(ByteString::from(cn)), Credentials::Certificate));
+        }
+        Ok(match username {
+            Some(user) => (
+                Some(user.clone()),
+                Credentials::Password {
+                    username: user.clone(),
+                    password: password.cloned().unwrap_or_default(),
+                },
+            ),
+            None => (None, Credentials::Anonymous),
+        })
+    }
+
+    /// A slot for a new connection: `Ok(None)` on an unlimited listener, `Err` when full.
+    pub(crate) fn slot(&self) -> Result<Option<SlotGuard>, ConnectError> {
+        match &self.slots {
+            None => Ok(None),
+            Some(slots) => slots.acquire().map(Some).ok_or(ConnectError::QuotaExceeded),
+        }
+    }
 }
 
 /// Per-connection state, shared by ntex-mqtt's services for one connection (it is the `St`
@@ -69,6 +147,8 @@ pub struct ConnState {
     pub(crate) protocol: ProtocolVersion,
     pub(crate) peer: Option<SocketAddr>,
     pub(crate) listener: String,
+    /// The listener slot this connection holds (released on drop).
+    pub(crate) _slot: Option<SlotGuard>,
     /// Set when the client sent DISCONNECT.
     pub(crate) disconnect: Cell<Option<DisconnectKind>>,
     /// Why the connection ended, when it was not a client DISCONNECT.
@@ -94,6 +174,9 @@ impl Drop for ConnState {
                 "session taken over by another connection".to_string()
             }
             (DisconnectKind::Abnormal, Some(Kick::ServerShuttingDown)) => "broker shutting down".to_string(),
+            (DisconnectKind::Abnormal, Some(Kick::AdminAction)) => {
+                "disconnected through the admin API".to_string()
+            }
             (DisconnectKind::Abnormal, _) => {
                 self.close_reason.borrow_mut().take().unwrap_or_else(|| "connection closed".to_string())
             }
@@ -151,6 +234,55 @@ impl<A> PendingAcks<A> {
             }
         }
         !queue.is_empty()
+    }
+}
+
+/// `limits.max_publish_rate` for one connection: a token bucket (one second's worth of
+/// burst) that may go into debt; while in debt the connection's service is not ready, so
+/// ntex stops reading from the socket and TCP slows the client down. Nothing is refused.
+#[derive(Debug)]
+pub(crate) struct PublishRate {
+    rate: f64,
+    tokens: Cell<f64>,
+    last: Cell<Instant>,
+}
+
+impl PublishRate {
+    /// A limiter for `per_second` PUBLISH packets (`None` when 0 = unlimited).
+    pub(crate) fn new(per_second: u32) -> Option<Self> {
+        (per_second > 0).then(|| {
+            let rate = f64::from(per_second);
+            PublishRate { rate, tokens: Cell::new(rate), last: Cell::new(Instant::now()) }
+        })
+    }
+
+    fn refill(&self, now: Instant) {
+        let elapsed = now.saturating_duration_since(self.last.get()).as_secs_f64();
+        self.tokens.set((self.tokens.get() + elapsed * self.rate).min(self.rate));
+        self.last.set(now);
+    }
+
+    /// Counts one PUBLISH.
+    pub(crate) fn take(&self) {
+        self.refill(Instant::now());
+        self.tokens.set(self.tokens.get() - 1.0);
+    }
+
+    /// How long reading must pause before the next packet (`None`: not in debt).
+    pub(crate) fn pause(&self) -> Option<std::time::Duration> {
+        self.refill(Instant::now());
+        let debt = -self.tokens.get();
+        (debt >= 0.0).then(|| std::time::Duration::from_secs_f64((debt + 1e-3) / self.rate))
+    }
+
+    /// Waits until the connection may send again; returns whether it had to.
+    pub(crate) async fn wait(&self) -> bool {
+        let mut paused = false;
+        while let Some(pause) = self.pause() {
+            paused = true;
+            ntex::time::sleep(pause).await;
+        }
+        paused
     }
 }
 
@@ -270,7 +402,7 @@ impl ConnState {
     /// Routes a client's PUBLISH (exactly once for QoS 2, by packet id, across reconnects).
     /// The acknowledgement must wait for the returned [`Durable`].
     pub(crate) fn publish(&self, p: InboundPublish) -> (PublishOutcome, Durable) {
-        self.broker.metrics().message_received(p.qos, u64::from(p.packet_size));
+        self.broker.metrics().message_received(p.qos, packet_size(p.packet_size));
         tracing::debug!(
             client_id = %self.client_id,
             "received PUBLISH (d{}, q{}, r{}, m{}, '{}', ... ({} bytes))",
@@ -302,7 +434,8 @@ impl ConnState {
             expires_at: expiry_deadline(Instant::now(), p.expiry_interval),
             origin: self.session.id,
         };
-        let (outcome, durable) = match self.broker.publish(message) {
+        let acl = self.session.acl();
+        let (outcome, durable) = match self.broker.publish_as(message, Some(&acl)) {
             Ok((Published::Routed { matched }, durable)) => {
                 (PublishOutcome::Accepted { matched: matched > 0 }, durable)
             }

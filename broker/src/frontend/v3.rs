@@ -4,7 +4,7 @@ use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::num::{NonZeroU16, NonZeroU32};
 use std::rc::Rc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use ntex::io::IoRef;
 use ntex::io::types::PeerAddr;
@@ -20,6 +20,7 @@ use super::{
     ConnState, FrontendError, InboundPublish, ListenerContext, PendingAcks, PublishOutcome, display_peer,
     preamble,
 };
+use crate::core::admin::ConnectionInfo;
 use crate::core::broker::{ConnectError, ConnectRequest, DisconnectKind, SubscribeRequest};
 use crate::core::session::{Expiry, Kick, Outgoing, Will};
 use crate::core::topic;
@@ -142,6 +143,22 @@ pub async fn handshake(
         config.sessions.persistent_session_expiry.map_or(Expiry::Never, Expiry::After)
     };
     let keep_alive = pkt.keep_alive;
+    let (username, credentials) =
+        match ctx.credentials(&h.io().get_ref(), pkt.username.as_ref(), pkt.password.as_ref()) {
+            Ok(found) => found,
+            Err(reason) => {
+                broker.metrics().auth_failure();
+                refused(reason);
+                return Ok(h.not_authorized());
+            }
+        };
+    if let Err(err) = broker.authenticate(credentials).await {
+        refused(&err.to_string());
+        return Ok(match err {
+            ConnectError::BadCredentials => h.bad_username_or_pwd(),
+            _ => h.not_authorized(),
+        });
+    }
     let request = ConnectRequest {
         client_id: client_id.clone(),
         clean_start: pkt.clean_session,
@@ -149,22 +166,36 @@ pub async fn handshake(
         will,
         protocol,
         receive_max: u16::MAX,
-        username: pkt.username.clone(),
+        username: username.clone(),
         password: pkt.password.clone(),
         peer,
     };
-    let connected = match broker.connect(request) {
-        Ok(c) => c,
+    // A listener slot first (per-listener max_connections), then the broker's own checks.
+    let (connected, slot) = match ctx.slot().and_then(|slot| broker.connect(request).map(|c| (c, slot))) {
+        Ok(pair) => pair,
         Err(err) => {
             refused(&err.to_string());
             return Ok(match err {
                 ConnectError::NotAuthorized => h.not_authorized(),
+                ConnectError::BadCredentials => h.bad_username_or_pwd(),
                 ConnectError::ClientIdRejected => h.identifier_rejected(),
                 ConnectError::QuotaExceeded | ConnectError::ServerUnavailable => h.service_unavailable(),
             });
         }
     };
     let id = connected.assigned_client_id.clone().unwrap_or(client_id);
+    broker.set_connection_info(
+        &connected.session,
+        connected.generation,
+        ConnectionInfo {
+            peer,
+            protocol,
+            keep_alive,
+            listener: ctx.name.clone(),
+            username: pkt.username.clone(),
+            connected_at: SystemTime::now(),
+        },
+    );
     tracing::info!(
         client_id = %id,
         peer = %display_peer(peer),
@@ -185,6 +216,7 @@ pub async fn handshake(
             protocol,
             peer,
             listener: ctx.name.clone(),
+            _slot: slot,
             disconnect: Cell::new(None),
             close_reason: RefCell::new(None),
             connected_at: Instant::now(),
@@ -266,12 +298,14 @@ impl<S> Middleware<S, (SharedCfg, v3::Session<ConnV3>)> for Inbound {
             acks: acks.clone(),
         }));
         let max_packet = conn.broker.config().limits.max_packet_size.as_u64();
+        let rate = super::PublishRate::new(conn.broker.config().limits.max_publish_rate);
         InboundService {
             inner,
             session,
             codec: codec::Codec::default(),
             max_packet,
             assembly: super::PayloadAssembly::default(),
+            rate,
             acks,
         }
     }
@@ -285,6 +319,8 @@ pub struct InboundService<S> {
     max_packet: u64,
     /// PUBLISH whose payload is still arriving.
     assembly: super::PayloadAssembly<codec::Publish>,
+    /// `limits.max_publish_rate` of this connection.
+    rate: Option<super::PublishRate>,
     /// Acknowledgements waiting for the store (sent by the writer).
     acks: Rc<PendingAcks<Ack3>>,
 }
@@ -324,7 +360,15 @@ where
     type Response = Option<codec::Encoded>;
     type Error = DispatcherError<E>;
 
-    ntex::forward_ready!(inner);
+    async fn ready(&self, ctx: ServiceCtx<'_, Self>) -> Result<(), Self::Error> {
+        // Over limits.max_publish_rate: not ready, so ntex stops reading this socket.
+        if let Some(rate) = &self.rate
+            && rate.wait().await
+        {
+            self.session.broker.metrics().publish_throttled();
+        }
+        ctx.ready(&self.inner).await
+    }
     ntex::forward_poll!(inner);
     ntex::forward_shutdown!(inner);
 
@@ -346,6 +390,9 @@ where
         }
         match req {
             codec::Decoded::Publish(pkt, payload, size) => {
+                if let Some(rate) = &self.rate {
+                    rate.take();
+                }
                 let expected = pkt.payload_size as usize;
                 match self.assembly.start(pkt, payload, expected, size) {
                     Some((pkt, payload, size)) => self.on_publish(pkt, payload, size),

@@ -4,7 +4,7 @@ use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::num::{NonZeroU16, NonZeroU32};
 use std::rc::Rc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use ntex::io::IoRef;
 use ntex::io::types::PeerAddr;
@@ -18,7 +18,8 @@ use rustc_hash::FxHashMap;
 use super::PendingAcks;
 use super::writer::{self, Sent, Wire, Writer};
 use super::{ConnState, FrontendError, InboundPublish, ListenerContext, PublishOutcome, display_peer};
-use crate::core::broker::{ConnectError, ConnectRequest, PublishError, SubscribeRequest};
+use crate::core::admin::ConnectionInfo;
+use crate::core::broker::{ConnectError, ConnectRequest, PublishError, SubscribeError, SubscribeRequest};
 use crate::core::session::{Expiry, Kick, Outgoing, Will};
 use crate::core::topic;
 use crate::core::types::{
@@ -169,6 +170,24 @@ pub async fn handshake(
         connect_expiry: pkt.session_expiry_interval_secs,
     };
     let keep_alive = pkt.keep_alive;
+    let (username, credentials) =
+        match ctx.credentials(&h.io().get_ref(), pkt.username.as_ref(), pkt.password.as_ref()) {
+            Ok(found) => found,
+            Err(reason) => {
+                broker.metrics().auth_failure();
+                refused(reason);
+                return Ok(refuse(h, codec::ConnectAckReason::NotAuthorized, reason.to_string()));
+            }
+        };
+    if let Err(err) = broker.authenticate(credentials).await {
+        refused(&err.to_string());
+        let code = match err {
+            ConnectError::BadCredentials => codec::ConnectAckReason::BadUserNameOrPassword,
+            _ => codec::ConnectAckReason::NotAuthorized,
+        };
+        // The reason string stays generic: which part was wrong is not for the client.
+        return Ok(refuse(h, code, err.to_string()));
+    }
     let request = ConnectRequest {
         client_id: client_id.clone(),
         clean_start: pkt.clean_start,
@@ -176,16 +195,18 @@ pub async fn handshake(
         will,
         protocol: ProtocolVersion::V5,
         receive_max: pkt.receive_max.map_or(u16::MAX, NonZeroU16::get),
-        username: pkt.username.clone(),
+        username: username.clone(),
         password: pkt.password.clone(),
         peer,
     };
-    let connected = match broker.connect(request) {
-        Ok(c) => c,
+    // A listener slot first (per-listener max_connections), then the broker's own checks.
+    let (connected, slot) = match ctx.slot().and_then(|slot| broker.connect(request).map(|c| (c, slot))) {
+        Ok(pair) => pair,
         Err(err) => {
             refused(&err.to_string());
             let code = match err {
                 ConnectError::NotAuthorized => codec::ConnectAckReason::NotAuthorized,
+                ConnectError::BadCredentials => codec::ConnectAckReason::BadUserNameOrPassword,
                 ConnectError::ClientIdRejected => codec::ConnectAckReason::ClientIdentifierNotValid,
                 ConnectError::QuotaExceeded => codec::ConnectAckReason::QuotaExceeded,
                 ConnectError::ServerUnavailable => codec::ConnectAckReason::ServerUnavailable,
@@ -194,6 +215,18 @@ pub async fn handshake(
         }
     };
     let id = connected.assigned_client_id.clone().unwrap_or(client_id);
+    broker.set_connection_info(
+        &connected.session,
+        connected.generation,
+        ConnectionInfo {
+            peer,
+            protocol: ProtocolVersion::V5,
+            keep_alive: server_keepalive.unwrap_or(keep_alive),
+            listener: ctx.name.clone(),
+            username: pkt.username.clone(),
+            connected_at: SystemTime::now(),
+        },
+    );
     tracing::info!(
         client_id = %id,
         peer = %display_peer(peer),
@@ -215,6 +248,7 @@ pub async fn handshake(
             protocol: ProtocolVersion::V5,
             peer,
             listener: ctx.name.clone(),
+            _slot: slot,
             disconnect: Cell::new(None),
             close_reason: RefCell::new(None),
             connected_at: Instant::now(),
@@ -366,6 +400,7 @@ impl<S> Middleware<S, (SharedCfg, v5::Session<ConnV5>)> for Inbound {
             acks: acks.clone(),
         }));
         let max_packet = conn.broker.config().limits.max_packet_size.as_u64();
+        let rate = super::PublishRate::new(conn.broker.config().limits.max_publish_rate);
         InboundService {
             inner,
             session,
@@ -373,6 +408,7 @@ impl<S> Middleware<S, (SharedCfg, v5::Session<ConnV5>)> for Inbound {
             aliases: RefCell::new(FxHashMap::default()),
             max_packet,
             assembly: super::PayloadAssembly::default(),
+            rate,
             acks,
         }
     }
@@ -389,6 +425,8 @@ pub struct InboundService<S> {
     max_packet: u64,
     /// PUBLISH whose payload is still arriving.
     assembly: super::PayloadAssembly<codec::Publish>,
+    /// `limits.max_publish_rate` of this connection.
+    rate: Option<super::PublishRate>,
     /// Acknowledgements waiting for the store (sent by the writer).
     acks: Rc<PendingAcks<Ack5>>,
 }
@@ -435,7 +473,15 @@ where
     type Response = Option<codec::Encoded>;
     type Error = DispatcherError<E>;
 
-    ntex::forward_ready!(inner);
+    async fn ready(&self, ctx: ServiceCtx<'_, Self>) -> Result<(), Self::Error> {
+        // Over limits.max_publish_rate: not ready, so ntex stops reading this socket.
+        if let Some(rate) = &self.rate
+            && rate.wait().await
+        {
+            self.session.broker.metrics().publish_throttled();
+        }
+        ctx.ready(&self.inner).await
+    }
     ntex::forward_poll!(inner);
     ntex::forward_shutdown!(inner);
 
@@ -454,6 +500,9 @@ where
         }
         match req {
             codec::Decoded::Publish(pkt, payload, size) => {
+                if let Some(rate) = &self.rate {
+                    rate.take();
+                }
                 let expected = pkt.payload_size as usize;
                 match self.assembly.start(pkt, payload, expected, size) {
                     Some((pkt, payload, size)) => self.on_publish(pkt, payload, size),
@@ -668,7 +717,10 @@ impl<S> InboundService<S> {
                 Err(err) => {
                     tracing::info!(client_id = %conn.client_id, "subscription to '{}' refused: {err}", req.filter);
                     reason_string.get_or_insert_with(|| ByteString::from(format!("{}: {err}", req.filter)));
-                    codec::SubscribeAckReason::TopicFilterInvalid
+                    match err {
+                        SubscribeError::NotAuthorized => codec::SubscribeAckReason::NotAuthorized,
+                        SubscribeError::Topic(_) => codec::SubscribeAckReason::TopicFilterInvalid,
+                    }
                 }
             })
             .collect::<Vec<_>>();
@@ -832,6 +884,8 @@ impl Wire for Wire5 {
         let code = match reason {
             Kick::TakenOver => codec::DisconnectReasonCode::SessionTakenOver,
             Kick::ServerShuttingDown => codec::DisconnectReasonCode::ServerShuttingDown,
+            Kick::AdminAction => codec::DisconnectReasonCode::AdministrativeAction,
+            Kick::NotAuthorized => codec::DisconnectReasonCode::NotAuthorized,
             Kick::Detached => return,
         };
         self.sink.close_with_reason(codec::Disconnect::new(code));

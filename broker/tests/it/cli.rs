@@ -34,8 +34,13 @@ fn collect(reader: impl std::io::Read + Send + 'static) -> Arc<Mutex<Vec<String>
 
 impl Proc {
     fn spawn(args: &[&str]) -> Proc {
+        // Brokers of parallel tests must not all bind the default HTTP port (8080); a config
+        // check prints the effective config, so it keeps the defaults.
+        let http: &[&str] =
+            if args.contains(&"--check-config") { &[] } else { &["--http-bind", "127.0.0.1:0"] };
         let mut child = Command::new(BIN)
             .args(args)
+            .args(http)
             .env_remove("RUST_LOG")
             .env_remove("FLEETMQ_CONFIG")
             .stdin(Stdio::null())

@@ -5,6 +5,7 @@ mod cli;
 mod common;
 mod delayed;
 mod flow;
+mod http;
 mod limits;
 mod qos;
 mod raw;

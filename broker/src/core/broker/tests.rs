@@ -276,18 +276,36 @@ fn anonymous_refused_when_disabled() {
     let mut config = BrokerConfig::default();
     config.auth.allow_anonymous = Some(false);
     let b = Broker::new(config);
-    let err = b
-        .connect(ConnectRequest {
-            client_id: ByteString::from("a"),
-            clean_start: true,
-            expiry: Expiry::OnDisconnect,
-            will: None,
-            protocol: ProtocolVersion::V3_1_1,
-            receive_max: 10,
-            username: None,
-            password: None,
-            peer: None,
-        })
-        .unwrap_err();
-    assert_eq!(err, ConnectError::NotAuthorized);
+    let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    assert_eq!(rt.block_on(b.authenticate(Credentials::Anonymous)), Err(ConnectError::NotAuthorized));
+    // Without a password file a User Name proves nothing either.
+    let named = Credentials::Password { username: "alice".into(), password: Bytes::from_static(b"x") };
+    assert_eq!(rt.block_on(b.authenticate(named)), Err(ConnectError::NotAuthorized));
+    assert_eq!(rt.block_on(b.authenticate(Credentials::Certificate)), Ok(()));
+    assert_eq!(b.metrics().auth_failures(), 2);
+}
+
+#[test]
+fn password_file_decides_and_reload_swaps_it() {
+    let b = Broker::new(BrokerConfig::default());
+    let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    // A line mosquitto_passwd 2.0.11 wrote (-H sha512) for alice / s3cret.
+    let file = "alice:$6$nS4NK/tXsicPMtng$GwlbrjXrc/dRjVueg3nNpTa8xPJmZtWf9Iie4xvrTvVur8KH4sW/HCmkFDgzo+KP76UEfH1Oa0anso9FkZ6jBQ==\n";
+    let passwords = crate::auth::PasswordFile::parse(file, "test").unwrap();
+    b.set_auth(crate::auth::AuthState { passwords: Some(passwords), acl: crate::auth::Acl::allow_all() });
+    let login = |user: &str, pw: &'static [u8]| Credentials::Password {
+        username: user.into(),
+        password: Bytes::from_static(pw),
+    };
+    assert_eq!(rt.block_on(b.authenticate(login("alice", b"s3cret"))), Ok(()));
+    assert_eq!(rt.block_on(b.authenticate(login("alice", b"nope"))), Err(ConnectError::BadCredentials));
+    assert_eq!(rt.block_on(b.authenticate(login("bob", b"s3cret"))), Err(ConnectError::BadCredentials));
+    // The loopback default still admits anonymous clients alongside the file.
+    assert_eq!(rt.block_on(b.authenticate(Credentials::Anonymous)), Ok(()));
+    b.set_auth(crate::auth::AuthState::default());
+    assert_eq!(
+        rt.block_on(b.authenticate(login("alice", b"nope"))),
+        Ok(()),
+        "no file: anonymous policy decides"
+    );
 }

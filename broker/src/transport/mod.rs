@@ -1,0 +1,214 @@
+//! Transports: what a listener does with a new TCP connection before MQTT starts.
+//!
+//! ```text
+//! accept ─ connection rate limit ─ [PROXY header] ─ [TLS] ─ [HTTP upgrade → WebSocket] ─ MQTT
+//! ```
+//!
+//! Every stage is an ntex filter or service on the same `Io`, so the MQTT front ends are the
+//! same for all four listener protocols and see the client's address (from the PROXY header
+//! when there is one) and its certificate (when it presented one).
+
+pub mod proxy;
+pub mod tls;
+pub mod ws;
+
+use std::rc::Rc;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use fleetmq_config::{Listener, ListenerProtocol};
+use ntex::io::{Filter, Io, Layer};
+use ntex::service::boxed::{self, BoxServiceFactory};
+use ntex::service::cfg::SharedCfg;
+use ntex::service::{ServiceFactory, chain_factory, fn_service};
+use ntex::util::Ready;
+use ntex_mqtt::error::MqttError;
+
+use crate::frontend::{ConnectionSlots, FrontendError, ListenerContext};
+
+/// Why a connection ended before or outside MQTT (logged at debug; MQTT-level reasons are
+/// logged by the front ends).
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    /// The listener's connection rate limit refused the connection.
+    #[error("connection rate limit reached")]
+    RateLimited,
+    /// TLS handshake failed.
+    #[error("TLS handshake failed: {0}")]
+    Tls(std::io::Error),
+    /// The WebSocket upgrade failed or the path was wrong.
+    #[error("{0}")]
+    WebSocket(String),
+    /// The HTTP layer in front of WebSocket failed.
+    #[error("HTTP: {0}")]
+    Http(String),
+    /// The MQTT connection ended with an error.
+    #[error("{0:?}")]
+    Mqtt(MqttError<FrontendError>),
+}
+
+impl From<MqttError<FrontendError>> for TransportError {
+    fn from(err: MqttError<FrontendError>) -> Self {
+        TransportError::Mqtt(err)
+    }
+}
+
+/// A token bucket: `rate` new connections per second, bursts up to one second's worth.
+#[derive(Debug)]
+pub struct RateLimiter {
+    rate: f64,
+    state: Mutex<(f64, Instant)>,
+}
+
+impl RateLimiter {
+    /// A limiter admitting `per_second` on average.
+    pub fn new(per_second: u32) -> Self {
+        let rate = f64::from(per_second.max(1));
+        RateLimiter { rate, state: Mutex::new((rate, Instant::now())) }
+    }
+
+    /// Takes a token if one is available.
+    pub fn try_acquire(&self) -> bool {
+        self.try_acquire_at(Instant::now())
+    }
+
+    fn try_acquire_at(&self, now: Instant) -> bool {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let (tokens, last) = *state;
+        let refilled =
+            (tokens + now.saturating_duration_since(last).as_secs_f64() * self.rate).min(self.rate);
+        if refilled >= 1.0 {
+            *state = (refilled - 1.0, now);
+            true
+        } else {
+            *state = (refilled, now);
+            false
+        }
+    }
+}
+
+/// Boxed per-listener stack.
+pub type ListenerFactory = BoxServiceFactory<SharedCfg, Io, (), TransportError, ()>;
+
+/// What a listener's stack needs; `Send + Clone` so every worker thread builds its own.
+#[derive(Clone, Debug)]
+pub struct ListenerStack {
+    protocol: ListenerProtocol,
+    proxy_protocol: bool,
+    ws_path: Arc<str>,
+    max_frame: usize,
+    tls: Option<tls::TlsHandle>,
+    rate: Option<Arc<RateLimiter>>,
+    slots: Option<Arc<ConnectionSlots>>,
+    identity_as_username: bool,
+}
+
+impl ListenerStack {
+    /// The stack for `listener`; `tls` is its certificate handle (mqtts/wss), `max_packet`
+    /// the largest MQTT packet (WebSocket frames may carry a whole one).
+    pub fn new(listener: &Listener, tls: Option<tls::TlsHandle>, max_packet: usize) -> Self {
+        ListenerStack {
+            protocol: listener.protocol,
+            proxy_protocol: listener.proxy_protocol,
+            ws_path: Arc::from(listener.ws_path()),
+            max_frame: max_packet.saturating_add(16),
+            tls,
+            rate: (listener.max_connection_rate > 0)
+                .then(|| Arc::new(RateLimiter::new(listener.max_connection_rate))),
+            slots: (listener.max_connections > 0)
+                .then(|| Arc::new(ConnectionSlots::new(listener.max_connections))),
+            identity_as_username: listener.tls.as_ref().is_some_and(|t| t.use_identity_as_username),
+        }
+    }
+
+    /// Whether the listener takes usernames from client certificates.
+    pub fn identity_as_username(&self) -> bool {
+        self.identity_as_username
+    }
+
+    /// The listener's connection slots (`max_connections`), shared by all its workers.
+    pub fn slots(&self) -> Option<Arc<ConnectionSlots>> {
+        self.slots.clone()
+    }
+
+    /// The service factory for one worker.
+    pub fn factory(&self, ctx: ListenerContext) -> ListenerFactory {
+        let rate = self.rate.clone();
+        let broker = ctx.broker.clone();
+        let listener = ctx.name.clone();
+        let gate = fn_service(move |io: Io| {
+            let admitted = rate.as_ref().is_none_or(|r| r.try_acquire());
+            if !admitted {
+                broker.metrics().connection_rate_limited();
+                tracing::debug!(listener = %listener, "connection refused: connection rate limit");
+            }
+            Ready::from(if admitted { Ok(io) } else { Err(TransportError::RateLimited) })
+        });
+        if self.proxy_protocol {
+            let add = fn_service(|io: Io| {
+                Ready::Ok::<_, TransportError>(io.add_filter(proxy::ProxyLayer::default()))
+            });
+            boxed::factory(chain_factory(gate).and_then(add).and_then(self.after_proxy(ctx)))
+        } else {
+            boxed::factory(chain_factory(gate).and_then(self.after_proxy(ctx)))
+        }
+    }
+
+    fn after_proxy<F: Filter>(
+        &self,
+        ctx: ListenerContext,
+    ) -> BoxServiceFactory<SharedCfg, Io<F>, (), TransportError, ()> {
+        let tls = || {
+            let handle = self.tls.clone().expect("validated config: TLS listeners have certificates");
+            chain_factory(tls::TlsAccept(handle)).map_err(TransportError::Tls)
+        };
+        let (path, max_frame) = (Rc::from(&*self.ws_path), self.max_frame);
+        match self.protocol {
+            ListenerProtocol::Mqtt => boxed::factory(mqtt::<F>(ctx)),
+            ListenerProtocol::Mqtts => {
+                boxed::factory(tls().and_then(mqtt::<Layer<tls::TlsServerFilter, F>>(ctx)))
+            }
+            ListenerProtocol::Ws => {
+                boxed::factory(ws::websocket::<F, _>(path, max_frame, move || mqtt(ctx.clone())))
+            }
+            ListenerProtocol::Wss => {
+                boxed::factory(tls().and_then(ws::websocket::<Layer<tls::TlsServerFilter, F>, _>(
+                    path,
+                    max_frame,
+                    move || mqtt(ctx.clone()),
+                )))
+            }
+        }
+    }
+}
+
+fn mqtt<F: Filter>(
+    ctx: ListenerContext,
+) -> impl ServiceFactory<Io<F>, SharedCfg, Response = (), Error = TransportError, InitError = ()> {
+    chain_factory(crate::server::mqtt_service::<F>(ctx)).map_err(TransportError::from)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn rate_limiter_allows_a_burst_then_the_rate() {
+        let limiter = RateLimiter::new(5);
+        let t0 = Instant::now();
+        for i in 0..5 {
+            assert!(limiter.try_acquire_at(t0), "burst of one second's worth: {i}");
+        }
+        assert!(!limiter.try_acquire_at(t0), "bucket empty");
+        assert!(!limiter.try_acquire_at(t0 + Duration::from_millis(100)), "half a token after 100 ms");
+        assert!(limiter.try_acquire_at(t0 + Duration::from_millis(200)), "one token after 200 ms");
+        assert!(limiter.try_acquire_at(t0 + Duration::from_secs(10)), "refilled");
+        let mut admitted = 0;
+        for _ in 0..100 {
+            admitted += usize::from(limiter.try_acquire_at(t0 + Duration::from_secs(10)));
+        }
+        assert_eq!(admitted, 4, "never more than the burst");
+    }
+}
