@@ -11,4 +11,5 @@ pub mod http;
 pub mod reload;
 pub mod server;
 pub mod store;
+pub mod telemetry;
 pub mod transport;

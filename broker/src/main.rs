@@ -1,13 +1,11 @@
 //! `fleetmq-broker`: the FleetMQ MQTT broker.
 
-use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::Context as _;
 use clap::Parser;
-use fleetmq_config::{BrokerConfig, Listener, LogFormat};
-use tracing_subscriber::EnvFilter;
+use fleetmq_config::{BrokerConfig, Listener};
 
 /// FleetMQ MQTT broker (MQTT 3.1, 3.1.1 and 5.0).
 ///
@@ -99,27 +97,6 @@ fn load(cli: &Cli) -> anyhow::Result<BrokerConfig> {
     Ok(config)
 }
 
-fn init_logging(config: &BrokerConfig) -> anyhow::Result<()> {
-    let level = config.log.level.trim();
-    // A bare level applies to FleetMQ; libraries stay at warn unless a full filter is given.
-    let directives = match level {
-        "error" | "warn" | "info" | "debug" | "trace" => format!("warn,fleetmq_broker={level}"),
-        filter => filter.to_string(),
-    };
-    let filter = EnvFilter::try_from_env("RUST_LOG")
-        .or_else(|_| EnvFilter::try_new(&directives))
-        .with_context(|| format!("invalid value for `log.level`: {level:?}"))?;
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal());
-    match config.log.format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
-    Ok(())
-}
-
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     if let Some(Command::Passwd(p)) = &cli.command {
@@ -138,7 +115,8 @@ fn main() -> anyhow::Result<()> {
         print!("{}", config.to_yaml());
         return Ok(());
     }
-    init_logging(&config)?;
+    // Held to the end of main: dropping it flushes buffered trace spans.
+    let _telemetry = fleetmq_broker::telemetry::init(&config.log)?;
     std::fs::create_dir_all(&config.storage.data_dir)
         .with_context(|| format!("cannot create storage.data_dir {}", config.storage.data_dir.display()))?;
     tracing::info!(

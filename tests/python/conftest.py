@@ -152,8 +152,10 @@ def start_broker(tmp_path, request):
     broker log is printed with the report."""
     started: list[Broker] = []
 
-    def start(config: dict | None = None, args: list[str] | None = None, unset: tuple[str, ...] = ()) -> Broker:
-        """`unset`: dotted keys of the test defaults to leave out (e.g. "auth.allow_anonymous")."""
+    def start(config: dict | None = None, args: list[str] | None = None, unset: tuple[str, ...] = (),
+              env: dict | None = None) -> Broker:
+        """`unset`: dotted keys of the test defaults to leave out (e.g. "auth.allow_anonymous");
+        `env`: extra environment variables for the broker process."""
         port = free_port()
         base = {
             "listeners": [{"bind": f"127.0.0.1:{port}"}],
@@ -177,6 +179,7 @@ def start_broker(tmp_path, request):
             [broker_binary(), "--config", str(config_path), *(args or [])],
             stdout=log,
             stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
         )
         log.close()  # the child has its own descriptor
         broker = Broker(proc, port, log_path, config_path, args, started)

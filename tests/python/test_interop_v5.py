@@ -247,6 +247,9 @@ def test_session_expiry_interval_0_ends_session_at_disconnect(broker, clients):
     assert not present
     a.subscribe(TOPICS[0], opts(2))
     a.disconnect()
+    # The session ends when the broker has read the DISCONNECT; a reconnect racing ahead of
+    # that (another worker thread) would be a takeover of the still-open session.
+    broker.wait_log(r"client disconnected.*client_id=myclientid")
     _, present, _ = a.connect(clean_start=False, properties=connect_props(SessionExpiryInterval=0))
     assert not present
 

@@ -871,6 +871,16 @@ impl Broker {
         acl: Option<&ClientAcl>,
     ) -> Result<(Published, Durable), PublishError> {
         let inner = &*self.inner;
+        let span = tracing::info_span!(
+            target: crate::telemetry::SPANS,
+            "mqtt.publish",
+            mqtt.topic = %message.topic,
+            mqtt.qos = message.qos as u8,
+            mqtt.retain = message.retain,
+            mqtt.payload_size = message.payload.len(),
+            mqtt.matched = tracing::field::Empty,
+        );
+        let _entered = span.enter();
         let max_levels = inner.settings.load().max_topic_levels;
         if let Some(delayed) = topic::parse_delayed(&message.topic, max_levels) {
             let (delay, target) = delayed?;
@@ -896,6 +906,7 @@ impl Broker {
             return Err(PublishError::NotAuthorized);
         }
         let (matched, ticket) = self.dispatch(Arc::new(message));
+        span.record("mqtt.matched", matched);
         Ok((Published::Routed { matched }, self.durable(ticket)))
     }
 

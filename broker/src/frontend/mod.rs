@@ -367,6 +367,26 @@ pub(crate) fn remaining_limit(max_packet: u32) -> u32 {
         .unwrap_or(0)
 }
 
+/// The `mqtt.connect` trace span a handshake runs in (exported only with OpenTelemetry on;
+/// the fields are not even evaluated otherwise). Protocol and outcome are recorded inside.
+pub(crate) fn connect_span(client_id: &str, peer: Option<SocketAddr>, listener: &str) -> tracing::Span {
+    tracing::info_span!(
+        target: crate::telemetry::SPANS,
+        "mqtt.connect",
+        mqtt.client_id = client_id,
+        net.peer = %display_peer(peer),
+        mqtt.listener = listener,
+        mqtt.protocol = tracing::field::Empty,
+        mqtt.outcome = tracing::field::Empty,
+    )
+}
+
+/// Records on the current `mqtt.connect` span how the CONNECT ended ("accepted" or the reason
+/// it was refused).
+pub(crate) fn record_connect(protocol: ProtocolVersion, outcome: &str) {
+    tracing::Span::current().record("mqtt.protocol", protocol.as_str()).record("mqtt.outcome", outcome);
+}
+
 /// `ip:port` or `unknown`.
 pub fn display_peer(peer: Option<SocketAddr>) -> String {
     peer.map_or_else(|| "unknown".to_string(), |p| p.to_string())

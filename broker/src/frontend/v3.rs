@@ -6,6 +6,8 @@ use std::num::{NonZeroU16, NonZeroU32};
 use std::rc::Rc;
 use std::time::{Duration, Instant, SystemTime};
 
+use tracing::Instrument as _;
+
 use ntex::io::IoRef;
 use ntex::io::types::PeerAddr;
 use ntex::service::cfg::SharedCfg;
@@ -92,6 +94,15 @@ pub async fn handshake(
     h: v3::Handshake,
     ctx: Rc<ListenerContext>,
 ) -> Result<v3::HandshakeAck<ConnV3>, FrontendError> {
+    let peer = h.io().query::<PeerAddr>().get().map(|p| p.0);
+    let span = super::connect_span(&h.packet().client_id, peer, &ctx.name);
+    connect(h, ctx).instrument(span).await
+}
+
+async fn connect(
+    h: v3::Handshake,
+    ctx: Rc<ListenerContext>,
+) -> Result<v3::HandshakeAck<ConnV3>, FrontendError> {
     let broker = &ctx.broker;
     let config = broker.config();
     let limits = &config.limits;
@@ -101,6 +112,7 @@ pub async fn handshake(
     let peer = h.io().query::<PeerAddr>().get().map(|p| p.0);
     let client_id = pkt.client_id.clone();
     let refused = |reason: &str| {
+        super::record_connect(protocol, reason);
         broker.metrics().connection(false);
         tracing::info!(
             client_id = %client_id,
@@ -205,6 +217,7 @@ pub async fn handshake(
         clean_session = !connected.session_present,
         "client connected"
     );
+    super::record_connect(protocol, "accepted");
     let state = ConnV3 {
         io,
         common: ConnState {

@@ -6,6 +6,8 @@ use std::num::{NonZeroU16, NonZeroU32};
 use std::rc::Rc;
 use std::time::{Duration, Instant, SystemTime};
 
+use tracing::Instrument as _;
+
 use ntex::io::IoRef;
 use ntex::io::types::PeerAddr;
 use ntex::service::cfg::SharedCfg;
@@ -131,12 +133,22 @@ pub async fn handshake(
     h: v5::Handshake,
     ctx: Rc<ListenerContext>,
 ) -> Result<v5::HandshakeAck<ConnV5>, FrontendError> {
+    let peer = h.io().query::<PeerAddr>().get().map(|p| p.0);
+    let span = super::connect_span(&h.packet().client_id, peer, &ctx.name);
+    connect(h, ctx).instrument(span).await
+}
+
+async fn connect(
+    h: v5::Handshake,
+    ctx: Rc<ListenerContext>,
+) -> Result<v5::HandshakeAck<ConnV5>, FrontendError> {
     let broker = &ctx.broker;
     let limits = &broker.config().limits;
     let pkt = h.packet();
     let peer = h.io().query::<PeerAddr>().get().map(|p| p.0);
     let client_id = pkt.client_id.clone();
     let refused = |reason: &str| {
+        super::record_connect(ProtocolVersion::V5, reason);
         broker.metrics().connection(false);
         tracing::info!(client_id = %client_id, peer = %display_peer(peer), protocol = "5.0", "connection refused: {reason}");
     };
@@ -236,6 +248,7 @@ pub async fn handshake(
         clean_start = !connected.session_present,
         "client connected"
     );
+    super::record_connect(ProtocolVersion::V5, "accepted");
     let state = ConnV5 {
         io: h.io().get_ref(),
         client,

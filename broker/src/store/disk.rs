@@ -457,6 +457,13 @@ impl Writer {
             // busy core this turns many tiny commits into few large ones; on an idle machine
             // it returns at once.
             std::thread::yield_now();
+            let span = tracing::info_span!(
+                target: crate::telemetry::SPANS,
+                "store.commit",
+                store.changes = tracing::field::Empty,
+                store.synced = tracing::field::Empty,
+            );
+            let _entered = span.enter();
             if clock_at.elapsed() > clock_refresh {
                 clock = Clock::now();
                 clock_at = Instant::now();
@@ -499,6 +506,7 @@ impl Writer {
                 unsynced = false;
                 last_sync = Instant::now();
             }
+            span.record("store.changes", count).record("store.synced", !unsynced);
             // With `fsync: interval` acknowledgements only wait for the journal write; the
             // documented loss window is the sync interval (power loss or OS crash only).
             let failed = self.failed.load(Ordering::Relaxed);
