@@ -7,6 +7,7 @@
 //! docs/configuration.md "OpenTelemetry").
 
 use std::io::IsTerminal;
+use std::sync::OnceLock;
 
 use fleetmq_config::{Log as LogConfig, LogFormat};
 use opentelemetry::KeyValue;
@@ -19,7 +20,7 @@ use tracing::Level;
 use tracing_subscriber::filter::Targets;
 use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
-use tracing_subscriber::{EnvFilter, Layer as _};
+use tracing_subscriber::{EnvFilter, Layer as _, Registry, reload};
 
 /// The `tracing` target of spans meant for trace export.
 pub const SPANS: &str = "fleetmq::trace";
@@ -131,10 +132,27 @@ impl Drop for Telemetry {
     }
 }
 
+/// The live log filter, swapped by [`set_log_level`] on config reload.
+static LOG_FILTER: OnceLock<reload::Handle<EnvFilter, Registry>> = OnceLock::new();
+
+/// Puts a reloaded `log.level` in force. `Ok(false)`: nothing changed, because logging was not
+/// initialised by [`init`] (library use, tests) or `RUST_LOG` is set and keeps precedence.
+pub fn set_log_level(level: &str) -> Result<bool, TelemetryError> {
+    let Some(handle) = LOG_FILTER.get() else { return Ok(false) };
+    if std::env::var_os("RUST_LOG").is_some() {
+        return Ok(false);
+    }
+    let filter = log_filter(level)?;
+    handle
+        .reload(filter)
+        .map_err(|e| TelemetryError::LogLevel { value: level.to_string(), reason: e.to_string() })?;
+    Ok(true)
+}
+
 /// The log filter for `log.level`: a bare level applies to FleetMQ (libraries stay at warn);
 /// anything else is a full `tracing` filter. `RUST_LOG` wins when set.
-fn log_filter(config: &LogConfig) -> Result<EnvFilter, TelemetryError> {
-    let level = config.level.trim();
+fn log_filter(level: &str) -> Result<EnvFilter, TelemetryError> {
+    let level = level.trim();
     let directives = match level {
         "error" | "warn" | "info" | "debug" | "trace" => format!("warn,fleetmq_broker={level}"),
         filter => filter.to_string(),
@@ -170,7 +188,7 @@ fn tracer_provider(settings: &OtlpSettings) -> Result<SdkTracerProvider, Telemet
 /// Installs the global subscriber: logs to stderr per `config`, and OTLP trace export when the
 /// environment asks for it.
 pub fn init(config: &LogConfig) -> Result<Telemetry, TelemetryError> {
-    let filter = log_filter(config)?;
+    let (filter, handle) = reload::Layer::new(log_filter(&config.level)?);
     let settings = OtlpSettings::from_env(|name| std::env::var(name).ok())?;
     let provider = settings.as_ref().map(tracer_provider).transpose()?;
     let fmt = tracing_subscriber::fmt::layer()
@@ -186,6 +204,7 @@ pub fn init(config: &LogConfig) -> Result<Telemetry, TelemetryError> {
             .with_filter(Targets::new().with_target(SPANS, Level::INFO))
     });
     tracing_subscriber::registry().with(fmt.with_filter(filter)).with(otlp).init();
+    let _ = LOG_FILTER.set(handle);
     if let Some(settings) = &settings {
         let protocol = if settings.protocol == Protocol::HttpJson { "http/json" } else { "http/protobuf" };
         tracing::info!(protocol, "exporting OpenTelemetry traces over OTLP");
@@ -253,11 +272,10 @@ mod tests {
 
     #[test]
     fn spans_stay_out_of_the_logs_even_at_trace_level() {
-        let config = LogConfig { level: "trace".into(), ..LogConfig::default() };
         let subscriber = tracing_subscriber::registry().with(
             tracing_subscriber::fmt::layer()
                 .with_writer(std::io::sink)
-                .with_filter(log_filter(&config).unwrap()),
+                .with_filter(log_filter("trace").unwrap()),
         );
         tracing::subscriber::with_default(subscriber, || {
             assert!(tracing::enabled!(target: "fleetmq_broker::core", Level::TRACE));
@@ -267,8 +285,7 @@ mod tests {
 
     #[test]
     fn bad_log_level_is_named() {
-        let config = LogConfig { level: "info,=[".into(), ..LogConfig::default() };
-        let err = log_filter(&config).unwrap_err().to_string();
+        let err = log_filter("info,=[").unwrap_err().to_string();
         assert!(err.contains("log.level"), "{err}");
     }
 }

@@ -3,21 +3,25 @@
 //! inputs; the reconciler applies the plan and `render` prints it.
 //!
 //! The restart-vs-reload rule lives here. Everything the broker can hot-reload (users, ACLs,
-//! bridges, limits, certificate contents) is in the ConfigMap or the auth/TLS Secrets, which are
-//! mounted by fixed names, so changing them never touches the pod template. What needs a
-//! restart (listeners, persistence, image, resources) is hashed by [`restart_hash`] into the
-//! pod-template annotation [`names::RESTART_HASH_ANNOTATION`], so the StatefulSet rolls.
+//! bridges, limits, the anonymous policy, certificate contents) is in the ConfigMap or the
+//! auth/TLS Secrets, which are mounted by fixed names, so changing them never touches the pod
+//! template. What the broker reads only at start (the `listeners` with their TLS settings,
+//! `storage`, `server`, the HTTP endpoint's address and `log` sections of `broker.yaml`) and
+//! what Kubernetes needs to re-create pods for (image, resources, volume claims) is hashed by
+//! [`restart_hash`] into the pod-template annotation [`names::RESTART_HASH_ANNOTATION`], so the
+//! StatefulSet rolls.
 
 use std::collections::BTreeMap;
 
+use fleetmq_config::BrokerConfig;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec, StatefulSetUpdateStrategy};
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource,
-    LifecycleHandler, LocalObjectReference, PersistentVolumeClaim, PersistentVolumeClaimSpec,
+    HTTPGetAction, LifecycleHandler, LocalObjectReference, PersistentVolumeClaim, PersistentVolumeClaimSpec,
     PodSecurityContext, PodSpec, PodTemplateSpec, Probe, SeccompProfile, Secret, SecretVolumeSource,
-    SecurityContext, Service, ServicePort, ServiceSpec, SleepAction, TCPSocketAction,
-    TopologySpreadConstraint, Volume, VolumeMount, VolumeResourceRequirements,
+    SecurityContext, Service, ServicePort, ServiceSpec, SleepAction, TopologySpreadConstraint, Volume,
+    VolumeMount, VolumeResourceRequirements,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -141,9 +145,8 @@ pub fn plan_broker(inputs: &BrokerInputs, hasher: &PasswordHasher) -> Result<Bro
     let broker = &inputs.broker;
     let name = broker.metadata.name.as_deref().ok_or(BuildError::Metadata("metadata.name"))?;
     let namespace = broker.metadata.namespace.as_deref().ok_or(BuildError::Metadata("metadata.namespace"))?;
-    let user_names: Vec<String> = inputs.users.iter().map(|u| u.object.clone()).collect();
     let bridge_names: Vec<String> = inputs.bridges.iter().map(|b| b.object.clone()).collect();
-    let rendered = config::broker_config(&broker.spec, &user_names, &bridge_names)?;
+    let rendered = config::broker_config(&broker.spec, &bridge_names)?;
     let config_yaml = rendered.to_yaml(namespace, name);
     let config_hash = short_hash(config_yaml.as_bytes());
 
@@ -152,10 +155,13 @@ pub fn plan_broker(inputs: &BrokerInputs, hasher: &PasswordHasher) -> Result<Bro
         names::PASSWORD_FILE_KEY.to_string(),
         auth::password_file(namespace, name, &inputs.users, hasher)?,
     );
-    files.insert(names::ACL_FILE_KEY.to_string(), auth::acl_file(namespace, name, &inputs.users));
+    files.insert(
+        names::ACL_FILE_KEY.to_string(),
+        auth::acl_file(namespace, name, &inputs.users, broker.spec.auth.allow_anonymous),
+    );
     files.extend(auth::bridge_files(namespace, name, &inputs.bridges));
 
-    let restart = restart_hash(&broker.spec, &inputs.options.default_image);
+    let restart = restart_hash(&broker.spec, &rendered.config, &inputs.options.default_image);
     let mut objects = vec![
         Desired::typed(&config_map(broker, &config_yaml))?,
         Desired::typed(&auth_secret(broker, files))?,
@@ -189,17 +195,29 @@ pub fn short_hash(bytes: &[u8]) -> String {
     Sha256::digest(bytes).iter().take(8).map(|b| format!("{b:02x}")).collect()
 }
 
-/// Hash of everything that needs a broker restart. Users, ACLs, bridges, limits and
-/// certificate contents are deliberately absent: the broker reloads them from mounted files.
-pub fn restart_hash(spec: &MqttBrokerSpec, default_image: &str) -> String {
+/// Hash of everything that needs a broker restart: the sections of the rendered config that the
+/// broker applies only at start (on reload it logs them as needing a restart and keeps the
+/// running values, see docs/configuration.md, "Hot reload"), plus the pod's image, resources
+/// and volume claims.
+///
+/// Deliberately absent, because the broker reloads them from mounted files: users, passwords
+/// and ACLs (auth Secret), bridges, `limits` and `auth` (ConfigMap), and certificate contents
+/// (TLS Secret; the TLS *file paths* and settings are part of `listeners` and do count).
+/// Hashing the rendered sections rather than CRD fields means a future CRD field that reaches
+/// one of them rolls the pods without anyone remembering to add it here.
+pub fn restart_hash(spec: &MqttBrokerSpec, config: &BrokerConfig, default_image: &str) -> String {
     let key = json!({
-        "listeners": spec.listeners,
-        "tls": spec.tls.as_ref().map(|t| (t.secret_name.is_some(), t.issuer_ref.is_some())),
+        "listeners": config.listeners,
+        "storage": config.storage,
+        "server": config.server,
+        "http": { "enabled": config.http.enabled, "bind": config.http.bind },
+        // The level reloads live; the format is fixed at start.
+        "log": { "format": config.log.format },
+        // Size and class live only in the volume claim templates, not in broker.yaml.
         "persistence": spec.persistence,
         "image": spec.image.as_deref().unwrap_or(default_image),
         "imagePullPolicy": spec.image_pull_policy,
         "resources": spec.resources,
-        "metricsPort": spec.metrics.as_ref().filter(|m| m.enabled).map(|m| m.port),
     });
     short_hash(crate::yaml::to_yaml(&key).as_bytes())
 }
@@ -255,7 +273,7 @@ fn service_ports(spec: &MqttBrokerSpec) -> Vec<ServicePort> {
         ports.push(ServicePort {
             name: Some("metrics".to_string()),
             port: m.port,
-            target_port: Some(IntOrString::String("metrics".to_string())),
+            target_port: Some(IntOrString::String(HTTP_PORT_NAME.to_string())),
             protocol: Some("TCP".to_string()),
             ..ServicePort::default()
         });
@@ -310,39 +328,57 @@ pub fn client_service(broker: &MqttBroker) -> Service {
     }
 }
 
-/// The port the probes use: the first plain MQTT listener (the one the broker serves today),
-/// else the first listener.
-pub fn probe_port(spec: &MqttBrokerSpec) -> IntOrString {
-    let listener = spec
-        .listeners
-        .iter()
-        .find(|l| l.protocol == ListenerProtocol::Mqtt)
-        .or_else(|| spec.listeners.first());
-    IntOrString::String(listener.map(|l| l.name.clone()).unwrap_or_else(|| "mqtt".to_string()))
-}
+/// Name of the container port of the broker's HTTP endpoint (`/healthz`, `/readyz`,
+/// `/metrics`); the Services' `metrics` port and the ServiceMonitor target it by this name.
+pub const HTTP_PORT_NAME: &str = "metrics";
 
-/// Liveness and readiness probes, built in one place. The broker has no HTTP health endpoint
-/// yet, so both are TCP connects to the MQTT port; when `/healthz` and `/readyz` exist, this is
-/// the one function that switches them to `httpGet`.
-pub fn probes(spec: &MqttBrokerSpec) -> (Probe, Probe) {
-    let tcp = || Some(TCPSocketAction { port: probe_port(spec), host: None });
+/// Path of the liveness probe: `200 ok` while the broker process runs.
+pub const LIVENESS_PATH: &str = "/healthz";
+/// Path of the readiness probe: `200 ready` once listeners are bound and the store is open,
+/// `503` after SIGTERM (so endpoints drop the pod during shutdown).
+pub const READINESS_PATH: &str = "/readyz";
+
+/// Seconds the startup probe waits in total for the HTTP endpoint (it answers only once the
+/// store is recovered, which takes time with a large persistent store).
+pub const STARTUP_SECONDS: i32 = 300;
+
+/// The probes, built in one place: `(startup, liveness, readiness)`, all HTTP GETs on the
+/// broker's HTTP endpoint (port [`HTTP_PORT_NAME`]). The endpoint is served by the same server
+/// as the MQTT listeners, so an answer means the listeners are bound; TLS and WebSocket
+/// listeners need no probe of their own. The startup probe holds the other two off while the
+/// broker recovers its store, so a slow recovery is not killed by the liveness probe.
+pub fn probes() -> (Probe, Probe, Probe) {
+    let get = |path: &str| {
+        Some(HTTPGetAction {
+            path: Some(path.to_string()),
+            port: IntOrString::String(HTTP_PORT_NAME.to_string()),
+            scheme: Some("HTTP".to_string()),
+            ..HTTPGetAction::default()
+        })
+    };
+    let period = 5;
+    let startup = Probe {
+        http_get: get(LIVENESS_PATH),
+        period_seconds: Some(period),
+        timeout_seconds: Some(3),
+        failure_threshold: Some(STARTUP_SECONDS / period),
+        ..Probe::default()
+    };
     let liveness = Probe {
-        tcp_socket: tcp(),
-        initial_delay_seconds: Some(10),
+        http_get: get(LIVENESS_PATH),
         period_seconds: Some(10),
         timeout_seconds: Some(3),
         failure_threshold: Some(3),
         ..Probe::default()
     };
     let readiness = Probe {
-        tcp_socket: tcp(),
-        initial_delay_seconds: Some(2),
+        http_get: get(READINESS_PATH),
         period_seconds: Some(5),
         timeout_seconds: Some(3),
         failure_threshold: Some(2),
         ..Probe::default()
     };
-    (liveness, readiness)
+    (startup, liveness, readiness)
 }
 
 fn default_pod_security() -> PodSecurityContext {
@@ -394,14 +430,13 @@ pub fn stateful_set(broker: &MqttBroker, restart_hash: &str, default_image: &str
             ..ContainerPort::default()
         })
         .collect();
-    if let Some(m) = spec.metrics.as_ref().filter(|m| m.enabled) {
-        ports.push(ContainerPort {
-            name: Some("metrics".to_string()),
-            container_port: m.port,
-            protocol: Some("TCP".to_string()),
-            ..ContainerPort::default()
-        });
-    }
+    // Always declared: the probes target it by name, whether or not metrics are exposed.
+    ports.push(ContainerPort {
+        name: Some(HTTP_PORT_NAME.to_string()),
+        container_port: spec.http_port(),
+        protocol: Some("TCP".to_string()),
+        ..ContainerPort::default()
+    });
 
     let mount = |name: &str, path: &str, read_only: bool| VolumeMount {
         name: name.to_string(),
@@ -477,7 +512,7 @@ pub fn stateful_set(broker: &MqttBroker, restart_hash: &str, default_image: &str
     };
     volumes.sort_by(|a, b| a.name.cmp(&b.name));
 
-    let (liveness, readiness) = probes(spec);
+    let (startup, liveness, readiness) = probes();
     let container = Container {
         name: "broker".to_string(),
         image: Some(spec.image.clone().unwrap_or_else(|| default_image.to_string())),
@@ -487,6 +522,7 @@ pub fn stateful_set(broker: &MqttBroker, restart_hash: &str, default_image: &str
         resources: spec.resources.clone(),
         security_context: Some(container_security()),
         volume_mounts: Some(mounts),
+        startup_probe: Some(startup),
         liveness_probe: Some(liveness),
         readiness_probe: Some(readiness),
         lifecycle: Some(k8s_openapi::api::core::v1::Lifecycle {
@@ -685,7 +721,7 @@ pub fn endpoints(broker: &MqttBroker) -> Vec<Endpoint> {
         .iter()
         .map(|l| {
             let path = if l.protocol.is_websocket() {
-                l.path.clone().unwrap_or_else(|| "/mqtt".to_string())
+                l.path.clone().unwrap_or_else(|| fleetmq_config::DEFAULT_WS_PATH.to_string())
             } else {
                 String::new()
             };
@@ -700,8 +736,9 @@ pub fn endpoints(broker: &MqttBroker) -> Vec<Endpoint> {
         .collect()
 }
 
-/// The endpoint a user's credentials Secret points at: the first TLS MQTT listener (once the
-/// broker serves TLS), else the first plain one, else the first listener.
+/// The endpoint a user's credentials Secret points at: the first `mqtts` listener (credentials
+/// should not cross the network in clear text when TLS is offered), else the first plain `mqtt`
+/// one, else the first listener (`wss`/`ws`, with the path in the URI).
 pub fn client_endpoint(broker: &MqttBroker) -> Option<Endpoint> {
     let all = endpoints(broker);
     all.iter()

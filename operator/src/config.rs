@@ -1,18 +1,28 @@
 //! MqttBroker → the broker's own config type ([`fleetmq_config::BrokerConfig`]).
 //!
-//! [`broker_config`] is the ONE place where CRD fields become broker config keys. The broker
-//! does not yet have keys for everything the CRD can ask for (TLS and WebSocket listeners,
-//! password and ACL files, persistence, conflation, bridges, an HTTP endpoint). Those fields are
-//! still reconciled on the Kubernetes side (Secrets, Certificates, volumes, ports), and this
-//! function reports each of them as [`Unsupported`] so the MqttBroker status can say so. When the
-//! broker grows a key, wire it here and drop the matching `Unsupported` entry; nothing else
-//! changes.
+//! [`broker_config`] is the ONE place where CRD fields become broker config keys, and every file
+//! path it writes is a path the StatefulSet mounts ([`crate::names`]):
+//!
+//! - every listener (`mqtt`, `mqtts`, `ws`, `wss`) binds `0.0.0.0:<port>`; `mqtts`/`wss` read
+//!   the certificate from [`names::TLS_DIR`] (`tls.crt`, `tls.key`, and `ca.crt` for client
+//!   certificates), `ws`/`wss` serve `spec.listeners[].path` (default `/mqtt`);
+//! - `auth.password_file` / `auth.acl_file` are the auth Secret's files under
+//!   [`names::AUTH_DIR`];
+//! - the HTTP endpoint (`/healthz`, `/readyz`, `/metrics`) is always on, on the metrics port,
+//!   because the probes use it; `spec.metrics.enabled` only decides whether Services and a
+//!   ServiceMonitor expose it.
+//!
+//! What the broker still cannot do (bridges) is reconciled on the Kubernetes side and reported
+//! as [`Unsupported`] so the MqttBroker status can say so. When the broker grows a key, wire it
+//! here and drop the matching `Unsupported` entry; nothing else changes.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use fleetmq_config::{BrokerConfig, ByteSize, Limits, Listener, ListenerProtocol, LogFormat};
+use fleetmq_config::{
+    BrokerConfig, ByteSize, DEFAULT_WS_PATH, Limits, Listener, ListenerProtocol, LogFormat, Tls, TlsVersion,
+};
 
 use crate::crd::{self, MqttBrokerSpec};
 use crate::names;
@@ -20,7 +30,7 @@ use crate::names;
 /// A CRD field the broker cannot honour yet.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Unsupported {
-    /// The field (or object) that asks for it, e.g. `spec.listeners[1]`.
+    /// The field (or object) that asks for it, e.g. `MqttBridge cloud`.
     pub field: String,
     /// What is missing in the broker.
     pub reason: String,
@@ -51,7 +61,8 @@ impl RenderedConfig {
     }
 }
 
-/// The mapping cannot produce a config the broker accepts (e.g. no plain MQTT listener).
+/// The mapping cannot produce a config the broker accepts (e.g. an `mqtts` listener without
+/// `spec.tls`, or a value the broker's own validation refuses).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{field}: {message}")]
 pub struct ConfigRefused {
@@ -61,79 +72,74 @@ pub struct ConfigRefused {
     pub message: String,
 }
 
-/// Whether the broker enforces the password and ACL files the operator writes. False until
-/// fleetmq-config has `auth.password_file` / `auth.acl_file`; the user reconciler reports it.
-pub const AUTH_FILES_SUPPORTED: bool = false;
-/// Whether the broker serves mqtts/wss listeners; until then users' credentials Secrets point
-/// at a plain MQTT listener.
-pub const TLS_LISTENERS_SUPPORTED: bool = false;
+/// Whether the broker enforces the password and ACL files the operator writes (it does since
+/// fleetmq-config has `auth.password_file` / `auth.acl_file`); the user reconciler reports a
+/// rendered user as Ready only then.
+pub const AUTH_FILES_SUPPORTED: bool = true;
+/// Whether the broker serves mqtts/wss listeners; users' credentials Secrets point at the first
+/// `mqtts` listener when it does (see [`crate::build::client_endpoint`]).
+pub const TLS_LISTENERS_SUPPORTED: bool = true;
 /// Whether the broker runs bridges from the bridge file the operator writes.
 pub const BRIDGES_SUPPORTED: bool = false;
 
-/// Builds the broker config. `users` and `bridges` are the names of the MqttUsers and
-/// MqttBridges rendered into the auth Secret (for the unsupported-feature report).
-pub fn broker_config(
-    spec: &MqttBrokerSpec,
-    users: &[String],
-    bridges: &[String],
-) -> Result<RenderedConfig, ConfigRefused> {
-    let mut unsupported = Vec::new();
-    let mut missing =
-        |field: String, reason: &str| unsupported.push(Unsupported { field, reason: reason.to_string() });
+/// Certificate chain key of a `kubernetes.io/tls` Secret (also what cert-manager writes).
+pub const TLS_CERT_KEY: &str = "tls.crt";
+/// Private key key of a `kubernetes.io/tls` Secret.
+pub const TLS_KEY_KEY: &str = "tls.key";
+/// CA bundle key (cert-manager writes the issuing CA there); read only for client certificates.
+pub const TLS_CA_KEY: &str = "ca.crt";
 
-    // Listeners: plain MQTT only. TLS and WebSocket listeners keep their container and Service
-    // ports (so clients and probes see them once the broker serves them) but are not rendered.
+/// Builds the broker config. `bridges` are the names of the MqttBridges rendered into the auth
+/// Secret (for the unsupported-feature report).
+pub fn broker_config(spec: &MqttBrokerSpec, bridges: &[String]) -> Result<RenderedConfig, ConfigRefused> {
+    let mut unsupported = Vec::new();
+
+    let tls = spec.tls.as_ref().map(listener_tls);
     let mut listeners = Vec::new();
     for (i, listener) in spec.listeners.iter().enumerate() {
-        match listener.protocol {
-            crd::ListenerProtocol::Mqtt => listeners.push(Listener {
-                name: Some(listener.name.clone()),
-                protocol: ListenerProtocol::Mqtt,
-                ..Listener::mqtt(SocketAddr::from((Ipv4Addr::UNSPECIFIED, port(listener.port))))
-            }),
-            other => missing(
-                format!("spec.listeners[{i}]"),
-                &format!(
-                    "protocol {} needs TLS/WebSocket listeners, which the broker does not have yet",
-                    other.as_str()
-                ),
-            ),
-        }
-    }
-    if listeners.is_empty() {
-        return Err(ConfigRefused {
-            field: "spec.listeners".to_string(),
-            message: "the broker serves only protocol mqtt today; add a listener with protocol mqtt"
-                .to_string(),
+        let protocol = match listener.protocol {
+            crd::ListenerProtocol::Mqtt => ListenerProtocol::Mqtt,
+            crd::ListenerProtocol::Mqtts => ListenerProtocol::Mqtts,
+            crd::ListenerProtocol::Ws => ListenerProtocol::Ws,
+            crd::ListenerProtocol::Wss => ListenerProtocol::Wss,
+        };
+        let tls = if protocol.is_tls() {
+            // Validation requires spec.tls for these; say so by field rather than let the broker
+            // config check report a less helpful key.
+            Some(tls.clone().ok_or_else(|| ConfigRefused {
+                field: "spec.tls".to_string(),
+                message: format!("required by spec.listeners[{i}] (protocol {})", protocol.as_str()),
+            })?)
+        } else {
+            None
+        };
+        // The path is written out even when it is the default, so broker.yaml says what is served.
+        let path = protocol
+            .is_websocket()
+            .then(|| listener.path.clone().unwrap_or_else(|| DEFAULT_WS_PATH.to_string()));
+        listeners.push(Listener {
+            name: Some(listener.name.clone()),
+            protocol,
+            path,
+            tls,
+            ..Listener::mqtt(SocketAddr::from((Ipv4Addr::UNSPECIFIED, port(listener.port))))
         });
     }
     let mut config = BrokerConfig { listeners, ..BrokerConfig::default() };
-    if spec.tls.is_some() {
-        // The certificate is mounted at names::TLS_DIR; no broker key reads it yet.
-        missing("spec.tls".to_string(), "the broker has no TLS listener config yet (certificate is mounted)");
-    }
 
     // Auth: the anonymous policy is explicit (the broker's default depends on the bind address,
-    // and in a pod that is never loopback). Password and ACL files are written to the auth
-    // Secret at names::AUTH_DIR but the broker has no key to read them yet.
+    // and in a pod that is never loopback). The password and ACL files are always set: the auth
+    // Secret always exists (a broker without users gets files with comments only), so adding the
+    // first MqttUser changes a mounted file, never broker.yaml or the pods.
     config.auth.allow_anonymous = Some(spec.auth.allow_anonymous);
-    if !AUTH_FILES_SUPPORTED && (!users.is_empty() || !spec.auth.allow_anonymous) {
-        let who =
-            if users.is_empty() { String::new() } else { format!(" for MqttUser {}", users.join(", ")) };
-        let effect = if spec.auth.allow_anonymous {
-            "clients are accepted without checking passwords or ACLs"
-        } else {
-            "every client is refused until it does"
-        };
-        missing(
-            "spec.auth".to_string(),
-            &format!("the broker does not read password_file/acl_file yet{who}; {effect}"),
-        );
-    }
+    config.auth.password_file =
+        Some(PathBuf::from(format!("{}/{}", names::AUTH_DIR, names::PASSWORD_FILE_KEY)));
+    config.auth.acl_file = Some(PathBuf::from(format!("{}/{}", names::AUTH_DIR, names::ACL_FILE_KEY)));
 
-    // The HTTP endpoint (metrics, health) listens on the pod network on the metrics port.
-    let http_port = spec.metrics.as_ref().map_or(9090, |m| m.port);
-    config.http.bind = SocketAddr::from((Ipv4Addr::UNSPECIFIED, port(http_port)));
+    // The HTTP endpoint (metrics, health, readiness) listens on the pod network on the metrics
+    // port, always: the liveness and readiness probes are HTTP GETs on it.
+    config.http.enabled = true;
+    config.http.bind = SocketAddr::from((Ipv4Addr::UNSPECIFIED, port(spec.http_port())));
 
     // Limits (hot-reloadable by design: they live in the ConfigMap, never in the pod template).
     config.limits = limits(&spec.limits);
@@ -153,14 +159,12 @@ pub fn broker_config(
         config.storage.fsync_interval = interval;
     }
 
-    if spec.metrics.as_ref().is_some_and(|m| m.enabled) {
-        missing("spec.metrics".to_string(), "the broker has no HTTP /metrics endpoint yet");
-    }
     if !BRIDGES_SUPPORTED && !bridges.is_empty() {
-        missing(
-            format!("MqttBridge {}", bridges.join(", ")),
-            "the broker has no bridge client yet (configuration is written to the auth Secret)",
-        );
+        unsupported.push(Unsupported {
+            field: format!("MqttBridge {}", bridges.join(", ")),
+            reason: "the broker has no bridge client yet (configuration is written to the auth Secret)"
+                .to_string(),
+        });
     }
 
     config.server.shutdown_timeout =
@@ -183,6 +187,26 @@ pub fn broker_config(
         message: format!("broker config refused: {err}"),
     })?;
     Ok(RenderedConfig { config, unsupported })
+}
+
+/// The `tls` block every `mqtts`/`wss` listener gets: the files of the certificate Secret the
+/// StatefulSet mounts at [`names::TLS_DIR`]. The broker re-reads them when the kubelet swaps the
+/// Secret (cert-manager renewals included), so their contents never need a restart.
+fn listener_tls(spec: &crd::TlsSpec) -> Tls {
+    let file = |key: &str| PathBuf::from(format!("{}/{key}", names::TLS_DIR));
+    Tls {
+        cert_file: file(TLS_CERT_KEY),
+        key_file: file(TLS_KEY_KEY),
+        // Only with client certificates: a Secret from secretName may lack ca.crt, and a missing
+        // ca_file stops the broker.
+        ca_file: spec.require_client_certificate.then(|| file(TLS_CA_KEY)),
+        min_version: match spec.min_version {
+            None | Some(crd::TlsMinVersion::V1_2) => TlsVersion::V1_2,
+            Some(crd::TlsMinVersion::V1_3) => TlsVersion::V1_3,
+        },
+        require_certificate: spec.require_client_certificate,
+        use_identity_as_username: spec.use_identity_as_username,
+    }
 }
 
 /// `50ms`, `2s` (the CRD pattern); `None` for anything else.

@@ -75,8 +75,8 @@ pub const TOPIC_FILTER_RE: &str = "^(([^+#/]*|[+])/)*([^+#/]*|[+]|#)$";
     validation = Rule::new("self.listeners.all(l, self.listeners.exists_one(m, m.name == l.name))")
         .message("spec.listeners: two listeners have the same name")
         .field_path(".listeners"),
-    validation = Rule::new("!has(self.metrics) || !self.metrics.enabled || self.listeners.all(l, l.port != self.metrics.port)")
-        .message("spec.metrics.port is already used by a listener")
+    validation = Rule::new("self.listeners.all(l, l.port != (has(self.metrics) && has(self.metrics.port) ? self.metrics.port : 9090))")
+        .message("spec.metrics.port (the broker's HTTP port for probes and metrics, default 9090) is already used by a listener")
         .field_path(".metrics.port")
 )]
 pub struct MqttBrokerSpec {
@@ -100,7 +100,7 @@ pub struct MqttBrokerSpec {
     #[serde(default = "default_listeners")]
     #[schemars(length(min = 1, max = 8))]
     pub listeners: Vec<ListenerSpec>,
-    /// Server certificate for `mqtts` and `wss` listeners.
+    /// Server certificate and TLS settings of the `mqtts` and `wss` listeners.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<TlsSpec>,
     /// Client authentication policy.
@@ -115,7 +115,8 @@ pub struct MqttBrokerSpec {
     /// The client Service.
     #[serde(default)]
     pub service: ServiceSpec,
-    /// Prometheus metrics endpoint and ServiceMonitor.
+    /// Prometheus metrics (Service port and ServiceMonitor) and the port of the broker's HTTP
+    /// endpoint, which the probes use.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metrics: Option<MetricsSpec>,
     /// Broker log level and format.
@@ -138,6 +139,19 @@ impl Default for MqttBrokerSpec {
     /// The spec of `spec: {}`, every default applied (what the API server stores).
     fn default() -> Self {
         serde_json::from_value(serde_json::json!({})).expect("an empty broker spec deserializes")
+    }
+}
+
+/// Port of the broker's HTTP endpoint when `spec.metrics.port` is not set (the CEL rule on
+/// listener ports spells the same number).
+pub const DEFAULT_HTTP_PORT: i32 = 9090;
+
+impl MqttBrokerSpec {
+    /// Port of the broker's HTTP endpoint (`/healthz`, `/readyz`, `/metrics`): `metrics.port`,
+    /// else [`DEFAULT_HTTP_PORT`]. Served whether or not metrics are enabled, since the probes
+    /// need it.
+    pub fn http_port(&self) -> i32 {
+        self.metrics.as_ref().map_or(DEFAULT_HTTP_PORT, |m| m.port)
     }
 }
 
@@ -240,10 +254,14 @@ pub struct ListenerSpec {
 #[serde(rename_all = "camelCase")]
 #[x_kube(
     validation = Rule::new("has(self.secretName) != has(self.issuerRef)")
-        .message("spec.tls: set exactly one of secretName or issuerRef")
+        .message("spec.tls: set exactly one of secretName or issuerRef"),
+    validation = Rule::new("!has(self.useIdentityAsUsername) || !self.useIdentityAsUsername || (has(self.requireClientCertificate) && self.requireClientCertificate)")
+        .message("spec.tls.useIdentityAsUsername requires spec.tls.requireClientCertificate")
+        .field_path(".useIdentityAsUsername")
 )]
 pub struct TlsSpec {
-    /// Existing Secret with `tls.crt` and `tls.key` (and optionally `ca.crt`).
+    /// Existing Secret with `tls.crt` and `tls.key` (and `ca.crt` with
+    /// `requireClientCertificate`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret_name: Option<String>,
     /// cert-manager issuer; the operator creates a Certificate whose Secret is `<broker>-tls`.
@@ -252,6 +270,34 @@ pub struct TlsSpec {
     /// Extra DNS names for the Certificate (the Service names are always included).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub dns_names: Vec<String>,
+    /// Lowest TLS version the `mqtts` and `wss` listeners accept: `"1.2"` (TLS 1.2 and 1.3, the
+    /// default) or `"1.3"`. Quote it in YAML.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_version: Option<TlsMinVersion>,
+    /// Mutual TLS: refuse clients without a certificate signed by the CA in the Secret's
+    /// `ca.crt` (cert-manager writes the issuing CA there; with `secretName` the Secret must
+    /// have that key, or the broker does not start). Default: false (no client certificates
+    /// are asked for).
+    #[serde(default)]
+    pub require_client_certificate: bool,
+    /// The client certificate's subject Common Name becomes the MQTT username (no password is
+    /// checked; that user's ACL rules apply). Requires `requireClientCertificate`.
+    #[serde(default)]
+    pub use_identity_as_username: bool,
+}
+
+// The generated schema shows this doc as `tls.minVersion`'s description (not the field's), so
+// it is written for the reader of the CRD.
+/// Lowest TLS version the `mqtts` and `wss` listeners accept: `"1.2"` (TLS 1.2 and 1.3, the
+/// default) or `"1.3"`. Quote it in YAML.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum TlsMinVersion {
+    /// TLS 1.2 and 1.3.
+    #[serde(rename = "1.2")]
+    V1_2,
+    /// TLS 1.3 only.
+    #[serde(rename = "1.3")]
+    V1_3,
 }
 
 /// A cert-manager issuer.
@@ -428,10 +474,12 @@ pub struct ServiceSpec {
         .field_path(".serviceMonitor.enabled")
 )]
 pub struct MetricsSpec {
-    /// Serve `/metrics` on `port`.
+    /// Expose `/metrics` as port `metrics` of the Services (and allow a ServiceMonitor). The
+    /// broker's HTTP endpoint runs either way: the probes use it.
     #[serde(default)]
     pub enabled: bool,
-    /// Port of the broker's HTTP endpoint. Default: 9090.
+    /// Port of the broker's HTTP endpoint (`/metrics`, `/healthz`, `/readyz`), also when
+    /// metrics are not enabled; must differ from every listener port. Default: 9090.
     #[serde(default = "default_metrics_port")]
     #[schemars(range(min = 1, max = 65535))]
     pub port: i32,
@@ -441,7 +489,7 @@ pub struct MetricsSpec {
 }
 
 fn default_metrics_port() -> i32 {
-    9090
+    DEFAULT_HTTP_PORT
 }
 
 /// A ServiceMonitor for the broker.

@@ -135,6 +135,9 @@ pub fn validate_broker(spec: &MqttBrokerSpec) -> Vec<FieldError> {
         if tls.secret_name.is_some() == tls.issuer_ref.is_some() {
             e.push("spec.tls", "set exactly one of secretName or issuerRef");
         }
+        if tls.use_identity_as_username && !tls.require_client_certificate {
+            e.push("spec.tls.useIdentityAsUsername", "requires spec.tls.requireClientCertificate");
+        }
         if let Some(issuer) = &tls.issuer_ref
             && issuer.kind != "Issuer"
             && issuer.kind != "ClusterIssuer"
@@ -188,11 +191,20 @@ pub fn validate_broker(spec: &MqttBrokerSpec) -> Vec<FieldError> {
     {
         e.push("spec.service.loadBalancerSourceRanges", "requires spec.service.type LoadBalancer");
     }
+    // The broker's HTTP endpoint listens on this port whether or not metrics are enabled (the
+    // probes use it), so it must never collide with a listener.
+    let http_port = spec.http_port();
+    if ports.contains(&http_port) {
+        e.push(
+            "spec.metrics.port",
+            format!(
+                "port {http_port} (the broker's HTTP port for probes and metrics, default {}) is already used by a listener",
+                crate::crd::DEFAULT_HTTP_PORT
+            ),
+        );
+    }
     if let Some(metrics) = &spec.metrics {
         e.range("spec.metrics.port", metrics.port.into(), 1, 65535);
-        if ports.contains(&metrics.port) {
-            e.push("spec.metrics.port", format!("port {} is already used by a listener", metrics.port));
-        }
         if metrics.service_monitor.as_ref().is_some_and(|sm| sm.enabled) && !metrics.enabled {
             e.push("spec.metrics.serviceMonitor.enabled", "requires spec.metrics.enabled");
         }

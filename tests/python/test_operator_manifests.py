@@ -6,7 +6,13 @@
 - the example custom resources satisfy the CRDs' openAPIV3Schema (jsonschema, with unknown
   fields refused as the API server's strict field validation does), and the bad ones in
   operator/tests/fixtures/invalid.yaml marked `refused-by: schema` are refused naming the field;
-- the broker config that `render --config-dir` writes is accepted by the real broker binary.
+- the broker config that `render --config-dir` writes is accepted by the real broker binary,
+  for the examples and for the fixtures with TLS (mutual, TLS 1.3) and WebSocket listeners, whose
+  certificate paths are where the StatefulSet mounts the Secret;
+- the StatefulSet's probes are HTTP GETs on the broker's HTTP port, which broker.yaml binds.
+
+The data path (rendered users, passwords and ACLs enforced by a running broker) is in
+test_operator_e2e.py.
 """
 
 from __future__ import annotations
@@ -25,7 +31,9 @@ from conftest import ROOT, broker_binary, operator_binary
 
 EXAMPLES = ROOT / "examples"
 CRDS = ROOT / "crds"
-INVALID = ROOT / "operator" / "tests" / "fixtures" / "invalid.yaml"
+FIXTURES = ROOT / "operator" / "tests" / "fixtures"
+INVALID = FIXTURES / "invalid.yaml"
+TLS_DIR = "/var/run/secrets/fleetmq/tls"
 
 # Kinds from other projects' CRDs, which kubernetes-validate has no schema for.
 FOREIGN_KINDS = {"Certificate": "cert-manager.io/v1", "ServiceMonitor": "monitoring.coreos.com/v1"}
@@ -181,9 +189,76 @@ def test_render_is_deterministic_and_its_config_runs_in_the_broker(tmp_path):
         assert proc.returncode == 0, f"broker refused {config.name}:\n{proc.stdout}\n{proc.stderr}"
 
 
-def test_render_warns_about_unsupported_fields_and_refuses_bad_brokers(tmp_path):
-    proc = run_operator("render", "-f", str(EXAMPLES / "production-broker.yaml"))
-    assert "spec.metrics" in proc.stderr and "spec.auth" in proc.stderr and "MqttBridge" not in proc.stderr
+def check_config(path: pathlib.Path) -> dict:
+    """The effective config the real broker prints for `path` with --check-config."""
+    proc = subprocess.run(
+        [broker_binary(), "--config", str(path), "--check-config"], capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 0, f"broker refused {path.name}:\n{proc.stdout}\n{proc.stderr}"
+    return yaml.safe_load(proc.stdout)
+
+
+def test_tls_and_websocket_listeners_render_mounted_paths_the_broker_accepts(tmp_path):
+    out = run_operator(
+        "render", "-f", str(EXAMPLES), "-f", str(FIXTURES / "brokers.yaml"), "--config-dir", str(tmp_path)
+    ).stdout
+    docs = [d for d in yaml.safe_load_all(out) if d]
+    checked = 0
+    for path in sorted(tmp_path.glob("*.yaml")):
+        rendered = yaml.safe_load(path.read_text())
+        # The broker fills in nothing and drops nothing: what the operator wrote is what runs.
+        assert check_config(path) == rendered, path.name
+        namespace, name = path.stem.split("_", 1)
+        sts = next(d for d in docs if d["kind"] == "StatefulSet" and d["metadata"]["name"] == name
+                   and d["metadata"]["namespace"] == namespace)
+        pod = sts["spec"]["template"]["spec"]
+        mounts = {m["mountPath"]: m["name"] for m in pod["containers"][0]["volumeMounts"]}
+        for listener in rendered["listeners"]:
+            protocol = listener["protocol"]
+            if protocol in ("ws", "wss"):
+                assert listener["path"].startswith("/"), listener
+            if protocol not in ("mqtts", "wss"):
+                assert "tls" not in listener, listener
+                continue
+            tls = listener["tls"]
+            assert tls["cert_file"] == f"{TLS_DIR}/tls.crt" and tls["key_file"] == f"{TLS_DIR}/tls.key", tls
+            # ...which is where the pod mounts the certificate Secret.
+            assert mounts.get(TLS_DIR) == "tls", mounts
+            tls_volume = next(v for v in pod["volumes"] if v["name"] == "tls")
+            assert tls_volume["secret"]["secretName"] in ("fleet-tls", "device-ca-signed")
+            if tls.get("require_certificate"):
+                assert tls["ca_file"] == f"{TLS_DIR}/ca.crt"
+            else:
+                assert "ca_file" not in tls
+            checked += 1
+    assert checked >= 4, "the fleet example and the mutual-tls fixture each have mqtts and wss listeners"
+
+
+def test_probes_are_http_gets_on_the_port_broker_yaml_binds(rendered):
+    configs = {}
+    for doc in rendered:
+        if doc["kind"] == "ConfigMap":
+            configs[doc["metadata"]["name"]] = yaml.safe_load(doc["data"]["broker.yaml"])
+    stateful_sets = [d for d in rendered if d["kind"] == "StatefulSet"]
+    assert len(stateful_sets) == 2
+    for sts in stateful_sets:
+        container = sts["spec"]["template"]["spec"]["containers"][0]
+        http = configs[f"{sts['metadata']['name']}-config"]["http"]
+        assert http["enabled"] is True
+        port = int(http["bind"].rsplit(":", 1)[1])
+        assert {"name": "metrics", "containerPort": port, "protocol": "TCP"} in container["ports"]
+        for probe, path in (("startupProbe", "/healthz"), ("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")):
+            assert container[probe]["httpGet"] == {"path": path, "port": "metrics", "scheme": "HTTP"}, probe
+            assert "tcpSocket" not in container[probe]
+
+
+def test_render_warns_only_about_bridges_and_refuses_bad_brokers(tmp_path):
+    # TLS and WebSocket listeners, users, metrics and persistence are all served now.
+    proc = run_operator("render", "-f", str(EXAMPLES / "production-broker.yaml"), "-f", str(EXAMPLES / "users.yaml"))
+    assert proc.stderr == "", proc.stderr
+    proc = run_operator("render", "-f", str(EXAMPLES))
+    warnings = proc.stderr.strip().splitlines()
+    assert warnings and all("MqttBridge cloud" in w for w in warnings), warnings
 
     bad = tmp_path / "bad.yaml"
     bad.write_text(

@@ -420,6 +420,30 @@ def test_config_reload_applies_limits_and_keeps_listeners_until_restart(start_br
     again.connect()
 
 
+def test_log_level_reloads_live_and_log_format_waits_for_a_restart(start_broker, clients):
+    broker = start_broker({"log": {"level": "info"}})
+    c = clients(broker, "chatty", V5)
+    c.connect()
+    c.publish("lvl/a", b"1", 1)
+    config = yaml.safe_load(broker.config_path.read_text())
+    config["log"] = {"level": "debug", "format": "json"}
+    broker.config_path.write_text(yaml.safe_dump(config))
+    broker.proc.send_signal(signal.SIGHUP)
+    wait_until(lambda: "log.level applied" in broker.log(), what="the reload")
+    assert "log.format changed; these take effect after a restart" in broker.log()
+    c.publish("lvl/b", b"2", 1)
+    wait_until(lambda: "'lvl/b'" in broker.log(), what="the PUBLISH logged at debug")
+    assert "'lvl/a'" not in broker.log(), "at info PUBLISH is not logged"
+    config["log"] = {"level": "info", "format": "json"}
+    broker.config_path.write_text(yaml.safe_dump(config))
+    broker.proc.send_signal(signal.SIGHUP)
+    wait_until(lambda: broker.log().count("log.level applied") == 2, what="the second reload")
+    c.publish("lvl/c", b"3", 1)
+    time.sleep(0.3)
+    assert "'lvl/c'" not in broker.log(), "back at info"
+    assert not broker.log().lstrip().startswith("{"), "the format stays text until a restart"
+
+
 def test_mqtt_js_over_websocket(start_broker):
     port = free_port()
     start_broker({"listeners": [{"bind": f"127.0.0.1:{port}", "protocol": "ws"}]})

@@ -1137,7 +1137,7 @@ impl Broker {
     }
 
     /// Puts a reloaded config in force. Sections the running broker cannot change (listeners,
-    /// storage, server, the HTTP bind address, log) keep their current values and are reported
+    /// storage, server, the HTTP bind address, the log format) keep their current values and are reported
     /// as needing a restart; the rest applies at once: limits (queue limits of every session;
     /// the in-flight window from each client's next connection), sessions, `$SYS`, auth
     /// policy and files, the admin token file.
@@ -1157,7 +1157,16 @@ impl Broker {
         restart_only!(server, "server");
         restart_only!(http.enabled, "http.enabled");
         restart_only!(http.bind, "http.bind");
-        restart_only!(log, "log");
+        restart_only!(log.format, "log.format");
+        if new.log.level != old.log.level {
+            match crate::telemetry::set_log_level(&new.log.level) {
+                Ok(_) => change.applied.push("log.level".to_string()),
+                Err(err) => {
+                    tracing::error!("reloaded config: {err}; keeping log.level {:?}", old.log.level);
+                    new.log.level = old.log.level.clone();
+                }
+            }
+        }
         for (name, changed) in [
             ("limits", new.limits != old.limits),
             ("sessions", new.sessions != old.sessions),

@@ -6,11 +6,14 @@ use std::collections::BTreeMap;
 use fleetmq_config::BrokerConfig;
 use fleetmq_operator::auth::{Credential, UserEntry};
 use fleetmq_operator::build::{self, BrokerInputs, BrokerPlan, BuildOptions};
-use fleetmq_operator::crd::{AclAccess, AclRule, MqttBroker};
+use fleetmq_operator::crd::{
+    AclAccess, AclRule, ListenerProtocol, ListenerSpec, LogFormat, LogLevel, MqttBroker, TlsMinVersion,
+};
 use fleetmq_operator::inputs::{self, Missing};
 use fleetmq_operator::{config, names};
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::ResourceExt;
 
 use crate::{cheap_hasher, examples, parse};
@@ -103,7 +106,18 @@ fn hot_reloadable_changes_never_touch_the_pod_template() {
     cert.broker.spec.tls.as_mut().expect("tls").dns_names.push("other.example.com".into());
     assert_eq!(changed(&base, &plan(&cert)), ["Certificate/fleet-tls"]);
 
-    for variant in [&acl, &users, &bridges, &limits, &cert] {
+    // The anonymous policy: broker.yaml's auth section and the ACL's general rules, both
+    // re-read by the broker.
+    let mut anonymous = base_inputs.clone();
+    anonymous.broker.spec.auth.allow_anonymous = true;
+    assert_eq!(changed(&base, &plan(&anonymous)), ["ConfigMap/fleet-config", "Secret/fleet-auth"]);
+
+    // The log level: the broker reloads it.
+    let mut level = base_inputs.clone();
+    level.broker.spec.log.level = LogLevel::Debug;
+    assert_eq!(changed(&base, &plan(&level)), ["ConfigMap/fleet-config"]);
+
+    for variant in [&acl, &users, &bridges, &limits, &cert, &anonymous, &level] {
         let p = plan(variant);
         assert_eq!(pod_template(&base), pod_template(&p));
         assert_eq!(base.restart_hash, p.restart_hash);
@@ -134,12 +148,43 @@ fn restart_requiring_changes_change_the_pod_template_hash() {
     let mut resources = base_inputs.clone();
     resources.broker.spec.resources = None;
     variants.push(("resources", resources));
+    // Same port, other transport: the broker binds listeners only at start.
+    let mut protocol = base_inputs.clone();
+    protocol.broker.spec.listeners[1].protocol = ListenerProtocol::Wss;
+    variants.push(("listener protocol", protocol));
+    let mut path = base_inputs.clone();
+    path.broker.spec.listeners[2].path = Some("/ws".into());
+    variants.push(("websocket path", path));
+    // TLS settings are part of the listeners' config (only the certificate files reload).
+    let mut min_version = base_inputs.clone();
+    min_version.broker.spec.tls.as_mut().expect("tls").min_version = Some(TlsMinVersion::V1_2);
+    variants.push(("tls.minVersion", min_version));
+    let mut mutual = base_inputs.clone();
+    mutual.broker.spec.tls.as_mut().expect("tls").require_client_certificate = true;
+    variants.push(("tls.requireClientCertificate", mutual));
+    let mut http_port = base_inputs.clone();
+    http_port.broker.spec.metrics.as_mut().expect("metrics").port = 9191;
+    variants.push(("HTTP port", http_port));
+    let mut fsync = base_inputs.clone();
+    fsync.broker.spec.persistence.fsync_interval = Some("5ms".into());
+    variants.push(("storage.fsync_interval", fsync));
+    // The broker reads its log format only at start (the level reloads).
+    let mut log = base_inputs.clone();
+    log.broker.spec.log.format = LogFormat::Text;
+    variants.push(("log format", log));
     for (what, variant) in variants {
         let p = plan(&variant);
         assert_ne!(p.restart_hash, base.restart_hash, "{what} must change the restart hash");
         assert_eq!(annotation(&p).as_deref(), Some(p.restart_hash.as_str()), "{what}");
         assert!(changed(&base, &p).contains(&"StatefulSet/fleet".to_string()), "{what}");
     }
+    // Exposing metrics in the Services (same port) changes no pod: the endpoint always runs.
+    let mut hidden = base_inputs.clone();
+    hidden.broker.spec.metrics.as_mut().expect("metrics").enabled = false;
+    hidden.broker.spec.metrics.as_mut().expect("metrics").service_monitor = None;
+    let p = plan(&hidden);
+    assert_eq!(p.restart_hash, base.restart_hash);
+    assert_eq!(pod_template(&p), pod_template(&base));
 }
 
 #[test]
@@ -183,18 +228,44 @@ fn pods_are_hardened_and_read_their_config_from_the_configmap() {
 }
 
 #[test]
-fn probes_are_tcp_on_the_mqtt_listener() {
-    let p = plan(&inputs_for(broker("fleet")));
+fn probes_are_http_gets_on_the_brokers_http_port() {
+    // With metrics exposed (fleet, port 9090) and without any metrics spec (minimal, default
+    // port): the endpoint and its container port exist either way.
+    for (name, port) in [("fleet", 9090), ("minimal", 9090)] {
+        let p = plan(&inputs_for(broker(name)));
+        let sts: StatefulSet = typed(&p, "StatefulSet");
+        let c = sts.spec.expect("spec").template.spec.expect("pod").containers[0].clone();
+        let http = c
+            .ports
+            .clone()
+            .unwrap_or_default()
+            .into_iter()
+            .find(|cp| cp.name.as_deref() == Some(build::HTTP_PORT_NAME))
+            .unwrap_or_else(|| panic!("{name}: no container port {}", build::HTTP_PORT_NAME));
+        assert_eq!(http.container_port, port, "{name}");
+        // The broker binds its HTTP endpoint on that same port on the pod network.
+        assert_eq!(p.config.config.http.bind.to_string(), format!("0.0.0.0:{port}"), "{name}");
+        assert!(p.config.config.http.enabled, "{name}");
+        for (probe, path) in [
+            (c.startup_probe.expect("startup"), "/healthz"),
+            (c.liveness_probe.expect("liveness"), "/healthz"),
+            (c.readiness_probe.expect("readiness"), "/readyz"),
+        ] {
+            assert!(probe.tcp_socket.is_none() && probe.exec.is_none(), "{name}: {probe:?}");
+            let get = probe.http_get.expect("httpGet probe");
+            assert_eq!(get.path.as_deref(), Some(path), "{name}");
+            assert_eq!(get.port, IntOrString::String(build::HTTP_PORT_NAME.into()), "{name}");
+            assert_eq!(get.scheme.as_deref(), Some("HTTP"), "{name}");
+        }
+    }
+    let mut other = inputs_for(broker("fleet"));
+    other.broker.spec.metrics.as_mut().expect("metrics").port = 9191;
+    let p = plan(&other);
     let sts: StatefulSet = typed(&p, "StatefulSet");
     let c = sts.spec.expect("spec").template.spec.expect("pod").containers[0].clone();
-    for probe in [c.liveness_probe.expect("liveness"), c.readiness_probe.expect("readiness")] {
-        let tcp = probe.tcp_socket.expect("tcp probe until the broker has /healthz");
-        assert_eq!(
-            tcp.port,
-            k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::String("mqtt".into())
-        );
-        assert!(probe.http_get.is_none());
-    }
+    let ports = c.ports.unwrap_or_default();
+    assert!(ports.iter().any(|cp| cp.name.as_deref() == Some("metrics") && cp.container_port == 9191));
+    assert_eq!(p.config.config.http.bind.port(), 9191);
 }
 
 #[test]
@@ -262,34 +333,151 @@ fn rendered_config_round_trips_through_the_broker_parser() {
         assert_eq!(parsed.storage.persistence, inputs.broker.spec.persistence.enabled);
         assert_eq!(parsed.storage.data_dir, std::path::PathBuf::from("/var/lib/fleetmq"));
         assert_eq!(parsed.limits.conflate, inputs.broker.spec.limits.conflate);
+        // Every CRD listener is served, in spec order, with its protocol and port.
+        let spec_listeners: Vec<(&str, u16)> =
+            inputs.broker.spec.listeners.iter().map(|l| (l.protocol.as_str(), l.port as u16)).collect();
+        let served: Vec<(&str, u16)> =
+            parsed.listeners.iter().map(|l| (l.protocol.as_str(), l.bind.port())).collect();
+        assert_eq!(served, spec_listeners, "{}", inputs.broker.name_any());
+        assert_eq!(
+            parsed.auth.password_file.as_deref(),
+            Some(std::path::Path::new("/var/run/secrets/fleetmq/auth/passwords"))
+        );
+        assert_eq!(
+            parsed.auth.acl_file.as_deref(),
+            Some(std::path::Path::new("/var/run/secrets/fleetmq/auth/acl"))
+        );
+        assert!(parsed.http.enabled);
     }
+    // The fixtures include TLS (mutual, TLS 1.3) and WebSocket listeners.
+    let all: Vec<fleetmq_config::Listener> =
+        cases.iter().flat_map(|i| plan(i).config.config.listeners).collect();
+    assert!(all.iter().any(|l| l.tls.as_ref().is_some_and(|t| t.require_certificate)));
+    assert!(all.iter().any(|l| l.protocol == fleetmq_config::ListenerProtocol::Ws));
+    assert!(all.iter().any(|l| l.protocol == fleetmq_config::ListenerProtocol::Wss));
 }
 
 #[test]
-fn unsupported_features_are_named() {
+fn only_bridges_are_unsupported() {
     let p = plan(&inputs_for(broker("fleet")));
     let fields: Vec<&str> = p.config.unsupported.iter().map(|u| u.field.as_str()).collect();
-    for expected in [
-        "spec.listeners[1]",
-        "spec.listeners[2]",
-        "spec.tls",
-        "spec.auth",
-        "spec.metrics",
-        "MqttBridge cloud",
-    ] {
-        assert!(fields.contains(&expected), "{expected} missing from {fields:?}");
-    }
-    // The minimal example asks for nothing the broker lacks.
+    assert_eq!(fields, ["MqttBridge cloud"]);
+    // Without bridges (TLS, WebSocket, users, metrics and persistence all on) nothing is.
+    let mut no_bridges = inputs_for(broker("fleet"));
+    no_bridges.bridges.clear();
+    assert!(plan(&no_bridges).config.unsupported.is_empty());
     assert!(plan(&inputs_for(broker("minimal"))).config.unsupported.is_empty());
 }
 
 #[test]
-fn a_broker_without_a_plain_mqtt_listener_is_refused_by_name() {
+fn every_listener_protocol_is_rendered_with_its_tls_and_path() {
+    let p = plan(&inputs_for(broker("fleet")));
+    let tls_dir = std::path::Path::new(names::TLS_DIR);
+    let listeners = &p.config.config.listeners;
+    let rendered: Vec<(&str, fleetmq_config::ListenerProtocol, u16)> = listeners
+        .iter()
+        .map(|l| (l.name.as_deref().unwrap_or_default(), l.protocol, l.bind.port()))
+        .collect();
+    use fleetmq_config::ListenerProtocol as P;
+    assert_eq!(rendered, [("mqtt", P::Mqtt, 1883), ("mqtts", P::Mqtts, 8883), ("wss", P::Wss, 8443)]);
+    for l in listeners {
+        assert!(l.bind.ip().is_unspecified());
+        match l.protocol {
+            P::Mqtts | P::Wss => {
+                let tls = l.tls.as_ref().expect("tls block");
+                assert_eq!(tls.cert_file, tls_dir.join("tls.crt"));
+                assert_eq!(tls.key_file, tls_dir.join("tls.key"));
+                // No client certificates asked for: no CA file the Secret might not have.
+                assert_eq!(tls.ca_file, None);
+                assert!(!tls.require_certificate && !tls.use_identity_as_username);
+                // The example asks for TLS 1.3 only.
+                assert_eq!(tls.min_version, fleetmq_config::TlsVersion::V1_3);
+            }
+            P::Mqtt | P::Ws => assert!(l.tls.is_none()),
+        }
+        assert_eq!(l.path.as_deref(), l.protocol.is_websocket().then_some("/mqtt"), "{l:?}");
+    }
+
+    // Mutual TLS reads the Secret's ca.crt; the TLS settings reach every TLS listener.
     let mut b = broker("fleet");
-    b.spec.listeners.retain(|l| l.protocol != fleetmq_operator::crd::ListenerProtocol::Mqtt);
-    let err = config::broker_config(&b.spec, &[], &[]).expect_err("no servable listener");
-    assert_eq!(err.field, "spec.listeners");
-    assert!(err.message.contains("protocol mqtt"), "{err}");
+    let tls = b.spec.tls.as_mut().expect("tls");
+    tls.require_client_certificate = true;
+    tls.use_identity_as_username = true;
+    tls.min_version = None;
+    b.spec.listeners.push(ListenerSpec {
+        name: "ws".into(),
+        protocol: ListenerProtocol::Ws,
+        port: 8080,
+        path: Some("/devices".into()),
+    });
+    let c = config::broker_config(&b.spec, &[]).expect("renders").config;
+    for l in c.listeners.iter().filter(|l| l.protocol.is_tls()) {
+        let tls = l.tls.as_ref().expect("tls block");
+        assert_eq!(tls.ca_file.as_deref(), Some(tls_dir.join("ca.crt").as_path()));
+        assert!(tls.require_certificate && tls.use_identity_as_username);
+        // Unset means the broker's default, TLS 1.2.
+        assert_eq!(tls.min_version, fleetmq_config::TlsVersion::V1_2);
+    }
+    let ws = c.listeners.iter().find(|l| l.protocol == P::Ws).expect("ws listener");
+    assert_eq!((ws.path.as_deref(), ws.tls.is_none()), (Some("/devices"), true));
+    c.validate().expect("the broker accepts it");
+
+    // No listener needs to be plain MQTT any more.
+    let mut tls_only = broker("fleet");
+    tls_only.spec.listeners.retain(|l| l.protocol.is_tls());
+    let c = config::broker_config(&tls_only.spec, &[]).expect("TLS-only brokers are served").config;
+    assert_eq!(c.listeners.len(), 2);
+
+    // A TLS listener without spec.tls (validation refuses it first) is refused by field.
+    let mut no_tls = broker("fleet");
+    no_tls.spec.tls = None;
+    let err = config::broker_config(&no_tls.spec, &[]).expect_err("no certificate");
+    assert_eq!(err.field, "spec.tls");
+    assert!(err.message.contains("spec.listeners[1]"), "{err}");
+}
+
+#[test]
+fn every_file_the_config_names_is_mounted_from_the_right_source() {
+    let p = plan(&inputs_for(broker("fleet")));
+    let sts: StatefulSet = typed(&p, "StatefulSet");
+    let pod = sts.spec.expect("spec").template.spec.expect("pod");
+    let mounts = pod.containers[0].volume_mounts.clone().expect("mounts");
+    let volumes = pod.volumes.clone().expect("volumes");
+    // The Secret a path is read from: the volume mounted at the path's directory.
+    let secret_of = |path: &std::path::Path| {
+        let dir = path.parent().expect("a file in a directory").to_str().expect("utf8");
+        let mount =
+            mounts.iter().find(|m| m.mount_path == dir).unwrap_or_else(|| panic!("{dir} not mounted"));
+        let volume = volumes.iter().find(|v| v.name == mount.name).expect("volume of the mount");
+        volume.secret.as_ref().and_then(|s| s.secret_name.clone()).expect("a Secret volume")
+    };
+    let c = &p.config.config;
+    let auth = &c.auth;
+    let auth_secret: k8s_openapi::api::core::v1::Secret = typed(&p, "Secret");
+    let keys = auth_secret.data.expect("data");
+    for file in
+        [auth.password_file.as_ref().expect("password_file"), auth.acl_file.as_ref().expect("acl_file")]
+    {
+        assert_eq!(secret_of(file), "fleet-auth");
+        let key = file.file_name().and_then(|n| n.to_str()).expect("file name");
+        assert!(keys.contains_key(key), "the auth Secret has {key}");
+    }
+    // issuerRef: the Certificate's Secret.
+    for l in c.listeners.iter().filter_map(|l| l.tls.as_ref()) {
+        assert_eq!(secret_of(&l.cert_file), "fleet-tls");
+        assert_eq!(secret_of(&l.key_file), "fleet-tls");
+    }
+    // secretName: that Secret.
+    let mut own = inputs_for(broker("fleet"));
+    let tls = own.broker.spec.tls.as_mut().expect("tls");
+    tls.issuer_ref = None;
+    tls.secret_name = Some("my-cert".into());
+    let p = plan(&own);
+    let sts: StatefulSet = typed(&p, "StatefulSet");
+    let volumes = sts.spec.expect("spec").template.spec.expect("pod").volumes.expect("volumes");
+    let tls_volume = volumes.iter().find(|v| v.name == "tls").expect("tls volume");
+    assert_eq!(tls_volume.secret.as_ref().and_then(|s| s.secret_name.as_deref()), Some("my-cert"));
+    assert!(!p.objects.iter().any(|d| d.resource.kind == "Certificate"));
 }
 
 #[test]
@@ -336,9 +524,21 @@ fn credentials_secret_has_a_usable_uri() {
     let data = secret.data.expect("data");
     let text = |k: &str| String::from_utf8(data[k].0.clone()).expect("utf8");
     assert_eq!(text("host"), "fleet.default.svc");
-    // Plain MQTT until the broker serves TLS.
-    assert_eq!(text("port"), "1883");
-    assert_eq!(text("uri"), "mqtt://dev%3Aice%401:p%40ss%2Fw%3Ard@fleet.default.svc:1883");
+    // The mqtts listener (second in the spec) wins over the plain one listed first.
+    assert_eq!(text("port"), "8883");
+    assert_eq!(text("uri"), "mqtts://dev%3Aice%401:p%40ss%2Fw%3Ard@fleet.default.svc:8883");
     assert_eq!(text("password"), "p@ss/w:rd");
     assert_eq!(secret.metadata.name.as_deref(), Some("sensor-gateway-mqtt-credentials"));
+
+    // Without mqtts: the plain listener, then (WebSocket only) the first listener with its path.
+    let uri = |b: &MqttBroker| {
+        let s = build::user_credentials_secret(&u, b, "u", "p");
+        String::from_utf8(s.data.expect("data")["uri"].0.clone()).expect("utf8")
+    };
+    let mut plain = broker("fleet");
+    plain.spec.listeners.retain(|l| l.protocol != ListenerProtocol::Mqtts);
+    assert_eq!(uri(&plain), "mqtt://u:p@fleet.default.svc:1883");
+    let mut wss = broker("fleet");
+    wss.spec.listeners.retain(|l| l.protocol == ListenerProtocol::Wss);
+    assert_eq!(uri(&wss), "wss://u:p@fleet.default.svc:8443/mqtt");
 }

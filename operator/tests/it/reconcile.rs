@@ -224,9 +224,9 @@ async fn lifecycle_create_steady_change_delete() {
     );
     assert_eq!(status.endpoints[0].url, "mqtt://edge.iot.svc:1883");
     assert!(status.config_hash.is_some());
+    // Users, ACLs and the listener are all served: nothing to report.
     let degraded = condition(&status.conditions, DEGRADED);
-    assert_eq!((degraded.status.as_str(), degraded.reason.as_str()), ("True", reason::UNSUPPORTED_BY_BROKER));
-    assert!(degraded.message.contains("spec.auth"), "{}", degraded.message);
+    assert_eq!((degraded.status.as_str(), degraded.reason.as_str()), ("False", reason::AS_EXPECTED));
     assert_eq!(condition(&status.conditions, READY).reason, reason::PODS_NOT_READY);
 
     // The generated password was written once, and both users are in the password file.
@@ -243,7 +243,9 @@ async fn lifecycle_create_steady_change_delete() {
     let user: MqttUser = get(&client, "gateway").await;
     let user_status = user.status.expect("user status");
     assert_eq!(user_status.credentials_secret.as_deref(), Some("gateway-mqtt-credentials"));
-    assert_eq!(condition(&user_status.conditions, READY).reason, reason::UNSUPPORTED_BY_BROKER);
+    let ready = condition(&user_status.conditions, READY);
+    assert_eq!((ready.status.as_str(), ready.reason.as_str()), ("True", reason::RENDERED));
+    assert_eq!(condition(&user_status.conditions, DEGRADED).status, "False");
 
     // Steady state: a second (and third) pass writes nothing at all.
     for _ in 0..2 {
@@ -397,7 +399,7 @@ spec:
 }
 
 #[tokio::test]
-async fn broker_without_servable_listener_is_unsupported() {
+async fn websocket_only_broker_is_served() {
     let yaml = r##"
 apiVersion: fleetmq.io/v1alpha1
 kind: MqttBroker
@@ -410,11 +412,16 @@ spec:
     reconcile::reconcile_broker(Arc::new(get::<MqttBroker>(&client, "wsonly").await), ctx.clone())
         .await
         .expect("ok");
-    assert_eq!(take(&writes), ["status MqttBroker/wsonly"]);
+    assert!(take(&writes).contains(&"patch StatefulSet/wsonly".to_string()));
     let broker: MqttBroker = get(&client, "wsonly").await;
-    let ready = condition(&broker.status.expect("status").conditions, READY).clone();
-    assert_eq!(ready.reason, reason::UNSUPPORTED_BY_BROKER);
-    assert!(ready.message.contains("spec.listeners"), "{}", ready.message);
+    let status = broker.status.expect("status");
+    assert_eq!(condition(&status.conditions, DEGRADED).reason, reason::AS_EXPECTED);
+    assert_eq!(status.endpoints[0].url, "ws://wsonly.iot.svc:8080/mqtt");
+    let config: ConfigMap = get(&client, "wsonly-config").await;
+    let yaml = config.data.expect("data")[names::CONFIG_KEY].clone();
+    let parsed = fleetmq_config::BrokerConfig::from_yaml_str(&yaml, "broker.yaml").expect("parses");
+    assert_eq!(parsed.listeners[0].protocol, fleetmq_config::ListenerProtocol::Ws);
+    assert_eq!(parsed.listeners[0].ws_path(), "/mqtt");
 }
 
 #[tokio::test]
@@ -452,11 +459,7 @@ spec: {brokerRef: {name: edge}, passwordSecretRef: {name: absent}}
         .expect("ok");
     let reason_of =
         |u: &MqttUser| condition(&u.status.as_ref().expect("status").conditions, READY).reason.clone();
-    assert_eq!(
-        reason_of(&get(&client, "a-first").await),
-        reason::UNSUPPORTED_BY_BROKER,
-        "rendered; not enforced yet"
-    );
+    assert_eq!(reason_of(&get(&client, "a-first").await), reason::RENDERED);
     assert_eq!(reason_of(&get(&client, "b-second").await), reason::USERNAME_CONFLICT);
     assert_eq!(reason_of(&get(&client, "no-secret").await), reason::SECRET_NOT_FOUND);
     let auth: Secret = get(&client, "edge-auth").await;
@@ -467,4 +470,136 @@ spec: {brokerRef: {name: edge}, passwordSecretRef: {name: absent}}
         "only a-first is rendered: {passwords}"
     );
     assert!(passwords.contains("\nshared:$argon2id$"));
+}
+
+const TLS_RESOURCES: &str = r##"
+apiVersion: fleetmq.io/v1alpha1
+kind: MqttBroker
+metadata: {name: secure, namespace: iot}
+spec:
+  listeners:
+    - {name: mqtt, protocol: mqtt, port: 1883}
+    - {name: mqtts, protocol: mqtts, port: 8883}
+    - {name: wss, protocol: wss, port: 8443}
+  tls: {secretName: secure-cert}
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: secure-cert, namespace: iot}
+type: kubernetes.io/tls
+data: {tls.crt: Y2VydC0x, tls.key: a2V5LTE=}
+---
+apiVersion: fleetmq.io/v1alpha1
+kind: MqttUser
+metadata: {name: device, namespace: iot}
+spec:
+  brokerRef: {name: secure}
+  acl: [{topic: "devices/#", access: readwrite}]
+---
+apiVersion: fleetmq.io/v1alpha1
+kind: MqttBridge
+metadata: {name: upstream, namespace: iot}
+spec:
+  brokerRef: {name: secure}
+  remote: {addresses: ["cloud.example.com:8883"]}
+  topics: [{pattern: "#", direction: out}]
+"##;
+
+async fn reconcile_secure(client: &Client, ctx: &Arc<Context>) {
+    reconcile::reconcile_user(Arc::new(get::<MqttUser>(client, "device").await), ctx.clone())
+        .await
+        .expect("user");
+    reconcile::reconcile_broker(Arc::new(get::<MqttBroker>(client, "secure").await), ctx.clone())
+        .await
+        .expect("broker");
+}
+
+async fn secure_template(client: &Client) -> Value {
+    let sts: StatefulSet = get(client, "secure").await;
+    serde_json::to_value(sts.spec.expect("spec").template).expect("json")
+}
+
+/// TLS listeners are served from the mounted certificate: renewing the certificate or changing
+/// a user rolls nothing, changing the TLS settings of the listeners does; only the bridge is
+/// reported as not served.
+#[tokio::test]
+async fn tls_broker_reloads_certificates_and_users_but_restarts_for_listener_settings() {
+    let (client, writes) = fake(objects(TLS_RESOURCES)).await;
+    let ctx = ctx(&client);
+    reconcile_secure(&client, &ctx).await;
+    take(&writes);
+
+    // The config's TLS files are in the volume of the user's Secret.
+    let config: ConfigMap = get(&client, "secure-config").await;
+    let yaml = config.data.expect("data")[names::CONFIG_KEY].clone();
+    let parsed = fleetmq_config::BrokerConfig::from_yaml_str(&yaml, "broker.yaml").expect("parses");
+    let tls: Vec<_> = parsed.listeners.iter().filter_map(|l| l.tls.clone()).collect();
+    assert_eq!(tls.len(), 2, "mqtts and wss");
+    for t in &tls {
+        assert_eq!(t.cert_file, std::path::Path::new(names::TLS_DIR).join("tls.crt"));
+        assert_eq!(t.key_file, std::path::Path::new(names::TLS_DIR).join("tls.key"));
+    }
+    let template = secure_template(&client).await;
+    let volumes = template["spec"]["volumes"].as_array().expect("volumes");
+    assert!(volumes.iter().any(|v| v["name"] == "tls" && v["secret"]["secretName"] == "secure-cert"));
+
+    // Only the bridge is not served yet.
+    let broker: MqttBroker = get(&client, "secure").await;
+    let degraded = condition(&broker.status.expect("status").conditions, DEGRADED).clone();
+    assert_eq!((degraded.status.as_str(), degraded.reason.as_str()), ("True", reason::UNSUPPORTED_BY_BROKER));
+    assert!(degraded.message.contains("MqttBridge upstream"), "{}", degraded.message);
+    assert!(!degraded.message.contains("spec."), "only the bridge is listed: {}", degraded.message);
+
+    // The generated credentials point at the TLS listener.
+    let creds: Secret = get(&client, "device-mqtt-credentials").await;
+    let password = secret_text(&creds, "password");
+    assert_eq!(secret_text(&creds, "uri"), format!("mqtts://device:{password}@secure.iot.svc:8883"));
+    assert_eq!(secret_text(&creds, "port"), "8883");
+
+    // Renew the certificate (what cert-manager or a person does to the Secret): the operator
+    // writes nothing, so no pod restarts; the broker re-reads the mounted files.
+    let hash = |t: &Value| t["metadata"]["annotations"][names::RESTART_HASH_ANNOTATION].clone();
+    let mut cert: Secret = get(&client, "secure-cert").await;
+    cert.data = Some(BTreeMap::from([
+        ("tls.crt".to_string(), ByteString(b"cert-2".to_vec())),
+        ("tls.key".to_string(), ByteString(b"key-2".to_vec())),
+    ]));
+    Api::<Secret>::namespaced(client.clone(), NS)
+        .replace("secure-cert", &PostParams::default(), &cert)
+        .await
+        .expect("renew");
+    take(&writes);
+    reconcile_secure(&client, &ctx).await;
+    assert_eq!(take(&writes), Vec::<String>::new(), "a renewed certificate needs no write");
+    assert_eq!(secure_template(&client).await, template);
+
+    // A user's ACL changes: the auth Secret only.
+    let mut device: MqttUser = get(&client, "device").await;
+    device.spec.acl.push(AclRule { topic: "firmware/#".into(), access: AclAccess::Read });
+    Api::<MqttUser>::namespaced(client.clone(), NS)
+        .replace("device", &PostParams::default(), &device)
+        .await
+        .expect("edit user");
+    take(&writes);
+    reconcile_secure(&client, &ctx).await;
+    let w = take(&writes);
+    assert!(w.contains(&"patch Secret/secure-auth".to_string()), "{w:?}");
+    assert!(w.iter().all(|e| e == "patch Secret/secure-auth" || e.starts_with("status ")), "{w:?}");
+    assert_eq!(secure_template(&client).await, template, "a user change does not roll pods");
+
+    // Mutual TLS changes the listeners' TLS settings: the restart hash changes.
+    Api::<MqttBroker>::namespaced(client.clone(), NS)
+        .patch(
+            "secure",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"tls": {"requireClientCertificate": true}}})),
+        )
+        .await
+        .expect("edit tls");
+    take(&writes);
+    reconcile_secure(&client, &ctx).await;
+    let w = take(&writes);
+    assert!(w.contains(&"patch ConfigMap/secure-config".to_string()), "{w:?}");
+    assert!(w.contains(&"patch StatefulSet/secure".to_string()), "{w:?}");
+    assert_ne!(hash(&secure_template(&client).await), hash(&template));
 }

@@ -1,0 +1,199 @@
+"""The operator's output runs: `fleetmq-operator render` on examples/ gives each broker's
+broker.yaml (its ConfigMap) and the password and ACL files (its auth Secret); the real broker
+started on exactly those files enforces the MqttUsers' passwords and ACLs on the plain, TLS and
+secure WebSocket listeners, and answers the probes' /healthz and /readyz.
+
+Only what a pod provides differs: the Kubernetes mount paths point into a temporary directory
+(the auth Secret's files, a test certificate for the TLS Secret, the data volume), and every
+`0.0.0.0:<port>` bind becomes a free 127.0.0.1 port. Nothing else of broker.yaml is touched.
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import ssl
+import subprocess
+import urllib.request
+
+import pytest
+import yaml
+
+from conftest import ROOT, free_port, operator_binary, wait_for_port
+from helpers import V5, V311
+from test_transports import Pki
+
+EXAMPLES = ROOT / "examples"
+AUTH_DIR = "/var/run/secrets/fleetmq/auth"
+TLS_DIR = "/var/run/secrets/fleetmq/tls"
+DATA_DIR = "/var/lib/fleetmq"
+
+# examples/users.yaml: `dashboard` (username grafana-dashboard) reads its password from this
+# Secret value in the example.
+DASHBOARD = ("grafana-dashboard", "example-only-change-me")
+# `sensor-gateway` has a generated password; in a cluster the operator writes it to this Secret
+# once. Given to render here, as if read from the cluster, so the password file holds its hash.
+GATEWAY = ("sensor-gateway", "gateway-e2e-Pa55word")
+GATEWAY_CREDENTIALS = f"""\
+apiVersion: v1
+kind: Secret
+metadata: {{name: sensor-gateway-mqtt-credentials}}
+stringData: {{password: {GATEWAY[1]}}}
+"""
+
+# Generous bounds: an argon2id verification (m=19 MiB, t=2) runs on a shared CI core.
+LOGIN_TIMEOUT = 20.0
+
+
+@pytest.fixture(scope="module")
+def rendered(tmp_path_factory) -> dict:
+    """{broker name: (broker.yaml text, {auth Secret key: file text})} of the examples."""
+    work = tmp_path_factory.mktemp("render")
+    creds = work / "gateway-credentials.yaml"
+    creds.write_text(GATEWAY_CREDENTIALS)
+    configs = work / "configs"
+    proc = subprocess.run(
+        [operator_binary(), "render", "-f", str(EXAMPLES), "-f", str(creds), "--config-dir", str(configs)],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    out = {}
+    for doc in yaml.safe_load_all(proc.stdout):
+        if doc and doc["kind"] == "Secret" and doc["metadata"]["name"].endswith("-auth"):
+            name = doc["metadata"]["name"].removesuffix("-auth")
+            out[name] = ((configs / f"default_{name}.yaml").read_text(), doc["stringData"])
+    assert sorted(out) == ["fleet", "minimal"]
+    return out
+
+
+class Running:
+    """A broker started from rendered files: its listener ports by name and its HTTP port."""
+
+    def __init__(self, broker, ports: dict[str, int], http: int, config: dict):
+        self.broker, self.ports, self.http, self.config = broker, ports, http, config
+
+
+@pytest.fixture
+def run_rendered(launch, tmp_path):
+    def start(config_text: str, auth_files: dict[str, str], pki: Pki | None = None) -> Running:
+        auth_dir = tmp_path / "auth"
+        auth_dir.mkdir()
+        for key, text in auth_files.items():
+            (auth_dir / key).write_text(text)
+        tls_dir = tmp_path / "tls"
+        tls_dir.mkdir()
+        if pki is not None:
+            # The keys of a kubernetes.io/tls Secret, as cert-manager fills them.
+            for key, source in (("tls.crt", "server.crt"), ("tls.key", "server.key"), ("ca.crt", "ca.crt")):
+                shutil.copy(pki.path(source), tls_dir / key)
+        text = (config_text.replace(AUTH_DIR, str(auth_dir)).replace(TLS_DIR, str(tls_dir))
+                .replace(DATA_DIR, str(tmp_path / "data")))
+        assert "/var/" not in text, "every mount path was rewritten"
+        config = yaml.safe_load(text)
+        ports = {}
+        for listener in config["listeners"]:
+            host, port = listener["bind"].rsplit(":", 1)
+            assert host == "0.0.0.0", listener
+            ports[listener["name"]] = free_port()
+            listener["bind"] = f"127.0.0.1:{ports[listener['name']]}"
+        assert config["http"]["enabled"] is True and config["http"]["bind"].startswith("0.0.0.0:")
+        http = free_port()
+        config["http"]["bind"] = f"127.0.0.1:{http}"
+        path = tmp_path / "broker.yaml"
+        path.write_text(yaml.safe_dump(config, sort_keys=False))
+        # --http-bind repeats the config's own value (launch would otherwise pick another port).
+        broker = launch(["--config", str(path), "--http-bind", f"127.0.0.1:{http}"],
+                        wait_port=next(iter(ports.values())))
+        # The sockets are bound one after the other; wait for all of them (bounded).
+        for port in [*ports.values(), http]:
+            wait_for_port(port, broker.proc)
+        return Running(broker, ports, http, config)
+
+    return start
+
+
+def http_get(port: int, path: str) -> tuple[int, str]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as resp:
+        return resp.status, resp.read().decode()
+
+
+def login(clients, running: Running, listener: str, client_id: str, user: tuple[str, str] | None,
+          expect: int | None = 0, protocol: int = V5, **kwargs):
+    c = clients(running.broker, client_id, protocol, port=running.ports[listener], **kwargs)
+    if user is not None:
+        c.paho.username_pw_set(*user)
+    rc = c.connect(expect=expect, timeout=LOGIN_TIMEOUT)[0]
+    return c, rc
+
+
+def test_rendered_users_passwords_and_acls_are_enforced_on_every_listener(rendered, run_rendered, clients,
+                                                                          tmp_path_factory):
+    pki = Pki(tmp_path_factory.mktemp("pki"))
+    config_text, auth_files = rendered["fleet"]
+    assert auth_files["passwords"].count(":$argon2id$") == 2, auth_files["passwords"]
+    running = run_rendered(config_text, auth_files, pki)
+    assert sorted(running.ports) == ["mqtt", "mqtts", "wss"]
+    tls = {"ca_certs": pki.path("ca.crt")}
+
+    # The probes' endpoints.
+    assert http_get(running.http, "/healthz") == (200, "ok\n")
+    assert http_get(running.http, "/readyz") == (200, "ready\n")
+
+    # Passwords: right ones log in, wrong or unknown ones get 0x86, anonymous clients 0x87
+    # (allowAnonymous: false).
+    _, rc = login(clients, running, "mqtt", "wrong", (GATEWAY[0], "not-the-password"), expect=None)
+    assert rc == 0x86
+    _, rc = login(clients, running, "mqtt", "nobody", ("nobody", "x"), expect=None)
+    assert rc == 0x86
+    _, rc = login(clients, running, "mqtt", "wrong-v3", (DASHBOARD[0], "nope"), expect=None, protocol=V311)
+    assert rc == 0x86, "v3 return code 4, as paho maps it"
+    _, rc = login(clients, running, "mqtt", "anonymous", None, expect=None)
+    assert rc == 0x87
+    gateway, _ = login(clients, running, "mqtt", "gw-1", GATEWAY)
+    # The dashboard over TLS (the listener users' credentials Secrets point at) ...
+    dashboard, _ = login(clients, running, "mqtts", "dash-tls", DASHBOARD, tls=tls)
+    # ... and over secure WebSocket on the rendered path.
+    wss_path = next(l["path"] for l in running.config["listeners"] if l["name"] == "wss")
+    dashboard_ws, _ = login(clients, running, "wss", "dash-wss", DASHBOARD, tls=tls, transport="websockets",
+                            ws_path=wss_path)
+
+    # ACLs as rendered: dashboard reads telemetry/#, nothing else; the gateway writes
+    # telemetry/+/state except telemetry/secret/#, and reads commands/gateway/#.
+    assert dashboard.subscribe("telemetry/#", 1) == [1]
+    assert dashboard_ws.subscribe("telemetry/+/state", 1) == [1]
+    assert dashboard.subscribe("commands/#", 1) == [0x87], "no read rule overlaps commands/#"
+    assert gateway.subscribe("commands/gateway/#", 1) == [1]
+    assert gateway.subscribe("telemetry/#", 1) == [0x87], "the gateway may only write telemetry"
+
+    assert gateway.publish("telemetry/dev1/state", b"21.5", 1)[0] == 0
+    for sub in (dashboard, dashboard_ws):
+        assert sub.wait_message("telemetry/dev1/state").payload == b"21.5"
+    assert gateway.publish("telemetry/secret/state", b"x", 1)[0] == 0x87, "deny wins over the write grant"
+    assert gateway.publish("telemetry/dev1/other", b"x", 1)[0] == 0x87, "outside telemetry/+/state"
+    assert gateway.publish("commands/gateway/reboot", b"x", 1)[0] == 0x87, "read-only for the gateway"
+    assert dashboard.publish("telemetry/dev2/state", b"x", 1)[0] == 0x87, "the dashboard only reads"
+    assert gateway.publish("telemetry/dev3/state", b"22.0", 1)[0] == 0
+    dashboard.wait_message("telemetry/dev3/state")
+    assert [m.topic for m in dashboard.settle(0.2)] == ["telemetry/dev1/state", "telemetry/dev3/state"]
+
+    # The example asks for TLS 1.3 only: a client capped at TLS 1.2 is refused in the handshake.
+    ctx = ssl.create_default_context(cafile=pki.path("ca.crt"))
+    ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+    with socket.create_connection(("127.0.0.1", running.ports["mqtts"]), timeout=5) as sock:
+        with pytest.raises(ssl.SSLError):
+            ctx.wrap_socket(sock, server_hostname="localhost")
+
+
+def test_minimal_example_lets_anonymous_clients_use_every_topic(rendered, run_rendered, clients):
+    config_text, auth_files = rendered["minimal"]
+    running = run_rendered(config_text, auth_files)
+    assert sorted(running.ports) == ["mqtt"]
+    assert http_get(running.http, "/readyz") == (200, "ready\n")
+    sub, _ = login(clients, running, "mqtt", "anon-sub", None)
+    pub, _ = login(clients, running, "mqtt", "anon-pub", None)
+    assert sub.subscribe("any/#", 1) == [1]
+    assert pub.publish("any/where", b"hello", 1)[0] == 0
+    assert sub.wait_message("any/where").payload == b"hello"
+    # The password file is still read: a username it does not have is refused.
+    _, rc = login(clients, running, "mqtt", "stranger", ("stranger", "pw"), expect=None)
+    assert rc == 0x86
