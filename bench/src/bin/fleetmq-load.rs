@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::Parser;
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use rumqttc::{AsyncClient, Event, MqttOptions, Outgoing, Packet, QoS};
 use serde::Serialize;
 use tokio::sync::mpsc;
 
@@ -25,6 +25,9 @@ enum Workload {
     Fanout,
     /// P publisher/subscriber pairs, each on its own topic.
     Pairs,
+    /// `--connections` idle MQTT 3.1.1 connections (keep-alive 0), held until a line arrives
+    /// on standard input (or `--hold` ends), for the broker's memory per connection.
+    Idle,
 }
 
 #[derive(Debug, Parser)]
@@ -71,6 +74,15 @@ struct Args {
     /// Client id prefix (runs against the same broker must not collide).
     #[arg(long, default_value = "load")]
     id: String,
+    /// Idle workload: connections to open.
+    #[arg(long, default_value_t = 10_000)]
+    connections: usize,
+    /// Idle workload: CONNECT handshakes in progress at once.
+    #[arg(long, default_value_t = 100)]
+    concurrency: usize,
+    /// Idle workload: seconds to hold the connections (0 = until a line on standard input).
+    #[arg(long, default_value = "0", value_parser = parse_secs)]
+    hold: Duration,
 }
 
 fn parse_secs(s: &str) -> Result<Duration, String> {
@@ -162,12 +174,17 @@ async fn publisher(
     per_second: f64,
 ) -> anyhow::Result<PublisherResult> {
     let (client, mut events) = AsyncClient::new(options(args, format!("{}-pub-{n}", args.id), true), 1_000);
+    // PUBACKs received, and PUBLISH packets actually written: rumqttc buffers requests, so a
+    // QoS 0 publish "returns" before it is sent, and disconnecting early would discard it.
     let acks = std::rc::Rc::new(std::cell::Cell::new(0u64));
-    let acks2 = acks.clone();
+    let sent = std::rc::Rc::new(std::cell::Cell::new(0u64));
+    let (acks2, sent2) = (acks.clone(), sent.clone());
     let pump = tokio::task::spawn_local(async move {
         while let Ok(event) = events.poll().await {
-            if matches!(event, Event::Incoming(Packet::PubAck(_))) {
-                acks2.set(acks2.get() + 1);
+            match event {
+                Event::Incoming(Packet::PubAck(_)) => acks2.set(acks2.get() + 1),
+                Event::Outgoing(Outgoing::Publish(_)) => sent2.set(sent2.get() + 1),
+                _ => {}
             }
         }
     });
@@ -190,15 +207,17 @@ async fn publisher(
         client.publish(topic.as_str(), qos(args.qos), false, payload.clone()).await?;
         seq += 1;
     }
-    // Let outstanding acknowledgements arrive.
-    let settle = Instant::now() + Duration::from_secs(10);
-    while args.qos > 0 && acks.get() < seq && Instant::now() < settle {
+    // Let buffered publishes go out and outstanding acknowledgements arrive.
+    let settle = Instant::now() + Duration::from_secs(30);
+    let done = |qos: u8| if qos == 0 { sent.get() } else { acks.get() };
+    while done(args.qos) < seq && Instant::now() < settle {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let _ = client.disconnect().await;
     tokio::time::sleep(Duration::from_millis(50)).await;
     pump.abort();
-    Ok(PublisherResult { published: seq, acknowledged: if args.qos == 0 { seq } else { acks.get() } })
+    // QoS 0 has no acknowledgement: "acknowledged" is what went out on the wire.
+    Ok(PublisherResult { published: seq, acknowledged: done(args.qos) })
 }
 
 fn percentile(sorted: &[u64], p: f64) -> f64 {
@@ -219,13 +238,14 @@ async fn run(args: Args) -> anyhow::Result<Report> {
         Workload::Fanin => (args.publishers, args.subscribers),
         Workload::Fanout => (1, args.subscribers),
         Workload::Pairs => (args.publishers, args.publishers),
+        Workload::Idle => bail!("the idle workload has its own runner"),
     };
     let mut subs = Vec::new();
     for s in 0..subscribers {
         let filter = match args.workload {
             Workload::Fanin => "bench/#".to_string(),
             Workload::Fanout => "bench/fanout".to_string(),
-            Workload::Pairs => format!("bench/pair/{s}"),
+            Workload::Pairs | Workload::Idle => format!("bench/pair/{s}"),
         };
         subs.push(subscriber(&args, s, filter, epoch, tx.clone()).await?);
     }
@@ -237,7 +257,7 @@ async fn run(args: Args) -> anyhow::Result<Report> {
         let topic = match args.workload {
             Workload::Fanin => format!("bench/{p}"),
             Workload::Fanout => "bench/fanout".to_string(),
-            Workload::Pairs => format!("bench/pair/{p}"),
+            Workload::Pairs | Workload::Idle => format!("bench/pair/{p}"),
         };
         let args = clone_args(&args);
         tasks.push(tokio::task::spawn_local(async move {
@@ -303,13 +323,119 @@ fn clone_args(a: &Args) -> Args {
         window: a.window,
         persistent: a.persistent,
         id: a.id.clone(),
+        connections: a.connections,
+        concurrency: a.concurrency,
+        hold: a.hold,
     }
+}
+
+#[derive(Debug, Serialize)]
+struct IdleReport {
+    workload: &'static str,
+    connections: usize,
+    failed: usize,
+    connect_seconds: f64,
+    connect_rate: f64,
+}
+
+/// An MQTT 3.1.1 CONNECT: clean session, keep-alive 0 (never pinged, never timed out).
+/// Hand-encoded because the idle workload needs nothing else of a client, and 10,000 rumqttc
+/// event loops would measure the load generator rather than the broker.
+fn connect_packet(client_id: &str) -> Vec<u8> {
+    let mut body = Vec::with_capacity(12 + client_id.len());
+    body.extend_from_slice(&[0x00, 0x04, b'M', b'Q', b'T', b'T', 0x04, 0x02, 0x00, 0x00]);
+    body.extend_from_slice(&(client_id.len() as u16).to_be_bytes());
+    body.extend_from_slice(client_id.as_bytes());
+    let mut packet = vec![0x10];
+    let mut len = body.len();
+    loop {
+        let mut byte = (len % 128) as u8;
+        len /= 128;
+        if len > 0 {
+            byte |= 0x80;
+        }
+        packet.push(byte);
+        if len == 0 {
+            break;
+        }
+    }
+    packet.extend_from_slice(&body);
+    packet
+}
+
+async fn idle_connection(addr: (String, u16), client_id: String) -> anyhow::Result<tokio::net::TcpStream> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await?;
+    stream.write_all(&connect_packet(&client_id)).await?;
+    let mut connack = [0u8; 4];
+    stream.read_exact(&mut connack).await?;
+    if connack[0] != 0x20 || connack[3] != 0 {
+        bail!("CONNACK {connack:02x?}");
+    }
+    Ok(stream)
+}
+
+async fn run_idle(args: &Args) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let started = Instant::now();
+    let mut open = Vec::with_capacity(args.connections);
+    let mut failed = 0;
+    let mut first_error = None;
+    let mut pending = tokio::task::JoinSet::new();
+    for i in 0..args.connections {
+        while pending.len() >= args.concurrency.max(1) {
+            match pending.join_next().await {
+                Some(Ok(Ok(stream))) => open.push(stream),
+                Some(Ok(Err(err))) => {
+                    failed += 1;
+                    first_error.get_or_insert(err);
+                }
+                Some(Err(err)) => bail!("connect task: {err}"),
+                None => break,
+            }
+        }
+        pending.spawn_local(idle_connection((args.host.clone(), args.port), format!("{}-idle-{i}", args.id)));
+    }
+    while let Some(joined) = pending.join_next().await {
+        match joined? {
+            Ok(stream) => open.push(stream),
+            Err(err) => {
+                failed += 1;
+                first_error.get_or_insert(err);
+            }
+        }
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    if let Some(err) = first_error {
+        eprintln!("{failed} connections failed; first: {err:#}");
+    }
+    let report = IdleReport {
+        workload: "idle",
+        connections: open.len(),
+        failed,
+        connect_seconds: seconds,
+        connect_rate: open.len() as f64 / seconds,
+    };
+    // Printed while the connections are open: the driver measures the broker now.
+    println!("{}", serde_json::to_string(&report)?);
+    std::io::stdout().flush()?;
+    if args.hold.is_zero() {
+        let mut line = String::new();
+        let _ = tokio::task::spawn_blocking(move || std::io::stdin().read_line(&mut line)).await;
+    } else {
+        tokio::time::sleep(args.hold).await;
+    }
+    drop(open);
+    Ok(())
 }
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let local = tokio::task::LocalSet::new();
+    if matches!(args.workload, Workload::Idle) {
+        return local.block_on(&rt, run_idle(&args));
+    }
     let report = local.block_on(&rt, run(args))?;
     println!("{}", serde_json::to_string(&report)?);
     Ok(())

@@ -912,6 +912,11 @@ impl Wire for Wire5 {
         self.io.is_wr_backpressure()
     }
 
+    fn send_now(&self) {
+        // An error closes the connection; the writer sees it through `is_closed`.
+        let _ = self.io.send_buf();
+    }
+
     fn ready(&self) -> impl Future<Output = bool> {
         self.sink.ready()
     }

@@ -47,6 +47,9 @@ pub trait Wire {
     fn is_closed(&self) -> bool;
     /// Whether the socket's write buffer is above its high-water mark.
     fn backpressure(&self) -> bool;
+    /// Writes what is buffered to the socket now, if the socket is idle, instead of waiting
+    /// for ntex's write pass after every other task of this turn.
+    fn send_now(&self);
     /// Resolves when writing may continue; false when the connection closed.
     fn ready(&self) -> impl Future<Output = bool>;
 }
@@ -125,6 +128,11 @@ pub(crate) async fn run<W: Wire>(writer: Writer<W>) {
             }
             continue;
         }
+        // A short batch drained the queue: this writer is about to sleep, so nothing more is
+        // coming to coalesce with. Sending now (rather than in ntex's shared write pass after
+        // every other woken connection) keeps light-load latency low; full batches under load
+        // still leave in as few writes as before.
+        let drained = batch.len() < BATCH;
         let now = Instant::now();
         for item in batch.drain(..) {
             let (qos, packet_id) = match &item {
@@ -145,6 +153,9 @@ pub(crate) async fn run<W: Wire>(writer: Writer<W>) {
                 }
                 Sent::Closed => return,
             }
+        }
+        if drained {
+            wire.send_now();
         }
     }
 }
