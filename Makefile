@@ -8,7 +8,7 @@ TARGET_DIR   := $(shell $(CARGO) metadata --format-version 1 --no-deps 2>/dev/nu
 BROKER_BIN   := $(TARGET_DIR)/debug/fleetmq-broker
 OPERATOR_BIN := $(TARGET_DIR)/debug/fleetmq-operator
 
-.PHONY: run build test test-rust test-python lint fmt check-python-deps clean crds bench bench-store bench-compare bench-deps
+.PHONY: images run build test test-rust test-python lint fmt check-python-deps clean crds bench bench-store bench-compare bench-deps
 
 ## run: build and start the broker on 127.0.0.1:1883 (anonymous, state under ./data)
 run:
@@ -54,16 +54,22 @@ bench-store:
 ## crds: regenerate crds/ (one file per kind) from the operator's types; a test fails on drift
 crds:
 	$(CARGO) build -q -p fleetmq-operator --bin fleetmq-operator
-	rm -f crds/*.yaml
+	rm -f crds/*.yaml charts/fleetmq-operator/crds/*.yaml
 	$(OPERATOR_BIN) crd --out-dir crds
+	cp crds/*.yaml charts/fleetmq-operator/crds/
 
 check-python-deps:
 	@command -v mosquitto_pub >/dev/null || { echo "mosquitto_pub missing: run .ci/run or 'apt-get install mosquitto-clients'"; exit 1; }
 	@test -d tests/js/node_modules/mqtt || { echo "MQTT.js missing: run .ci/run (or 'npm ci --prefix tests/js')"; exit 1; }
-	@$(PYTHON) -c 'import paho.mqtt, pytest, yaml, jsonschema, kubernetes_validate' 2>/dev/null || { echo "Python test deps missing in $(PYTHON_VENV): run .ci/run (or python3 -m venv $(PYTHON_VENV) && $(PYTHON_VENV)/bin/pip install -r tests/requirements.txt)"; exit 1; }
+	@$(PYTHON) -c 'import paho.mqtt, pytest, yaml, jsonschema, kubernetes_validate, helm_python' 2>/dev/null || { echo "Python test deps missing in $(PYTHON_VENV): run .ci/run (or python3 -m venv $(PYTHON_VENV) && $(PYTHON_VENV)/bin/pip install -r tests/requirements.txt)"; exit 1; }
 
 fmt:
 	$(CARGO) fmt --all
 
 clean:
 	$(CARGO) clean
+
+## images: build the broker and operator images (needs Docker; `make test` lints the Dockerfiles)
+images:
+	docker build -f broker/Dockerfile -t fleetmq-broker:dev .
+	docker build -f operator/Dockerfile -t fleetmq-operator:dev .

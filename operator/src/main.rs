@@ -71,6 +71,17 @@ struct RunArgs {
     /// Identity in the Lease (the pod name).
     #[arg(long, env = "POD_NAME")]
     identity: Option<String>,
+    /// Log format: `json` (one object per line, for log collectors) or `text`.
+    #[arg(long, env = "FLEETMQ_LOG_FORMAT", value_enum, default_value = "json")]
+    log_format: LogFormat,
+}
+
+/// The operator's log line format.
+#[derive(Clone, Copy, Default, clap::ValueEnum)]
+enum LogFormat {
+    #[default]
+    Json,
+    Text,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -122,13 +133,14 @@ fn render_cmd(
 }
 
 async fn run(args: RunArgs) -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,kube=warn")),
-        )
-        .json()
-        .init();
+    let logs = tracing_subscriber::fmt().with_env_filter(
+        tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,kube=warn")),
+    );
+    match args.log_format {
+        LogFormat::Json => logs.json().init(),
+        LogFormat::Text => logs.init(),
+    }
     let client = kube::Client::try_default().await.context("connecting to the Kubernetes API")?;
     let metrics = Metrics::new();
     if let Some(addr) = args.metrics_addr {
