@@ -8,7 +8,7 @@ TARGET_DIR   := $(shell $(CARGO) metadata --format-version 1 --no-deps 2>/dev/nu
 BROKER_BIN   := $(TARGET_DIR)/debug/fleetmq-broker
 OPERATOR_BIN := $(TARGET_DIR)/debug/fleetmq-operator
 
-.PHONY: images run build test test-rust test-python lint fmt check-python-deps clean crds bench bench-store bench-compare bench-deps
+.PHONY: e2e-local e2e-kind images run build test test-rust test-python lint fmt check-python-deps clean crds bench bench-store bench-compare bench-deps
 
 ## run: build and start the broker on 127.0.0.1:1883 (anonymous, state under ./data)
 run:
@@ -73,3 +73,11 @@ clean:
 images:
 	docker build -f broker/Dockerfile -t fleetmq-broker:dev .
 	docker build -f operator/Dockerfile -t fleetmq-operator:dev .
+
+## e2e-local: rendered operator output served by real brokers (also part of `make test`)
+e2e-local:
+	e2e/local/run.sh
+
+## e2e-kind: the same on a kind cluster (needs docker, kind, kubectl, helm; not run in CI)
+e2e-kind:
+	e2e/kind/run.sh

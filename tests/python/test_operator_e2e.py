@@ -10,6 +10,8 @@ Only what a pod provides differs: the Kubernetes mount paths point into a tempor
 
 from __future__ import annotations
 
+import os
+import pathlib
 import shutil
 import socket
 import ssl
@@ -48,20 +50,7 @@ LOGIN_TIMEOUT = 20.0
 @pytest.fixture(scope="module")
 def rendered(tmp_path_factory) -> dict:
     """{broker name: (broker.yaml text, {auth Secret key: file text})} of the examples."""
-    work = tmp_path_factory.mktemp("render")
-    creds = work / "gateway-credentials.yaml"
-    creds.write_text(GATEWAY_CREDENTIALS)
-    configs = work / "configs"
-    proc = subprocess.run(
-        [operator_binary(), "render", "-f", str(EXAMPLES), "-f", str(creds), "--config-dir", str(configs)],
-        capture_output=True, text=True, timeout=120,
-    )
-    assert proc.returncode == 0, proc.stderr
-    out = {}
-    for doc in yaml.safe_load_all(proc.stdout):
-        if doc and doc["kind"] == "Secret" and doc["metadata"]["name"].endswith("-auth"):
-            name = doc["metadata"]["name"].removesuffix("-auth")
-            out[name] = ((configs / f"default_{name}.yaml").read_text(), doc["stringData"])
+    out = render_examples(tmp_path_factory.mktemp("render"), EXAMPLES)
     assert sorted(out) == ["fleet", "minimal"]
     return out
 
@@ -75,11 +64,19 @@ class Running:
 
 @pytest.fixture
 def run_rendered(launch, tmp_path):
-    def start(config_text: str, auth_files: dict[str, str], pki: Pki | None = None) -> Running:
+    def start(config_text: str, auth_files: dict[str, str], pki: Pki | None = None,
+              kubelet_layout: bool = False) -> Running:
+        """`kubelet_layout`: the auth files as the kubelet mounts a Secret volume (each key a
+        symlink through `..data` to a timestamped directory), for swap_secret()."""
         auth_dir = tmp_path / "auth"
         auth_dir.mkdir()
-        for key, text in auth_files.items():
-            (auth_dir / key).write_text(text)
+        if kubelet_layout:
+            swap_secret(auth_dir, auth_files, "..2026_11_22_00_00_00.000000001")
+            for key in auth_files:
+                (auth_dir / key).symlink_to(f"..data/{key}")
+        else:
+            for key, text in auth_files.items():
+                (auth_dir / key).write_text(text)
         tls_dir = tmp_path / "tls"
         tls_dir.mkdir()
         if pki is not None:
@@ -110,6 +107,37 @@ def run_rendered(launch, tmp_path):
         return Running(broker, ports, http, config)
 
     return start
+
+
+def swap_secret(volume: pathlib.Path, files: dict[str, str], version: str) -> None:
+    """Updates a Secret volume the way the kubelet does: write a new timestamped directory, then
+    atomically rename a fresh `..data` symlink over the old one."""
+    target = volume / version
+    target.mkdir()
+    for key, text in files.items():
+        (target / key).write_text(text)
+    tmp = volume / "..data_tmp"
+    tmp.symlink_to(version)
+    os.replace(tmp, volume / "..data")
+
+
+def render_examples(work: pathlib.Path, examples: pathlib.Path) -> dict:
+    """`fleetmq-operator render` of `examples` (plus the gateway's credentials Secret):
+    {broker name: (broker.yaml text, {auth Secret key: file text})}."""
+    creds = work / "gateway-credentials.yaml"
+    creds.write_text(GATEWAY_CREDENTIALS)
+    configs = work / "configs"
+    proc = subprocess.run(
+        [operator_binary(), "render", "-f", str(examples), "-f", str(creds), "--config-dir", str(configs)],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    out = {}
+    for doc in yaml.safe_load_all(proc.stdout):
+        if doc and doc["kind"] == "Secret" and doc["metadata"]["name"].endswith("-auth"):
+            name = doc["metadata"]["name"].removesuffix("-auth")
+            out[name] = ((configs / f"default_{name}.yaml").read_text(), doc["stringData"])
+    return out
 
 
 def http_get(port: int, path: str) -> tuple[int, str]:
@@ -197,3 +225,41 @@ def test_minimal_example_lets_anonymous_clients_use_every_topic(rendered, run_re
     # The password file is still read: a username it does not have is refused.
     _, rc = login(clients, running, "mqtt", "stranger", ("stranger", "pw"), expect=None)
     assert rc == 0x86
+
+
+def test_changed_users_reach_the_running_broker_through_a_secret_swap(rendered, run_rendered, clients,
+                                                                      tmp_path_factory):
+    """MqttUsers change (the gateway is deleted, the dashboard may now also write alerts/#):
+    the re-rendered auth Secret lands through the kubelet's `..data` swap, the broker applies
+    it within its 2 s check, the removed user is disconnected and refused, and the dashboard's
+    connection stays up with its new rights."""
+    config_text, auth_files = rendered["fleet"]
+    running = run_rendered(config_text, auth_files, Pki(tmp_path_factory.mktemp("pki")), kubelet_layout=True)
+    gateway, _ = login(clients, running, "mqtt", "gw-swap", GATEWAY)
+    dashboard, _ = login(clients, running, "mqtt", "dash-swap", DASHBOARD)
+    assert dashboard.subscribe("telemetry/#", 1) == [1]
+    assert dashboard.publish("alerts/high", b"x", 1)[0] == 0x87, "not yet allowed"
+
+    work = tmp_path_factory.mktemp("render-v2")
+    examples = work / "examples"
+    shutil.copytree(EXAMPLES, examples)
+    users = list(yaml.safe_load_all((examples / "users.yaml").read_text()))
+    users = [u for u in users if not (u["kind"] == "MqttUser" and u["metadata"]["name"] == "sensor-gateway")]
+    next(u for u in users if u["metadata"]["name"] == "dashboard")["spec"]["acl"].append(
+        {"topic": "alerts/#", "access": "readwrite"})
+    (examples / "users.yaml").write_text(yaml.safe_dump_all(users))
+    new_config, new_auth = render_examples(work, examples)["fleet"]
+    assert new_config == config_text, "users change the auth Secret only, not broker.yaml"
+    assert new_auth != auth_files and GATEWAY[0] not in new_auth["passwords"]
+    swap_secret(pathlib.Path(running.config["auth"]["password_file"]).parent, new_auth, "..v2")
+
+    gateway.wait_disconnect(timeout=10)  # seen within the broker's 2 s check; v5 0x87
+    assert dashboard.publish("alerts/high", b"allowed", 1)[0] in (0, 0x10), "the new rule applies (0x10: no subscriber yet)"
+    _, rc = login(clients, running, "mqtt", "gw-again", GATEWAY, expect=None)
+    assert rc == 0x86, "a deleted MqttUser cannot log in"
+    assert not dashboard.disconnects, "the dashboard stayed connected through the swap"
+    # The same connection keeps its subscription and now reads alerts too.
+    assert dashboard.subscribe("alerts/#", 1) == [1]
+    probe, _ = login(clients, running, "mqtt", "dash-probe", DASHBOARD)
+    assert probe.publish("alerts/high", b"y", 1)[0] == 0
+    assert dashboard.wait_message("alerts/high").payload == b"y"
