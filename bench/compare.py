@@ -28,7 +28,7 @@ import subprocess
 import tempfile
 import time
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+from benchlib import ROOT, cpu_seconds, free_port, pinned, target_dir
 INFLIGHT = 100  # broker in-flight window and the load generator's window, both brokers
 
 # (name, fleetmq-load arguments, messages per publisher for 64 B, for 1 KiB). Counts are sized
@@ -45,22 +45,6 @@ LATENCY = [
     ("pairs 500 @10k/s", ["--workload", "pairs", "--publishers", "500"], 10_000),
     ("fan-out 1→100 @500/s", ["--workload", "fanout", "--subscribers", "100"], 500),
 ]
-
-
-def target_dir() -> pathlib.Path:
-    meta = subprocess.run(["cargo", "metadata", "--format-version", "1", "--no-deps"], cwd=ROOT,
-                          capture_output=True, text=True, check=True)
-    return pathlib.Path(json.loads(meta.stdout)["target_directory"]) / "release"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def pinned(cpu: int) -> list[str]:
-    return ["taskset", "-c", str(cpu)] if shutil.which("taskset") and (os.cpu_count() or 1) > 1 else []
 
 
 def raise_nofile():
@@ -100,8 +84,7 @@ class Broker:
         raise NotImplementedError
 
     def cpu_seconds(self) -> float:
-        fields = pathlib.Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return cpu_seconds(self.proc.pid)
 
     def rss_kib(self) -> int:
         status = pathlib.Path(f"/proc/{self.proc.pid}/status").read_text()
@@ -213,6 +196,11 @@ def med(runs: list[dict], key: str) -> float:
     return statistics.median(r[key] for r in runs)
 
 
+def losses(runs: list[dict]) -> str:
+    """`lost/duplicates` summed over the repetitions."""
+    return f"{sum(r['lost'] for r in runs)}/{sum(r['duplicates'] for r in runs)}"
+
+
 def machine() -> str:
     cpu = next((line.split(":", 1)[1].strip() for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.processor())
@@ -310,8 +298,7 @@ def render(cases, results, args) -> str:
         ]
         for _, name, qos, _, _ in tp:
             f, m = results[name]["fleetmq"], results[name]["mosquitto"]
-            loss = (f"{sum(r['lost'] for r in f)}/{sum(r['duplicates'] for r in f)}, "
-                    f"{sum(r['lost'] for r in m)}/{sum(r['duplicates'] for r in m)}") if qos == 1 else "(QoS 0)"
+            loss = f"{losses(f)}, {losses(m)}" if qos == 1 else "(QoS 0)"
             lines.append(f"| {name} | {med(f, 'per_cpu_s'):,.0f} | {med(m, 'per_cpu_s'):,.0f} | "
                          f"**{med(f, 'per_cpu_s') / med(m, 'per_cpu_s'):.2f}×** | {med(f, 'delivery_rate'):,.0f} | "
                          f"{med(m, 'delivery_rate'):,.0f} | {loss} |")
@@ -330,9 +317,7 @@ def render(cases, results, args) -> str:
             lines.append(
                 f"| {name} | {med(f, 'latency_p50_ms'):.2f} ms | {med(m, 'latency_p50_ms'):.2f} ms | "
                 f"{med(f, 'latency_p99_ms'):.2f} ms | {med(m, 'latency_p99_ms'):.2f} ms | "
-                f"{med(f, 'per_cpu_s'):,.0f} | {med(m, 'per_cpu_s'):,.0f} | "
-                f"{sum(r['lost'] for r in f)}/{sum(r['duplicates'] for r in f)}, "
-                f"{sum(r['lost'] for r in m)}/{sum(r['duplicates'] for r in m)} |")
+                f"{med(f, 'per_cpu_s'):,.0f} | {med(m, 'per_cpu_s'):,.0f} | {losses(f)}, {losses(m)} |")
         lines.append("")
     idle_cases = [c for c in cases if c[0] == "idle"]
     if idle_cases:

@@ -13,33 +13,15 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import os
 import pathlib
 import re
-import shutil
 import socket
 import statistics
 import subprocess
 import tempfile
 import time
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-
-
-def target_dir() -> pathlib.Path:
-    meta = subprocess.run(["cargo", "metadata", "--format-version", "1", "--no-deps"], cwd=ROOT,
-                          capture_output=True, text=True, check=True)
-    return pathlib.Path(json.loads(meta.stdout)["target_directory"]) / "release"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def pinned(cpu: int) -> list[str]:
-    return ["taskset", "-c", str(cpu)] if shutil.which("taskset") and os.cpu_count() and os.cpu_count() > 1 else []
+from benchlib import ROOT, cpu_seconds, free_port, pinned, target_dir
 
 
 class BrokerProcess:
@@ -73,8 +55,7 @@ class BrokerProcess:
         raise RuntimeError("broker did not start")
 
     def cpu_seconds(self) -> float:
-        fields = pathlib.Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return cpu_seconds(self.proc.pid)
 
     def stop(self):
         self.proc.terminate()
