@@ -17,11 +17,11 @@ use fleetmq_config::BrokerConfig;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec, StatefulSetUpdateStrategy};
 use k8s_openapi::api::core::v1::{
-    Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource,
-    HTTPGetAction, LifecycleHandler, LocalObjectReference, PersistentVolumeClaim, PersistentVolumeClaimSpec,
-    PodSecurityContext, PodSpec, PodTemplateSpec, Probe, SeccompProfile, Secret, SecretVolumeSource,
-    SecurityContext, Service, ServicePort, ServiceSpec, SleepAction, TopologySpreadConstraint, Volume,
-    VolumeMount, VolumeResourceRequirements,
+    Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource, EnvVar,
+    EnvVarSource, HTTPGetAction, LifecycleHandler, LocalObjectReference, ObjectFieldSelector,
+    PersistentVolumeClaim, PersistentVolumeClaimSpec, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
+    SeccompProfile, Secret, SecretVolumeSource, SecurityContext, Service, ServicePort, ServiceSpec,
+    SleepAction, TopologySpreadConstraint, Volume, VolumeMount, VolumeResourceRequirements,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -75,11 +75,18 @@ pub struct BuildOptions {
     pub default_image: String,
     /// Whether the Prometheus Operator's ServiceMonitor CRD is served.
     pub service_monitor_served: bool,
+    /// OTLP collector the broker pods export traces to (`OTEL_EXPORTER_OTLP_ENDPOINT`); `None`:
+    /// trace export stays off.
+    pub otlp_endpoint: Option<String>,
 }
 
 impl Default for BuildOptions {
     fn default() -> Self {
-        BuildOptions { default_image: DEFAULT_IMAGE.to_string(), service_monitor_served: false }
+        BuildOptions {
+            default_image: DEFAULT_IMAGE.to_string(),
+            service_monitor_served: false,
+            otlp_endpoint: None,
+        }
     }
 }
 
@@ -171,7 +178,7 @@ pub fn plan_broker(inputs: &BrokerInputs, hasher: &PasswordHasher) -> Result<Bro
     }
     objects.push(Desired::typed(&headless_service(broker))?);
     objects.push(Desired::typed(&client_service(broker))?);
-    objects.push(Desired::typed(&stateful_set(broker, &restart, &inputs.options.default_image))?);
+    objects.push(Desired::typed(&stateful_set(broker, &restart, &inputs.options))?);
     if let Some(pdb) = pod_disruption_budget(broker) {
         objects.push(Desired::typed(&pdb)?);
     }
@@ -415,7 +422,8 @@ pub fn tls_secret_name(broker: &MqttBroker) -> Option<String> {
 }
 
 /// The StatefulSet.
-pub fn stateful_set(broker: &MqttBroker, restart_hash: &str, default_image: &str) -> StatefulSet {
+pub fn stateful_set(broker: &MqttBroker, restart_hash: &str, options: &BuildOptions) -> StatefulSet {
+    let default_image = options.default_image.as_str();
     let name = broker.name_any();
     let spec = &broker.spec;
     let selector = names::selector_labels(&name);
@@ -518,6 +526,7 @@ pub fn stateful_set(broker: &MqttBroker, restart_hash: &str, default_image: &str
         image: Some(spec.image.clone().unwrap_or_else(|| default_image.to_string())),
         image_pull_policy: spec.image_pull_policy.map(|p| p.as_str().to_string()),
         args: Some(vec!["--config".to_string(), format!("{}/{}", names::CONFIG_DIR, names::CONFIG_KEY)]),
+        env: options.otlp_endpoint.as_deref().map(|endpoint| otlp_env(broker, endpoint)),
         ports: Some(ports),
         resources: spec.resources.clone(),
         security_context: Some(container_security()),
@@ -608,6 +617,36 @@ pub fn stateful_set(broker: &MqttBroker, restart_hash: &str, default_image: &str
         }),
         ..StatefulSet::default()
     }
+}
+
+/// Trace export settings for the broker container: the collector, and resource attributes that
+/// name the pod (the `$(POD_NAME)` reference is expanded by the kubelet from the variable above
+/// it).
+fn otlp_env(broker: &MqttBroker, endpoint: &str) -> Vec<EnvVar> {
+    let value =
+        |name: &str, value: String| EnvVar { name: name.to_string(), value: Some(value), value_from: None };
+    let namespace = broker.metadata.namespace.clone().unwrap_or_default();
+    vec![
+        EnvVar {
+            name: "POD_NAME".to_string(),
+            value: None,
+            value_from: Some(EnvVarSource {
+                field_ref: Some(ObjectFieldSelector {
+                    field_path: "metadata.name".to_string(),
+                    api_version: None,
+                }),
+                ..EnvVarSource::default()
+            }),
+        },
+        value("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.to_string()),
+        value(
+            "OTEL_RESOURCE_ATTRIBUTES",
+            format!(
+                "k8s.namespace.name={namespace},k8s.statefulset.name={},k8s.pod.name=$(POD_NAME)",
+                broker.name_any()
+            ),
+        ),
+    ]
 }
 
 /// The PodDisruptionBudget (unless `spec.pdb.enabled` is false).

@@ -59,6 +59,10 @@ struct RunArgs {
     /// Broker image for MqttBrokers without spec.image.
     #[arg(long, env = "FLEETMQ_BROKER_IMAGE")]
     broker_image: Option<String>,
+    /// OTLP/HTTP collector the broker pods export traces to (e.g. http://otel-collector:4318);
+    /// unset: broker trace export stays off.
+    #[arg(long, env = "FLEETMQ_BROKER_OTLP_ENDPOINT")]
+    broker_otlp_endpoint: Option<String>,
     /// Disable leader election (only for a single replica).
     #[arg(long)]
     no_leader_election: bool,
@@ -160,6 +164,9 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let mut ctx = Context::new(client.clone(), Some(recorder), metrics.clone());
     if let Some(image) = &args.broker_image {
         ctx = ctx.with_default_image(image.clone());
+    }
+    if let Some(endpoint) = args.broker_otlp_endpoint.as_ref().filter(|e| !e.is_empty()) {
+        ctx = ctx.with_otlp_endpoint(endpoint.clone());
     }
     let ctx = Arc::new(ctx);
     let work = controller::run(client.clone(), ctx, args.namespaces.clone());

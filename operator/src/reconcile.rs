@@ -41,6 +41,8 @@ pub struct Context {
     pub hasher: PasswordHasher,
     /// Broker image when `spec.image` is unset.
     pub default_image: String,
+    /// OTLP collector for the broker pods' traces, if any.
+    pub otlp_endpoint: Option<String>,
     /// Operator metrics.
     pub metrics: Metrics,
     failures: Mutex<HashMap<String, u32>>,
@@ -60,6 +62,7 @@ impl Context {
             recorder,
             hasher: PasswordHasher::default(),
             default_image: build::DEFAULT_IMAGE.to_string(),
+            otlp_endpoint: None,
             metrics,
             failures: Mutex::new(HashMap::new()),
         }
@@ -74,6 +77,12 @@ impl Context {
     /// Replaces the default broker image.
     pub fn with_default_image(mut self, image: impl Into<String>) -> Self {
         self.default_image = image.into();
+        self
+    }
+
+    /// Makes broker pods export traces to this OTLP collector.
+    pub fn with_otlp_endpoint(mut self, endpoint: impl Into<String>) -> Self {
+        self.otlp_endpoint = Some(endpoint.into());
         self
     }
 
@@ -238,7 +247,11 @@ async fn reconcile_broker_inner(broker: &MqttBroker, ctx: &Context) -> Result<Ac
         broker: broker.clone(),
         users: users.entries,
         bridges: bridges.entries,
-        options: BuildOptions { default_image: ctx.default_image.clone(), service_monitor_served },
+        options: BuildOptions {
+            default_image: ctx.default_image.clone(),
+            service_monitor_served,
+            otlp_endpoint: ctx.otlp_endpoint.clone(),
+        },
     };
     let plan = match build::plan_broker(&plan_inputs, &ctx.hasher) {
         Ok(plan) => plan,

@@ -247,6 +247,7 @@ pub fn render(input: &RenderInput, hasher: &PasswordHasher) -> Result<RenderOutp
                 options: BuildOptions {
                     default_image: build::DEFAULT_IMAGE.to_string(),
                     service_monitor_served: true,
+                    otlp_endpoint: None,
                 },
             },
             hasher,

@@ -26,7 +26,8 @@ VALUE_SETS = {
                                "pullPolicy": "Always"},
                      "brokerImage": {"repository": "registry.example.com/fleetmq/broker",
                                      "digest": "sha256:" + "ab" * 32},
-                     "imagePullSecrets": [{"name": "regcred"}], "log": {"level": "debug", "format": "text"}},
+                     "imagePullSecrets": [{"name": "regcred"}], "log": {"level": "debug", "format": "text"},
+                     "brokerTelemetry": {"otlpEndpoint": "http://otel-collector.observability:4318"}},
 }
 
 
@@ -81,6 +82,7 @@ def test_default_values_run_two_hardened_replicas_with_cluster_wide_rbac():
     assert c["livenessProbe"]["httpGet"]["path"] == "/healthz" and c["readinessProbe"]["httpGet"]["path"] == "/readyz"
     env = {e["name"]: e.get("value") for e in c["env"]}
     assert env["FLEETMQ_WATCH_NAMESPACES"] == "" and env["FLEETMQ_LOG_FORMAT"] == "json"
+    assert "FLEETMQ_BROKER_OTLP_ENDPOINT" not in env, "broker tracing off by default"
     assert env["FLEETMQ_BROKER_IMAGE"] == "ghcr.io/fleetmq/fleetmq-broker:0.1.0"
     assert [r["kind"] for r in docs if r["kind"].endswith("Role")] == ["ClusterRole", "Role"]
     rules = by_kind(docs, "ClusterRole")[0]["rules"]
@@ -128,6 +130,7 @@ def test_custom_image_values_reach_the_pod():
     env = {e["name"]: e.get("value") for e in c["env"]}
     assert env["FLEETMQ_BROKER_IMAGE"] == "registry.example.com/fleetmq/broker@sha256:" + "ab" * 32
     assert env["RUST_LOG"] == "debug" and env["FLEETMQ_LOG_FORMAT"] == "text"
+    assert env["FLEETMQ_BROKER_OTLP_ENDPOINT"] == "http://otel-collector.observability:4318"
     assert pod["imagePullSecrets"] == [{"name": "regcred"}]
 
 
@@ -137,6 +140,7 @@ def test_custom_image_values_reach_the_pod():
     ({"image": {"repository": "x", "digest": "latest"}}, "digest"),
     ({"watchNamespaces": ["Not_A_Namespace"]}, "watchNamespaces"),
     ({"metrics": {"prot": 8080}}, "prot"),
+    ({"brokerTelemetry": {"otlpEndpoint": "collector:4318"}}, "otlpEndpoint"),
     ({"replicaCount": 2, "leaderElection": {"enabled": False}}, "leaderElection"),
     ({"metrics": {"service": {"enabled": False}, "serviceMonitor": {"enabled": True}}}, "metrics.service.enabled"),
 ])

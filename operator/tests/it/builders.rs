@@ -542,3 +542,34 @@ fn credentials_secret_has_a_usable_uri() {
     wss.spec.listeners.retain(|l| l.protocol == ListenerProtocol::Wss);
     assert_eq!(uri(&wss), "wss://u:p@fleet.default.svc:8443/mqtt");
 }
+
+#[test]
+fn broker_pods_export_traces_only_when_the_operator_has_a_collector() {
+    let container = |inputs: &BrokerInputs| {
+        let sts: StatefulSet = typed(&plan(inputs), "StatefulSet");
+        sts.spec.expect("spec").template.spec.expect("pod spec").containers[0].clone()
+    };
+    let off = inputs_for(broker("fleet"));
+    assert_eq!(container(&off).env, None, "no collector configured: no OTEL_* variables");
+
+    let mut on = off.clone();
+    on.options.otlp_endpoint = Some("http://otel-collector.observability:4318".into());
+    let env = container(&on).env.expect("env");
+    let value = |name: &str| env.iter().find(|e| e.name == name).and_then(|e| e.value.clone());
+    assert_eq!(
+        value("OTEL_EXPORTER_OTLP_ENDPOINT").as_deref(),
+        Some("http://otel-collector.observability:4318")
+    );
+    let attributes = value("OTEL_RESOURCE_ATTRIBUTES").expect("resource attributes");
+    assert!(
+        attributes.contains("k8s.statefulset.name=fleet") && attributes.contains("k8s.pod.name=$(POD_NAME)")
+    );
+    // $(POD_NAME) expands only from a variable defined before it.
+    let pod_name = env.iter().position(|e| e.name == "POD_NAME").expect("POD_NAME");
+    let attrs_at = env.iter().position(|e| e.name == "OTEL_RESOURCE_ATTRIBUTES").expect("attributes");
+    assert!(pod_name < attrs_at);
+    assert_eq!(
+        env[pod_name].value_from.as_ref().and_then(|v| v.field_ref.as_ref()).map(|f| f.field_path.as_str()),
+        Some("metadata.name")
+    );
+}
