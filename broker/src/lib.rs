@@ -5,6 +5,7 @@
 //! `store` (persistence seam).
 
 pub mod auth;
+pub mod bridge;
 pub mod core;
 pub mod frontend;
 pub mod http;

@@ -174,6 +174,17 @@ pub async fn serve(
     }
     let server = builder.run();
 
+    // After recovery and binding: the bridges' internal sessions resume their stored queues.
+    let bridges = crate::bridge::Bridges::start(&broker);
+    let bridge_updates = bridges.clone();
+    reloader.lock().unwrap_or_else(|p| p.into_inner()).add_hook(
+        "bridges",
+        Vec::new(),
+        Box::new(move |config: &BrokerConfig| {
+            bridge_updates.update(config.bridges.clone());
+            Ok(Vec::new())
+        }),
+    );
     ntex::rt::spawn(Reloader::run(reloader, hangup));
     let timers = broker.clone();
     ntex::rt::spawn(async move { timers.run_timers().await });
@@ -194,8 +205,9 @@ pub async fn serve(
     if !interval.is_zero() {
         sys::publish(&broker);
     }
-
     shutdown.await;
+    // Bridges first, while the store is open: their sessions detach like clients do.
+    bridges.stop();
     tracing::info!(
         connections = broker.connected(),
         "shutting down: no new connections, disconnecting clients"

@@ -8,6 +8,7 @@
 //! line ([`BrokerConfig::from_yaml_str`]); semantic checks that serde cannot express live in
 //! [`BrokerConfig::validate`].
 
+pub mod bridge;
 mod rules;
 pub mod topic;
 mod units;
@@ -18,6 +19,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub use bridge::{Backoff, Bridge, BridgeProtocol, BridgeTls, BridgeTopic, Direction};
 pub use units::{ByteSize, byte_size, duration, opt_duration};
 
 /// The largest packet MQTT can encode: a 4-byte remaining length of 268,435,455 plus the
@@ -83,6 +85,9 @@ pub struct BrokerConfig {
     pub http: Http,
     /// Logging.
     pub log: Log,
+    /// Links to remote brokers (see docs/bridges.md). Changes need a restart.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub bridges: Vec<Bridge>,
 }
 
 impl Default for BrokerConfig {
@@ -97,6 +102,7 @@ impl Default for BrokerConfig {
             server: Server::default(),
             http: Http::default(),
             log: Log::default(),
+            bridges: Vec::new(),
         }
     }
 }
@@ -522,6 +528,7 @@ impl BrokerConfig {
             check(&format!("limits.conflate[{i}]"), rules::filter(filter))?;
         }
         check("log.level", rules::nonempty(&self.log.level))?;
+        bridge::validate(&self.bridges).map_err(|(key, reason)| ConfigError::invalid(key, reason))?;
         // Port 0 picks a free port at bind time, so it never collides.
         if self.http.enabled
             && self.http.bind.port() != 0

@@ -261,3 +261,62 @@ fn loopback_default_with_a_password_file_refuses_anonymous() {
     let config = parse("auth:\n  password_file: /p\n  allow_anonymous: true\n").unwrap();
     assert!(config.anonymous_allowed());
 }
+
+const BRIDGE: &str = r#"
+bridges:
+  - name: cloud
+    addresses: ["cloud-a:1883", "cloud-b:8883"]
+    username: edge
+    password_file: /secrets/bridge
+    backoff: {initial: 500ms, max: 30s}
+    topics:
+      - {pattern: "sensors/#", direction: out, qos: 1, local_prefix: "site/", remote_prefix: "edge1/"}
+      - {pattern: "cmd/#", direction: in}
+"#;
+
+#[test]
+fn bridge_parses_with_defaults() {
+    let config = parse(BRIDGE).unwrap();
+    let bridge = &config.bridges[0];
+    assert_eq!(bridge.protocol, BridgeProtocol::V5);
+    assert_eq!(bridge.keepalive, Duration::from_secs(60));
+    assert_eq!(bridge.remote_client_id(), "fleetmq-bridge-cloud");
+    assert_eq!(bridge.backoff.initial, Duration::from_millis(500));
+    assert_eq!(bridge.topics[1].qos, 1);
+    assert_eq!(bridge.topics[1].direction, Direction::In);
+    assert_eq!(bridge.topics[0].local_prefix.as_deref(), Some("site/"));
+    // Round trip through the operator's rendering.
+    assert_eq!(parse(&config.to_yaml()).unwrap(), config);
+}
+
+fn bridge_error(from: &str, to: &str) -> String {
+    let yaml = BRIDGE.replace(from, to);
+    assert_ne!(yaml, BRIDGE, "replacement {from:?} did not apply");
+    parse(&yaml).unwrap_err().to_string()
+}
+
+#[test]
+fn bridge_errors_name_the_key() {
+    let unknown = bridge_error("username: edge", "usernme: edge");
+    assert!(unknown.contains("usernme"), "{unknown}");
+    let pattern = bridge_error("cmd/#", "cmd/#/x");
+    assert!(pattern.contains("bridges[0].topics[1].pattern"), "{pattern}");
+    let prefix = bridge_error("\"site/\"", "\"site\"");
+    assert!(prefix.contains("bridges[0].topics[0].local_prefix"), "{prefix}");
+    let empty = bridge_error(r#"["cloud-a:1883", "cloud-b:8883"]"#, "[]");
+    assert!(empty.contains("bridges[0].addresses"), "{empty}");
+    let port = bridge_error("cloud-b:8883", "cloud-b");
+    assert!(port.contains("bridges[0].addresses[1]"), "{port}");
+    let qos = bridge_error("qos: 1,", "qos: 3,");
+    assert!(qos.contains("bridges[0].topics[0].qos"), "{qos}");
+    let backoff = bridge_error("max: 30s", "max: 100ms");
+    assert!(backoff.contains("bridges[0].backoff.max"), "{backoff}");
+    let tls = bridge_error("username: edge", "tls: {server_name: cloud}");
+    assert!(tls.contains("bridges[0].tls.ca_file"), "{tls}");
+    let pair = bridge_error("username: edge", "tls: {ca_file: /ca.pem, cert_file: /c.pem}");
+    assert!(pair.contains("bridges[0].tls.key_file"), "{pair}");
+    let v3_both = bridge_error("direction: in}", "direction: both}\n    protocol: \"3.1.1\"");
+    assert!(v3_both.contains("bridges[0].topics[1].direction"), "{v3_both}");
+    let duplicate = parse(&format!("{BRIDGE}{}", BRIDGE.replace("bridges:\n", ""))).unwrap_err().to_string();
+    assert!(duplicate.contains("bridges[1].name"), "{duplicate}");
+}

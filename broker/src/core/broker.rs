@@ -260,6 +260,8 @@ struct Inner {
     generations: AtomicU64,
     shutting_down: AtomicBool,
     started: Instant,
+    /// Status of the configured bridges (filled by `bridge::Bridges::start`).
+    bridges: crate::bridge::state::Board,
 }
 
 /// Mirrors session changes into the store, for persistent sessions only.
@@ -370,6 +372,7 @@ impl Broker {
                 generations: AtomicU64::new(1),
                 shutting_down: AtomicBool::new(false),
                 started: Instant::now(),
+                bridges: crate::bridge::state::Board::default(),
             }),
         }
     }
@@ -611,7 +614,7 @@ impl Broker {
         self.inner.auth.store(state.clone());
         for session in self.inner.registry.all() {
             let username = session.username();
-            session.set_acl(state.acl.client(username.as_deref(), &session.client_id));
+            session.set_acl(acl_for(&state, username.as_deref(), &session.client_id));
             let removed = match (&state.passwords, &username) {
                 (Some(file), Some(user)) => !file.contains(user),
                 _ => false,
@@ -631,9 +634,31 @@ impl Broker {
         self.inner.auth.load()
     }
 
+    /// Status of the bridges, for the admin API and `/metrics`.
+    pub fn bridges(&self) -> &crate::bridge::state::Board {
+        &self.inner.bridges
+    }
+
+    /// Connects a client (see [`Broker::connect_bridge`]); client ids starting with
+    /// `$bridge/` belong to bridges and are refused.
+    pub fn connect(&self, req: ConnectRequest) -> Result<Connected, ConnectError> {
+        if req.client_id.starts_with(crate::bridge::SESSION_PREFIX) {
+            return Err(ConnectError::ClientIdRejected);
+        }
+        self.attach(req, false)
+    }
+
+    /// Attaches a bridge's internal session (`$bridge/<name>`): no client id check, no
+    /// `sessions.max_session_expiry` cap (its queue must outlive any remote outage), and an
+    /// ACL that allows everything (the bridge's topic rules are the operator's decision).
+    pub fn connect_bridge(&self, req: ConnectRequest) -> Result<Connected, ConnectError> {
+        debug_assert!(req.client_id.starts_with(crate::bridge::SESSION_PREFIX));
+        self.attach(req, true)
+    }
+
     /// Connects a client: authenticates, resolves the client id, takes over or resumes an
     /// existing session (MQTT 5.0 §3.1.4) and attaches the connection to it.
-    pub fn connect(&self, req: ConnectRequest) -> Result<Connected, ConnectError> {
+    fn attach(&self, req: ConnectRequest, bridge: bool) -> Result<Connected, ConnectError> {
         let inner = &*self.inner;
         if self.is_shutting_down() {
             return Err(ConnectError::ServerUnavailable);
@@ -651,7 +676,8 @@ impl Broker {
         } else {
             (req.client_id.clone(), false)
         };
-        let expiry = req.expiry.capped(inner.settings.load().max_session_expiry);
+        let expiry =
+            if bridge { req.expiry } else { req.expiry.capped(inner.settings.load().max_session_expiry) };
         let generation = inner.generations.fetch_add(1, Ordering::Relaxed);
         let signal = Arc::new(ConnSignal::default());
         let mut replaced = None;
@@ -722,7 +748,7 @@ impl Broker {
         if let Some(will) = will_now {
             self.publish_will(will, &session);
         }
-        session.set_acl(inner.auth.load().acl.client(req.username.as_deref(), &client_id));
+        session.set_acl(acl_for(&inner.auth.load(), req.username.as_deref(), &client_id));
         session.set_username(req.username.clone());
         inner.metrics.connection(true);
         Ok(Connected {
@@ -944,6 +970,10 @@ impl Broker {
                 Enqueued::Overflow { queued, evicted } => {
                     inner.metrics.dropped(DropReason::QueueFull, u64::from(evicted) + u64::from(!queued));
                     tracing::debug!(client_id = %session.client_id, "queue full, message dropped");
+                }
+                Enqueued::SkippedOffline if session.client_id.starts_with(crate::bridge::SESSION_PREFIX) => {
+                    // QoS 0 while the bridge's remote is down: shown per bridge.
+                    inner.bridges.dropped_offline(&session.client_id);
                 }
                 Enqueued::SkippedOffline | Enqueued::SessionEnded => {}
             }
@@ -1173,6 +1203,8 @@ impl Broker {
             ("sys", new.sys != old.sys),
             ("auth", new.auth != old.auth),
             ("http.admin_token_file", new.http.admin_token_file != old.http.admin_token_file),
+            // Applied by the bridge manager (a reload hook), bridge by bridge.
+            ("bridges", new.bridges != old.bridges),
         ] {
             if changed {
                 change.applied.push(name.to_string());
@@ -1223,6 +1255,15 @@ impl Broker {
     /// Connections still open.
     pub fn connected(&self) -> u64 {
         self.inner.metrics.connected()
+    }
+}
+
+/// The ACL of a session: bridges' internal sessions may do everything.
+fn acl_for(auth: &AuthState, username: Option<&str>, client_id: &str) -> ClientAcl {
+    if client_id.starts_with(crate::bridge::SESSION_PREFIX) {
+        ClientAcl::allow_all()
+    } else {
+        auth.acl.client(username, client_id)
     }
 }
 

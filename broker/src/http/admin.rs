@@ -153,6 +153,11 @@ async fn route(endpoint: &Arc<Endpoint>, req: &Request, _body: Bytes) -> ApiResu
             query.only(&[]).map_err(ApiError::bad_request)?;
             stats(&endpoint.broker).await
         }
+        ("bridges", None) => {
+            allow(method, &[Method::GET], "GET")?;
+            query.only(&[]).map_err(ApiError::bad_request)?;
+            Ok(json(StatusCode::OK, &list_bridges(&endpoint.broker)))
+        }
         ("reload", None) => {
             allow(method, &[Method::POST], "POST")?;
             query.only(&[]).map_err(ApiError::bad_request)?;
@@ -614,6 +619,57 @@ async fn stats(broker: &Broker) -> ApiResult {
     .await
     .map_err(ApiError::internal)?;
     Ok(json(StatusCode::OK, &stats))
+}
+
+/// One bridge in `GET /api/v1/bridges`.
+#[derive(Debug, Serialize)]
+struct BridgeInfo {
+    name: String,
+    state: &'static str,
+    address: Option<String>,
+    last_error: Option<String>,
+    forwarded: Forwarded,
+    reconnects: u64,
+    queue_depth: usize,
+    dropped_qos0: u64,
+}
+
+#[derive(Debug, Serialize)]
+struct Forwarded {
+    #[serde(rename = "in")]
+    inbound: u64,
+    out: u64,
+}
+
+#[derive(Debug, Serialize)]
+struct BridgeList {
+    data: Vec<BridgeInfo>,
+}
+
+fn list_bridges(broker: &Broker) -> BridgeList {
+    use std::sync::atomic::Ordering::Relaxed;
+    let data = broker
+        .bridges()
+        .all()
+        .iter()
+        .map(|b| {
+            let link = b.snapshot();
+            BridgeInfo {
+                name: b.name.clone(),
+                state: link.state.as_str(),
+                address: link.address,
+                last_error: link.last_error,
+                forwarded: Forwarded {
+                    inbound: b.forwarded_in.load(Relaxed),
+                    out: b.forwarded_out.load(Relaxed),
+                },
+                reconnects: b.reconnects.load(Relaxed),
+                queue_depth: crate::bridge::queue_depth(broker, b),
+                dropped_qos0: b.dropped.load(Relaxed),
+            }
+        })
+        .collect();
+    BridgeList { data }
 }
 
 #[derive(Debug, Serialize)]

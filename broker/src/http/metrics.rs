@@ -5,6 +5,7 @@
 //! the cost is paid per scrape, not per message.
 
 use std::collections::HashMap;
+use std::sync::atomic::Ordering;
 
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::{Bucket, Counter, Gauge, Histogram, LabelPair, Metric, MetricFamily, MetricType};
@@ -104,6 +105,28 @@ const STORE_SIZE: Spec = gauge(
     &[],
 );
 
+const BRIDGE_UP: Spec =
+    gauge("fleetmq_bridge_up", "1 while the bridge is connected to its remote, else 0.", &["bridge"]);
+const BRIDGE_MESSAGES: Spec = counter(
+    "fleetmq_bridge_messages_total",
+    "Messages of a bridge by direction: out (acknowledged by the remote), in (published here), dropped (QoS 0 while the remote was down).",
+    &["bridge", "direction"],
+);
+const BRIDGE_RECONNECTS: Spec = counter(
+    "fleetmq_bridge_reconnects_total",
+    "Successful reconnects of a bridge after a lost link.",
+    &["bridge"],
+);
+const BRIDGE_QUEUE: Spec = gauge(
+    "fleetmq_bridge_queue_depth",
+    "Messages waiting for a bridge's remote (queued and in flight in its internal session).",
+    &["bridge"],
+);
+
+/// Bridge families: exported only when bridges are configured.
+#[cfg(test)]
+const BRIDGE_FAMILIES: &[&Spec] = &[&BRIDGE_UP, &BRIDGE_MESSAGES, &BRIDGE_RECONNECTS, &BRIDGE_QUEUE];
+
 const ALL: &[&Spec] = &[
     &BUILD_INFO,
     &UPTIME,
@@ -131,6 +154,10 @@ const ALL: &[&Spec] = &[
     &RETAINED,
     &SCHEDULED,
     &STORE_SIZE,
+    &BRIDGE_UP,
+    &BRIDGE_MESSAGES,
+    &BRIDGE_RECONNECTS,
+    &BRIDGE_QUEUE,
 ];
 
 const QOS_LEVELS: [(QoS, &str); 3] =
@@ -260,6 +287,22 @@ impl Collector for BrokerCollector {
         out.count(&RETAINED, &[], broker.retained_count() as u64);
         out.count(&SCHEDULED, &[], broker.scheduled_count() as u64);
         out.count(&STORE_SIZE, &[], broker.store_size());
+        let bridges = broker.bridges().all();
+        for b in &bridges {
+            let up = b.snapshot().state == crate::bridge::state::LinkState::Connected;
+            out.count(&BRIDGE_UP, &[&b.name], u64::from(up));
+        }
+        for b in &bridges {
+            out.count(&BRIDGE_MESSAGES, &[&b.name, "out"], b.forwarded_out.load(Ordering::Relaxed));
+            out.count(&BRIDGE_MESSAGES, &[&b.name, "in"], b.forwarded_in.load(Ordering::Relaxed));
+            out.count(&BRIDGE_MESSAGES, &[&b.name, "dropped"], b.dropped.load(Ordering::Relaxed));
+        }
+        for b in &bridges {
+            out.count(&BRIDGE_RECONNECTS, &[&b.name], b.reconnects.load(Ordering::Relaxed));
+        }
+        for b in &bridges {
+            out.count(&BRIDGE_QUEUE, &[&b.name], crate::bridge::queue_depth(broker, b) as u64);
+        }
         out.0
     }
 }
@@ -312,7 +355,7 @@ mod tests {
         let broker = Broker::new(BrokerConfig::default());
         broker.metrics().message_received(QoS::AtLeastOnce, 12);
         let text = String::from_utf8(Exporter::new(broker).unwrap().render().unwrap()).unwrap();
-        for spec in ALL {
+        for spec in ALL.iter().filter(|s| !BRIDGE_FAMILIES.iter().any(|b| b.name == s.name)) {
             let header = format!("# TYPE {} ", spec.name);
             assert_eq!(text.matches(&header).count(), 1, "{}", spec.name);
             if spec.kind == MetricType::COUNTER {
@@ -322,5 +365,31 @@ mod tests {
         assert!(text.contains("fleetmq_messages_received_total{qos=\"1\"} 1\n"), "{text}");
         assert!(text.contains("fleetmq_messages_received_bytes_total{qos=\"1\"} 12\n"), "{text}");
         assert!(text.contains("fleetmq_session_queue_depth_bucket{le=\"+Inf\"} 0\n"), "{text}");
+        assert!(!text.contains("fleetmq_bridge_"), "no bridge families without bridges");
+    }
+
+    #[test]
+    fn bridge_families_have_one_series_per_bridge() {
+        use crate::bridge::state::{BridgeStatus, LinkState};
+        let broker = Broker::new(BrokerConfig::default());
+        let (up, down) = (BridgeStatus::new("up"), BridgeStatus::new("down"));
+        up.set(LinkState::Connected, Some("127.0.0.1:1883".into()));
+        BridgeStatus::count(&up.forwarded_out);
+        BridgeStatus::count(&down.dropped);
+        broker.bridges().set(vec![std::sync::Arc::new(up), std::sync::Arc::new(down)]);
+        let text = String::from_utf8(Exporter::new(broker).unwrap().render().unwrap()).unwrap();
+        for family in BRIDGE_FAMILIES {
+            assert_eq!(text.matches(&format!("# TYPE {} ", family.name)).count(), 1, "{}", family.name);
+        }
+        for line in [
+            "fleetmq_bridge_up{bridge=\"up\"} 1\n",
+            "fleetmq_bridge_up{bridge=\"down\"} 0\n",
+            "fleetmq_bridge_messages_total{bridge=\"up\",direction=\"out\"} 1\n",
+            "fleetmq_bridge_messages_total{bridge=\"down\",direction=\"dropped\"} 1\n",
+            "fleetmq_bridge_queue_depth{bridge=\"up\"} 0\n",
+            "fleetmq_bridge_reconnects_total{bridge=\"down\"} 0\n",
+        ] {
+            assert!(text.contains(line), "{line} missing in\n{text}");
+        }
     }
 }

@@ -61,7 +61,7 @@ pub fn files(tls: &Tls) -> Vec<PathBuf> {
     out
 }
 
-fn read(key: &str, path: &Path) -> Result<Vec<u8>, TlsError> {
+pub(crate) fn read(key: &str, path: &Path) -> Result<Vec<u8>, TlsError> {
     std::fs::read(path).map_err(|source| TlsError::Read {
         key: key.to_string(),
         path: path.to_path_buf(),
@@ -69,7 +69,7 @@ fn read(key: &str, path: &Path) -> Result<Vec<u8>, TlsError> {
     })
 }
 
-fn certificates(key: &str, path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+pub(crate) fn certificates(key: &str, path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let pem = read(key, path)?;
     let certs = CertificateDer::pem_slice_iter(&pem).collect::<Result<Vec<_>, _>>().map_err(|e| {
         TlsError::Content { key: key.to_string(), path: path.to_path_buf(), reason: format!("bad PEM: {e}") }

@@ -309,3 +309,57 @@ fn password_file_decides_and_reload_swaps_it() {
         "no file: anonymous policy decides"
     );
 }
+
+fn bridge_request(id: &str) -> ConnectRequest {
+    ConnectRequest {
+        client_id: ByteString::from(id),
+        clean_start: false,
+        expiry: Expiry::Never,
+        will: None,
+        protocol: ProtocolVersion::V5,
+        receive_max: 100,
+        username: None,
+        password: None,
+        peer: None,
+    }
+}
+
+#[test]
+fn bridge_session_ids_are_reserved_and_uncapped() {
+    let mut config = BrokerConfig::default();
+    config.sessions.max_session_expiry = Some(Duration::from_secs(60));
+    let b = Broker::new(config);
+    assert_eq!(b.connect(bridge_request("$bridge/cloud")).unwrap_err(), ConnectError::ClientIdRejected);
+    let bridge = b.connect_bridge(bridge_request("$bridge/cloud")).unwrap();
+    assert_eq!(bridge.expiry, Expiry::Never, "a bridge queue must outlive any outage");
+    let client = b.connect(bridge_request("device")).unwrap();
+    assert_eq!(client.expiry, Expiry::After(Duration::from_secs(60)), "clients stay capped");
+}
+
+#[test]
+fn bridge_no_local_drops_its_own_inbound_messages_and_counts_offline_qos0() {
+    let b = broker();
+    let status = std::sync::Arc::new(crate::bridge::state::BridgeStatus::new("cloud"));
+    b.bridges().set(vec![status.clone()]);
+    let bridge = b.connect_bridge(bridge_request("$bridge/cloud")).unwrap();
+    let options = SubscriptionOptions { no_local: true, ..SubscriptionOptions::with_qos(QoS::AtLeastOnce) };
+    let (res, _, _) = b.subscribe(&bridge.session, &[SubscribeRequest { filter: "t/#".into(), options }]);
+    assert!(res[0].is_ok());
+    // Brought in by the bridge (origin = its session): not forwarded back out.
+    let mut inbound = Message::new("t/in", "x", QoS::AtLeastOnce, false);
+    inbound.origin = bridge.session.id;
+    let (_, _durable) = b.publish(inbound).unwrap();
+    assert_eq!(queued(&bridge), 0);
+    // Published by anyone else: forwarded.
+    assert_eq!(publish(&b, "t/local", "y", QoS::AtLeastOnce, false), 1);
+    assert_eq!(queued(&bridge), 1);
+    // Remote down (session detached): QoS 0 is not kept but counted for the bridge.
+    b.disconnect(
+        &bridge.session,
+        bridge.generation,
+        DisconnectKind::Normal { publish_will: false, expiry: None },
+    );
+    publish(&b, "t/q0", "z", QoS::AtMostOnce, false);
+    assert_eq!(status.dropped.load(Ordering::Relaxed), 1);
+    assert_eq!(queued(&bridge), 1);
+}
