@@ -113,6 +113,9 @@ export const sampler = {
   start() {
     if (this.timer) return;
     const tick = async () => {
+      // A background tab costs the broker nothing (each sample walks every session); the next
+      // rate simply spans the gap.
+      if (document.hidden && this.samples.length) return;
       try {
         const stats = await api("stats");
         this.error = null;

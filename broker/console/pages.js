@@ -215,7 +215,7 @@ async function clients(main, id) {
   refresh.addEventListener("click", () => load().catch((err) => list.replaceChildren(h("p", { class: "error" }, err.message))));
   await load();
   // The list follows the broker while it is on screen.
-  const timer = setInterval(() => load().catch(() => {}), 5000);
+  const timer = setInterval(() => document.hidden || load().catch(() => {}), 5000);
   return () => clearInterval(timer);
 }
 
