@@ -8,7 +8,8 @@
 // CONSOLE_RETAINED (retained topic to view and delete), CONSOLE_PUBLISH_TOPIC (the page
 // publishes "hello from the console" there), CONSOLE_SUBSCRIBE_TOPIC (the page subscribes;
 // the test publishes there), CONSOLE_SHOTS (screenshot directory), CONSOLE_README_SHOT
-// (optional: where to write the overview screenshot for the README).
+// (optional: where to write the overview screenshot for the README), CONSOLE_PREFIX_URL
+// (optional: the broker's root behind a path-prefix proxy).
 import { mkdirSync } from "node:fs";
 import { join } from "node:path";
 import { chromium } from "playwright-core";
@@ -189,6 +190,21 @@ try {
   await page.click("#logout");
   await page.locator("#login-form").waitFor({ state: "visible" });
   step("logout_clears_token", await page.evaluate(() => sessionStorage.getItem("fleetmq.console.token") === null));
+
+  // Behind a path prefix (a proxy maps /fleet/... to the broker's /...): the redirect from the
+  // prefix's root and every API call stay under the prefix.
+  if (process.env.CONSOLE_PREFIX_URL) {
+    const prefixed = await context.newPage();
+    prefixed.setDefaultTimeout(WAIT);
+    prefixed.on("pageerror", (err) => consoleErrors.push(String(err)));
+    await prefixed.goto(process.env.CONSOLE_PREFIX_URL);
+    await prefixed.locator("#login-form").waitFor({ state: "visible" });
+    await prefixed.fill("#token", token);
+    await prefixed.click("#login-form button[type=submit]");
+    await prefixed.locator('[data-stat="version"]').waitFor();
+    step("prefix_page_url", prefixed.url());
+    await prefixed.close();
+  }
 
   result.console_errors = consoleErrors;
   result.ok = true;

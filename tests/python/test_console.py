@@ -4,6 +4,8 @@ MQTT clients around it and checks what happened on the broker side."""
 
 from __future__ import annotations
 
+import http.client
+import http.server
 import json
 import os
 import pathlib
@@ -52,7 +54,62 @@ def _status(url: str, token: str | None = None) -> int:
         return 0
 
 
-def test_console_in_a_browser(console_broker, clients):
+class PrefixProxy:
+    """A minimal reverse proxy that serves the broker's HTTP endpoint under /fleet/, as an
+    ingress with a path prefix does (the prefix is stripped, everything else passed on)."""
+
+    PREFIX = "/fleet"
+
+    def __init__(self, upstream: int):
+        prefix = self.PREFIX
+        paths = self.paths = []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def _forward(self):
+                paths.append(self.path)
+                if not self.path.startswith(prefix + "/"):
+                    self.send_error(404, "outside the prefix")
+                    return
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else None
+                conn = http.client.HTTPConnection("127.0.0.1", upstream, timeout=10)
+                headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "connection")}
+                conn.request(self.command, self.path[len(prefix):], body=body, headers=headers)
+                res = conn.getresponse()
+                data = res.read()
+                self.send_response(res.status)
+                for name, value in res.getheaders():
+                    if name.lower() not in ("connection", "transfer-encoding", "content-length", "date"):
+                        self.send_header(name, value)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(data)
+                conn.close()
+
+            do_GET = do_POST = do_DELETE = do_HEAD = _forward
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def prefix_proxy(console_broker):
+    proxy = PrefixProxy(console_broker[1])
+    yield proxy
+    proxy.close()
+
+
+def test_console_in_a_browser(console_broker, clients, prefix_proxy):
     if chromium() is None or not (JS / "node_modules" / "playwright-core").is_dir():
         pytest.fail("chromium or playwright-core missing: run .ci/run (apt-get install chromium; npm ci --prefix tests/js)")
     broker, http, ws = console_broker
@@ -99,6 +156,7 @@ def test_console_in_a_browser(console_broker, clients):
         "CONSOLE_SUBSCRIBE_TOPIC": "console-e2e/to-page",
         "CONSOLE_SHOTS": str(SHOTS),
         "CHROMIUM": chromium(),
+        "CONSOLE_PREFIX_URL": f"http://127.0.0.1:{prefix_proxy.port}{PrefixProxy.PREFIX}/",
     }
     if os.environ.get("CONSOLE_README_SHOT"):
         env["CONSOLE_README_SHOT"] = os.environ["CONSOLE_README_SHOT"]
@@ -156,6 +214,10 @@ def test_console_in_a_browser(console_broker, clients):
     assert steps["narrow_no_overflow"] is True
     assert steps["rejected_token_logs_out"] is True
     assert steps["logout_clears_token"] is True
+    # Behind the path prefix: redirected to /fleet/console/, logged in through /fleet/api/v1.
+    assert steps["prefix_page_url"] == f"http://127.0.0.1:{prefix_proxy.port}/fleet/console/#/overview"
+    assert "/fleet/api/v1/stats" in prefix_proxy.paths and "/fleet/console/app.js" in prefix_proxy.paths
+    assert not [p for p in prefix_proxy.paths if not p.startswith("/fleet/")], prefix_proxy.paths
     assert out["console_errors"] == [], out["console_errors"]
     assert (SHOTS / "07-overview.png").stat().st_size > 1000
 
