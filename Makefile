@@ -61,6 +61,8 @@ crds:
 check-python-deps:
 	@command -v mosquitto_pub >/dev/null || { echo "mosquitto_pub missing: run .ci/run or 'apt-get install mosquitto-clients'"; exit 1; }
 	@test -d tests/js/node_modules/mqtt || { echo "MQTT.js missing: run .ci/run (or 'npm ci --prefix tests/js')"; exit 1; }
+	@test -d tests/js/node_modules/playwright-core || { echo "playwright-core missing (console browser test): run .ci/run (or 'npm ci --prefix tests/js')"; exit 1; }
+	@test -x /usr/bin/chromium || { echo "chromium missing (console browser test): run .ci/run (or 'apt-get install chromium')"; exit 1; }
 	@$(PYTHON) -c 'import paho.mqtt, pytest, yaml, jsonschema, kubernetes_validate, helm_python' 2>/dev/null || { echo "Python test deps missing in $(PYTHON_VENV): run .ci/run (or python3 -m venv $(PYTHON_VENV) && $(PYTHON_VENV)/bin/pip install -r tests/requirements.txt)"; exit 1; }
 
 fmt:

@@ -144,6 +144,20 @@ pub async fn serve(
     let mut builder = ntex::server::build().workers(workers).disable_signals().shutdown_timeout(
         ntex::time::Millis(u32::try_from(config.server.shutdown_timeout.as_millis()).unwrap_or(u32::MAX)),
     );
+    // What the admin API's stats report (the console's tester looks for a ws listener there).
+    let summaries: Vec<crate::http::ListenerSummary> = listeners
+        .sockets
+        .iter()
+        .zip(&config.listeners)
+        .filter_map(|((name, socket), listener)| {
+            Some(crate::http::ListenerSummary {
+                name: name.clone(),
+                protocol: listener.protocol.as_str(),
+                address: socket.local_addr().ok()?,
+                path: listener.protocol.is_websocket().then(|| listener.ws_path().to_string()),
+            })
+        })
+        .collect();
     for ((index, (name, socket)), stack) in listeners.sockets.into_iter().enumerate().zip(listeners.stacks) {
         let listener = &config.listeners[index];
         let transport = match listener.protocol {
@@ -169,7 +183,7 @@ pub async fn serve(
         let hook_reloader = reloader.clone();
         let hook: crate::http::ReloadHook =
             Arc::new(move || hook_reloader.lock().unwrap_or_else(|p| p.into_inner()).check(true));
-        let endpoint = crate::http::Endpoint::new(broker.clone(), Some(hook))?;
+        let endpoint = crate::http::Endpoint::new(broker.clone(), Some(hook))?.with_listeners(summaries);
         builder = crate::http::listen(builder, socket, endpoint)?;
     }
     let server = builder.run();

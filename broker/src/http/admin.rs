@@ -15,7 +15,7 @@ use ntex::util::Bytes;
 use serde::Serialize;
 
 use super::token::{self, Verdict};
-use super::{Endpoint, Query, blocking, error, json, percent_decode};
+use super::{Endpoint, ListenerSummary, Query, blocking, error, json, percent_decode};
 use crate::core::Broker;
 use crate::core::admin::{AdminError, ClientInfo, SubscriptionInfo};
 use crate::core::metrics::DropReason;
@@ -151,7 +151,7 @@ async fn route(endpoint: &Arc<Endpoint>, req: &Request, _body: Bytes) -> ApiResu
         ("stats", None) => {
             allow(method, &[Method::GET], "GET")?;
             query.only(&[]).map_err(ApiError::bad_request)?;
-            stats(&endpoint.broker).await
+            stats(&endpoint.broker, endpoint.listeners.clone()).await
         }
         ("bridges", None) => {
             allow(method, &[Method::GET], "GET")?;
@@ -543,6 +543,7 @@ struct Stats {
     retained: u64,
     scheduled: u64,
     store_size_bytes: u64,
+    listeners: Vec<ListenerSummary>,
 }
 
 #[derive(Debug, Serialize)]
@@ -576,7 +577,7 @@ struct ByteStats {
 
 const QOS: [QoS; 3] = [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce];
 
-async fn stats(broker: &Broker) -> ApiResult {
+async fn stats(broker: &Broker, listeners: Vec<ListenerSummary>) -> ApiResult {
     let broker = broker.clone();
     let stats = blocking(move || {
         let m = broker.metrics();
@@ -614,6 +615,7 @@ async fn stats(broker: &Broker) -> ApiResult {
             retained: broker.retained_count() as u64,
             scheduled: broker.scheduled_count() as u64,
             store_size_bytes: broker.store_size(),
+            listeners,
         }
     })
     .await

@@ -1,5 +1,6 @@
 //! The broker's HTTP endpoint (`http.bind`): Prometheus `/metrics`, `/healthz`, `/readyz` and
-//! the admin API under `/api/v1/` (only with `http.admin_token_file`; see docs/admin-api.md).
+//! the admin API under `/api/v1/` (only with `http.admin_token_file`; see docs/admin-api.md) and
+//! the web console under `/console/` (static pages on top of the admin API; docs/console.md).
 //!
 //! It is one more listener of the broker's ntex server (ntex's HTTP/1.1 service with a small
 //! hand-written router), so it shares the workers, the start and the shutdown of the MQTT
@@ -7,11 +8,12 @@
 //! pool so the worker's MQTT connections are not held up by it.
 
 pub mod admin;
+pub mod console;
 pub mod metrics;
 pub mod token;
 
 use std::io;
-use std::net::TcpListener;
+use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -45,12 +47,27 @@ pub enum HttpError {
     Metrics(#[from] prometheus::Error),
 }
 
+/// A running MQTT listener as `GET /api/v1/stats` reports it (the console offers the
+/// WebSocket one to its publish/subscribe tester).
+#[derive(Debug, Clone, Serialize)]
+pub struct ListenerSummary {
+    /// `listeners[].name` or `<protocol>-<port>`.
+    pub name: String,
+    /// `mqtt`, `mqtts`, `ws` or `wss`.
+    pub protocol: &'static str,
+    /// The bound address (port 0 resolved).
+    pub address: SocketAddr,
+    /// The WebSocket path (`ws`/`wss` only).
+    pub path: Option<String>,
+}
+
 /// State shared by the HTTP service of every worker.
 pub struct Endpoint {
     broker: Broker,
     metrics: metrics::Exporter,
     admin: Option<token::AdminToken>,
     reload: Option<ReloadHook>,
+    listeners: Vec<ListenerSummary>,
 }
 
 impl std::fmt::Debug for Endpoint {
@@ -67,7 +84,14 @@ impl Endpoint {
     pub fn new(broker: Broker, reload: Option<ReloadHook>) -> Result<Self, HttpError> {
         let admin = broker.config().http.admin_token_file.as_deref().map(token::AdminToken::new);
         let metrics = metrics::Exporter::new(broker.clone())?;
-        Ok(Endpoint { broker, metrics, admin, reload })
+        Ok(Endpoint { broker, metrics, admin, reload, listeners: Vec::new() })
+    }
+
+    /// Sets the listeners the stats report (the server knows their bound addresses; the
+    /// configuration may say port 0).
+    pub fn with_listeners(mut self, listeners: Vec<ListenerSummary>) -> Self {
+        self.listeners = listeners;
+        self
     }
 
     /// Serves one request.
@@ -94,6 +118,9 @@ impl Endpoint {
         };
         if api {
             return admin::handle(self, req, body).await;
+        }
+        if console::is_console_path(req.path()) {
+            return console::serve(req);
         }
         let path = req.path();
         if !matches!(path, "/healthz" | "/readyz" | "/metrics") {
@@ -221,7 +248,7 @@ pub fn bind(config: &BrokerConfig) -> Result<Option<TcpListener>, io::Error> {
 pub fn listen(builder: ServerBuilder, socket: TcpListener, endpoint: Endpoint) -> io::Result<ServerBuilder> {
     tracing::info!(
         admin_api = endpoint.admin.is_some(),
-        "HTTP endpoint on http://{}/ (/metrics, /healthz, /readyz{})",
+        "HTTP endpoint on http://{}/ (/metrics, /healthz, /readyz{}, /console/)",
         socket.local_addr()?,
         if endpoint.admin.is_some() { ", /api/v1" } else { "" }
     );

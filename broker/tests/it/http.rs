@@ -676,7 +676,11 @@ async fn retained_delete_is_durable_across_a_restart() {
 #[tokio::test]
 async fn stats_and_reload() {
     let dir = common::temp_dir("http-stats");
-    let (broker, http) = broker_admin(&dir, |_| {});
+    let (broker, http) = broker_admin(&dir, |c| {
+        let mut ws = Listener::mqtt("127.0.0.1:0".parse().unwrap());
+        ws.protocol = fleetmq_config::ListenerProtocol::Ws;
+        c.listeners.push(ws);
+    });
     let port = broker.addr().port();
     let (mut sub, _) = v3::connect(v3::options(port, "st-sub")).await;
     sub.subscribe("st/#", v3::QoS::ExactlyOnce).await;
@@ -704,6 +708,16 @@ async fn stats_and_reload() {
     let received = stats["bytes"]["received"].as_u64().unwrap();
     assert!(received > 0 && received <= broker.broker.metrics().bytes_received(), "{received}");
     assert!(stats["uptime_seconds"].as_u64().is_some());
+    // The listeners with their bound ports (the config says 0), for the console's tester.
+    let listeners = stats["listeners"].as_array().expect("listeners");
+    assert_eq!(listeners.len(), 2, "{listeners:?}");
+    assert_eq!(listeners[0]["protocol"], "mqtt");
+    assert_eq!(listeners[0]["address"], broker.addr().to_string());
+    assert_eq!(listeners[0]["path"], Value::Null);
+    assert_eq!(listeners[1]["protocol"], "ws");
+    assert_eq!(listeners[1]["path"], "/mqtt");
+    let ws_port: u16 = listeners[1]["address"].as_str().unwrap().rsplit(':').next().unwrap().parse().unwrap();
+    assert!(ws_port != 0 && ws_port != port, "{listeners:?}");
     api(http, "GET", "/api/v1/stats?x=1").await.error(400);
 
     // Reload does what SIGHUP does (the in-process broker has no config file to re-read, so
@@ -732,4 +746,57 @@ async fn request_bodies_are_bounded() {
         "POST /api/v1/reload HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: Bearer {TOKEN}\r\nContent-Length: 2\r\n\r\n{{}}"
     );
     assert_ne!(exchange(http, small.as_bytes()).await.status, 413);
+}
+
+/// The console's assets: public (no token), with their content types and caching headers;
+/// the admin API they call still refuses requests without the token.
+#[tokio::test]
+async fn console_assets_are_served_and_the_api_still_needs_the_token() {
+    let dir = common::temp_dir("http-console");
+    let (_broker, http) = broker_admin(&dir, |_| {});
+
+    for (path, content_type, needle) in [
+        ("/console/", "text/html; charset=utf-8", "<title>FleetMQ console</title>"),
+        ("/console/app.js", "text/javascript; charset=utf-8", "export async function api"),
+        ("/console/pages.js", "text/javascript; charset=utf-8", "export const pages"),
+        ("/console/tester.js", "text/javascript; charset=utf-8", "export const tester"),
+        ("/console/style.css", "text/css; charset=utf-8", "@media"),
+        ("/console/icon.svg", "image/svg+xml", "<svg"),
+        ("/console/vendor/mqtt.esm.js", "text/javascript; charset=utf-8", "MIT License"),
+    ] {
+        let reply = get(http, path).await;
+        assert_eq!(reply.status, 200, "{path}");
+        assert_eq!(reply.header("content-type"), Some(content_type), "{path}");
+        assert!(reply.text().contains(needle), "{path} does not contain {needle:?}");
+        assert_eq!(reply.header("cache-control"), Some("no-cache"), "{path}");
+        assert_eq!(reply.header("x-content-type-options"), Some("nosniff"), "{path}");
+        assert!(reply.header("content-security-policy").is_some_and(|v| v.contains("script-src 'self'")));
+        // Revalidation with the ETag answers 304 without the body.
+        let etag = reply.header("etag").expect("an ETag").to_string();
+        let request = format!(
+            "GET {path} HTTP/1.1\r\nHost: {http}\r\nConnection: close\r\nIf-None-Match: {etag}\r\n\r\n"
+        );
+        let revalidated = exchange(http, request.as_bytes()).await;
+        assert_eq!(revalidated.status, 304, "{path}");
+        assert!(revalidated.body.is_empty(), "{path}");
+    }
+
+    // Relative redirects, so a path prefix in front of the broker is kept.
+    for path in ["/", "/console"] {
+        let reply = get(http, path).await;
+        assert_eq!(reply.status, 308, "{path}");
+        assert_eq!(reply.header("location"), Some("console/"), "{path}");
+    }
+    assert_eq!(get(http, "/console/nope.js").await.status, 404);
+    assert_eq!(get(http, "/console/../metrics").await.status, 404);
+    let post = call(http, "POST", "/console/", None).await;
+    assert_eq!(post.status, 405);
+    assert_eq!(post.header("allow"), Some("GET, HEAD"));
+
+    // Nothing the console shows is readable without the token.
+    for path in ["/api/v1/stats", "/api/v1/clients", "/api/v1/retained", "/api/v1/subscriptions"] {
+        get(http, path).await.error(401);
+        call(http, "GET", path, Some("not-the-token")).await.error(401);
+        assert_eq!(api(http, "GET", path).await.status, 200, "{path}");
+    }
 }
