@@ -13,7 +13,6 @@ use std::fmt::Write as _;
 use std::sync::Mutex;
 
 use argon2::password_hash::PasswordHasher as _;
-use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use crate::crd::{AclRule, MqttBridgeSpec};
@@ -252,64 +251,31 @@ pub fn acl_file(namespace: &str, broker: &str, users: &[UserEntry], allow_anonym
     out
 }
 
-/// The bridge file (YAML) plus the certificate files it names, keyed by auth-Secret key.
-///
-/// The format follows Mosquitto's bridge options one to one (`address`, `topic pattern
-/// direction qos local-prefix remote-prefix`, `cleansession`, `keepalive_interval`, ...) in the
-/// broker's YAML style; the broker's bridge issue will read it from [`names::BRIDGES_KEY`].
-pub fn bridge_files(namespace: &str, broker: &str, bridges: &[BridgeEntry]) -> BTreeMap<String, String> {
-    #[derive(Serialize)]
-    struct File<'a> {
-        bridges: Vec<Bridge<'a>>,
-    }
-    #[derive(Serialize)]
-    struct Bridge<'a> {
-        name: &'a str,
-        addresses: &'a [String],
-        protocol_version: &'static str,
-        client_id: String,
-        keepalive: i32,
-        clean_session: bool,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        username: Option<String>,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        password: Option<String>,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        tls: Option<Tls>,
-        topics: Vec<Topic<'a>>,
-    }
-    #[derive(Serialize)]
-    struct Tls {
-        #[serde(skip_serializing_if = "Option::is_none")]
-        ca_file: Option<String>,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        cert_file: Option<String>,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        key_file: Option<String>,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        server_name: Option<String>,
-        insecure_skip_verify: bool,
-    }
-    #[derive(Serialize)]
-    struct Topic<'a> {
-        pattern: &'a str,
-        direction: &'static str,
-        qos: i32,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        local_prefix: Option<&'a str>,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        remote_prefix: Option<&'a str>,
-    }
+/// The MqttBridges of one broker as the broker's own `bridges` config, plus the auth Secret files
+/// they read: `bridge-<name>-password`, `bridge-<name>-ca.crt`, `bridge-<name>-tls.{crt,key}`.
+/// Secrets stay in the Secret (mounted at [`names::AUTH_DIR`], re-read by the broker at every
+/// reconnect); broker.yaml only names the files, so the ConfigMap holds nothing secret except
+/// the remote username.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RenderedBridges {
+    /// For `broker.yaml`'s `bridges`, sorted by MqttBridge name.
+    pub config: Vec<fleetmq_config::Bridge>,
+    /// Auth Secret keys and contents.
+    pub files: BTreeMap<String, String>,
+}
 
-    let mut files = BTreeMap::new();
+/// Renders the bridges of broker `namespace/broker` (see [`RenderedBridges`]).
+pub fn bridges(namespace: &str, bridges: &[BridgeEntry]) -> RenderedBridges {
+    use fleetmq_config::{Backoff, Bridge, BridgeProtocol, BridgeTls, BridgeTopic, Direction};
+    let in_auth_dir = |key: &str| Some(std::path::PathBuf::from(format!("{}/{key}", names::AUTH_DIR)));
+    let mut out = RenderedBridges::default();
     let mut sorted: Vec<&BridgeEntry> = bridges.iter().collect();
     sorted.sort_by(|a, b| a.object.cmp(&b.object));
-    let mut out = Vec::new();
     for bridge in sorted {
         let spec = &bridge.spec;
         let name = bridge.object.as_str();
         let tls = spec.remote.tls.as_ref().map(|tls| {
-            let mut t = Tls {
+            let mut t = BridgeTls {
                 ca_file: None,
                 cert_file: None,
                 key_file: None,
@@ -318,49 +284,63 @@ pub fn bridge_files(namespace: &str, broker: &str, bridges: &[BridgeEntry]) -> B
             };
             if let Some(ca) = &bridge.ca {
                 let key = format!("bridge-{name}-ca.crt");
-                t.ca_file = Some(format!("{}/{key}", names::AUTH_DIR));
-                files.insert(key, ca.text());
+                t.ca_file = in_auth_dir(&key);
+                out.files.insert(key, ca.text());
             }
             if let Some((crt, pem_key)) = &bridge.client_cert {
-                let crt_key = format!("bridge-{name}-tls.crt");
-                let key_key = format!("bridge-{name}-tls.key");
-                t.cert_file = Some(format!("{}/{crt_key}", names::AUTH_DIR));
-                t.key_file = Some(format!("{}/{key_key}", names::AUTH_DIR));
-                files.insert(crt_key, crt.text());
-                files.insert(key_key, pem_key.text());
+                let (crt_key, key_key) = (format!("bridge-{name}-tls.crt"), format!("bridge-{name}-tls.key"));
+                t.cert_file = in_auth_dir(&crt_key);
+                t.key_file = in_auth_dir(&key_key);
+                out.files.insert(crt_key, crt.text());
+                out.files.insert(key_key, pem_key.text());
             }
             t
         });
-        out.push(Bridge {
-            name,
-            addresses: &spec.remote.addresses,
-            protocol_version: spec.remote.protocol_version.as_str(),
-            client_id: spec.remote.client_id.clone().unwrap_or_else(|| format!("{namespace}.{name}")),
-            keepalive: spec.remote.keepalive,
+        let (username, password_file) = match &bridge.credentials {
+            Some((user, password)) => {
+                let key = format!("bridge-{name}-password");
+                out.files.insert(key.clone(), password.text());
+                (Some(user.text()), in_auth_dir(&key))
+            }
+            None => (None, None),
+        };
+        out.config.push(Bridge {
+            name: name.to_string(),
+            addresses: spec.remote.addresses.clone(),
+            protocol: match spec.remote.protocol_version {
+                crate::crd::ProtocolVersion::Mqttv311 => BridgeProtocol::V3_1_1,
+                crate::crd::ProtocolVersion::Mqttv5 => BridgeProtocol::V5,
+            },
+            // Unique per namespace, so two namespaces bridging to one remote do not take over
+            // each other's session there.
+            client_id: Some(spec.remote.client_id.clone().unwrap_or_else(|| format!("{namespace}.{name}"))),
+            keepalive: std::time::Duration::from_secs(
+                u64::try_from(spec.remote.keepalive.max(0)).unwrap_or(60),
+            ),
             clean_session: spec.remote.clean_session,
-            username: bridge.credentials.as_ref().map(|(u, _)| u.text()),
-            password: bridge.credentials.as_ref().map(|(_, p)| p.text()),
+            session_expiry: None,
+            username,
+            password_file,
             tls,
+            backoff: Backoff::default(),
             topics: spec
                 .topics
                 .iter()
-                .map(|t| Topic {
-                    pattern: &t.pattern,
-                    direction: t.direction.as_str(),
-                    qos: t.qos,
-                    local_prefix: t.local_prefix.as_deref(),
-                    remote_prefix: t.remote_prefix.as_deref(),
+                .map(|t| BridgeTopic {
+                    pattern: t.pattern.clone(),
+                    direction: match t.direction {
+                        crate::crd::Direction::In => Direction::In,
+                        crate::crd::Direction::Out => Direction::Out,
+                        crate::crd::Direction::Both => Direction::Both,
+                    },
+                    qos: u8::try_from(t.qos.clamp(0, 2)).unwrap_or(1),
+                    local_prefix: t.local_prefix.clone(),
+                    remote_prefix: t.remote_prefix.clone(),
                 })
                 .collect(),
         });
     }
-    let body =
-        serde_yaml::to_string(&File { bridges: out }).expect("the bridge file is representable as YAML");
-    files.insert(
-        names::BRIDGES_KEY.to_string(),
-        format!("# Bridges of MqttBroker {namespace}/{broker}, generated by fleetmq-operator from its MqttBridges.\n{body}"),
-    );
-    files
+    out
 }
 
 #[cfg(test)]

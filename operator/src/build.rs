@@ -152,8 +152,8 @@ pub fn plan_broker(inputs: &BrokerInputs, hasher: &PasswordHasher) -> Result<Bro
     let broker = &inputs.broker;
     let name = broker.metadata.name.as_deref().ok_or(BuildError::Metadata("metadata.name"))?;
     let namespace = broker.metadata.namespace.as_deref().ok_or(BuildError::Metadata("metadata.namespace"))?;
-    let bridge_names: Vec<String> = inputs.bridges.iter().map(|b| b.object.clone()).collect();
-    let rendered = config::broker_config(&broker.spec, &bridge_names)?;
+    let bridges = auth::bridges(namespace, &inputs.bridges);
+    let rendered = config::broker_config(&broker.spec, &bridges.config)?;
     let config_yaml = rendered.to_yaml(namespace, name);
     let config_hash = short_hash(config_yaml.as_bytes());
 
@@ -166,7 +166,7 @@ pub fn plan_broker(inputs: &BrokerInputs, hasher: &PasswordHasher) -> Result<Bro
         names::ACL_FILE_KEY.to_string(),
         auth::acl_file(namespace, name, &inputs.users, broker.spec.auth.allow_anonymous),
     );
-    files.extend(auth::bridge_files(namespace, name, &inputs.bridges));
+    files.extend(bridges.files);
 
     let restart = restart_hash(&broker.spec, &rendered.config, &inputs.options.default_image);
     let mut objects = vec![

@@ -12,9 +12,12 @@
 //!   because the probes use it; `spec.metrics.enabled` only decides whether Services and a
 //!   ServiceMonitor expose it.
 //!
-//! What the broker still cannot do (bridges) is reconciled on the Kubernetes side and reported
-//! as [`Unsupported`] so the MqttBroker status can say so. When the broker grows a key, wire it
-//! here and drop the matching `Unsupported` entry; nothing else changes.
+//! - `bridges` come from the broker's MqttBridges ([`crate::auth::bridges`]), their passwords
+//!   and certificates from files in the auth Secret.
+//!
+//! Should a CRD field ever ask for something the broker cannot do, report it as [`Unsupported`]
+//! (the MqttBroker status says so) rather than rendering a config the broker would refuse.
+//! Today everything maps.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
@@ -79,8 +82,6 @@ pub const AUTH_FILES_SUPPORTED: bool = true;
 /// Whether the broker serves mqtts/wss listeners; users' credentials Secrets point at the first
 /// `mqtts` listener when it does (see [`crate::build::client_endpoint`]).
 pub const TLS_LISTENERS_SUPPORTED: bool = true;
-/// Whether the broker runs bridges from the bridge file the operator writes.
-pub const BRIDGES_SUPPORTED: bool = false;
 
 /// Certificate chain key of a `kubernetes.io/tls` Secret (also what cert-manager writes).
 pub const TLS_CERT_KEY: &str = "tls.crt";
@@ -91,8 +92,11 @@ pub const TLS_CA_KEY: &str = "ca.crt";
 
 /// Builds the broker config. `bridges` are the names of the MqttBridges rendered into the auth
 /// Secret (for the unsupported-feature report).
-pub fn broker_config(spec: &MqttBrokerSpec, bridges: &[String]) -> Result<RenderedConfig, ConfigRefused> {
-    let mut unsupported = Vec::new();
+pub fn broker_config(
+    spec: &MqttBrokerSpec,
+    bridges: &[fleetmq_config::Bridge],
+) -> Result<RenderedConfig, ConfigRefused> {
+    let unsupported = Vec::new();
 
     let tls = spec.tls.as_ref().map(listener_tls);
     let mut listeners = Vec::new();
@@ -159,13 +163,8 @@ pub fn broker_config(spec: &MqttBrokerSpec, bridges: &[String]) -> Result<Render
         config.storage.fsync_interval = interval;
     }
 
-    if !BRIDGES_SUPPORTED && !bridges.is_empty() {
-        unsupported.push(Unsupported {
-            field: format!("MqttBridge {}", bridges.join(", ")),
-            reason: "the broker has no bridge client yet (configuration is written to the auth Secret)"
-                .to_string(),
-        });
-    }
+    // Bridges reload live in the broker: they are in broker.yaml, never in the restart hash.
+    config.bridges = bridges.to_vec();
 
     config.server.shutdown_timeout =
         Duration::from_secs(u64::try_from(spec.shutdown_timeout_seconds.max(1)).unwrap_or(5));

@@ -29,8 +29,6 @@ pub const DATA_DIR: &str = "/var/lib/fleetmq";
 pub const PASSWORD_FILE_KEY: &str = "passwords";
 /// Key of the Mosquitto-format ACL file in the auth Secret.
 pub const ACL_FILE_KEY: &str = "acl";
-/// Key of the bridge configuration in the auth Secret.
-pub const BRIDGES_KEY: &str = "bridges.yaml";
 
 /// ConfigMap with the broker config.
 pub fn config_map(broker: &str) -> String {

@@ -614,26 +614,19 @@ async fn reconcile_bridge_inner(bridge: &MqttBridge, ctx: &Context) -> Result<Ac
                 Cond::new(DEGRADED, true, why, message.clone()),
             ]
         }
-        None if config::BRIDGES_SUPPORTED => vec![
+        None => vec![
             Cond::new(
                 READY,
                 true,
                 reason::RENDERED,
-                format!("rendered into Secret {}", names::auth_secret(&broker_name)),
+                format!(
+                    "rendered into the broker config (ConfigMap {}) and Secret {}",
+                    names::config_map(&broker_name),
+                    names::auth_secret(&broker_name)
+                ),
             ),
             Cond::new(DEGRADED, false, reason::AS_EXPECTED, "the broker runs this bridge"),
         ],
-        None => {
-            let message = format!(
-                "rendered into Secret {} key {}, but the broker has no bridge client yet: the bridge does not run",
-                names::auth_secret(&broker_name),
-                names::BRIDGES_KEY
-            );
-            vec![
-                Cond::new(READY, false, reason::UNSUPPORTED_BY_BROKER, message.clone()),
-                Cond::new(DEGRADED, true, reason::UNSUPPORTED_BY_BROKER, message),
-            ]
-        }
     };
     let status = MqttBridgeStatus {
         conditions: conditions::merge(

@@ -23,6 +23,7 @@ import yaml
 
 from conftest import ROOT, free_port, operator_binary, wait_for_port
 from helpers import V5, V311
+from test_bridges import mosquitto  # noqa: F401 (fixture)
 from test_transports import Pki
 
 EXAMPLES = ROOT / "examples"
@@ -263,3 +264,54 @@ def test_changed_users_reach_the_running_broker_through_a_secret_swap(rendered, 
     probe, _ = login(clients, running, "mqtt", "dash-probe", DASHBOARD)
     assert probe.publish("alerts/high", b"y", 1)[0] == 0
     assert dashboard.wait_message("alerts/high").payload == b"y"
+
+
+def test_rendered_mqttbridge_forwards_both_ways_to_a_tls_remote(run_rendered, clients, mosquitto, tmp_path_factory):
+    """examples/bridge.yaml, rendered: the fleet broker bridges to a remote over TLS with the
+    credentials and CA from the MqttBridge's Secrets. The remote here is Debian's mosquitto on
+    127.0.0.1 with the test PKI, so the example's address, server name and CA Secret are pointed
+    at it before rendering; broker.yaml itself is used as rendered (mount paths aside)."""
+    pki = Pki(tmp_path_factory.mktemp("pki"))
+    work = tmp_path_factory.mktemp("render-bridge")
+    passwords = work / "remote-passwords"
+    for user, password in (("site-berlin-1", "example-only-change-me"), ("cloud-app", "cloud-pw")):
+        subprocess.run(["mosquitto_passwd", *([] if passwords.exists() else ["-c"]), "-b", str(passwords), user,
+                        password], check=True, capture_output=True, timeout=30)
+    remote = mosquitto(extra="\n".join([
+        "allow_anonymous false", f"password_file {passwords}", f"cafile {pki.path('ca.crt')}",
+        f"certfile {pki.path('server.crt')}", f"keyfile {pki.path('server.key')}",
+        # As root, mosquitto would switch to its own user, which cannot read pytest's tmp dirs.
+        "user root"]))
+
+    examples = work / "examples"
+    shutil.copytree(EXAMPLES, examples)
+    docs = list(yaml.safe_load_all((examples / "bridge.yaml").read_text()))
+    bridge = next(d for d in docs if d["kind"] == "MqttBridge")
+    bridge["spec"]["remote"]["addresses"] = [f"127.0.0.1:{remote.port}"]
+    bridge["spec"]["remote"]["tls"]["serverName"] = "localhost"
+    next(d for d in docs if d["metadata"]["name"] == "cloud-ca")["stringData"]["ca.crt"] = \
+        pathlib.Path(pki.path("ca.crt")).read_text()
+    (examples / "bridge.yaml").write_text(yaml.safe_dump_all(docs))
+    config_text, auth_files = render_examples(work, examples)["fleet"]
+    assert "bridges:" in config_text and "example-only-change-me" not in config_text, "secrets stay in files"
+    running = run_rendered(config_text, auth_files, pki)
+
+    cloud_tls = {"ca_certs": pki.path("ca.crt")}
+    cloud = clients(remote, "cloud-app", V5, port=remote.port, tls=cloud_tls)
+    cloud.paho.username_pw_set("cloud-app", "cloud-pw")
+    cloud.connect(timeout=LOGIN_TIMEOUT)
+    assert cloud.subscribe("sites/berlin-1/telemetry/#", 1) == [1]
+    dashboard, _ = login(clients, running, "mqtt", "dash-bridge", DASHBOARD)
+    assert dashboard.subscribe("$SYS/broker/connection/cloud/state", 1) == [1]
+    assert dashboard.wait_message("$SYS/broker/connection/cloud/state", timeout=15).payload == b"1", \
+        "the bridge connected over TLS with the Secret's credentials"
+
+    # out: local telemetry/... → remote sites/berlin-1/telemetry/...
+    gateway, _ = login(clients, running, "mqtt", "gw-bridge", GATEWAY)
+    assert gateway.publish("telemetry/dev9/state", b"19.5", 1)[0] in (0, 0x10)
+    got = cloud.wait_message("sites/berlin-1/telemetry/dev9/state", timeout=10)
+    assert got.payload == b"19.5"
+    # in: remote sites/berlin-1/commands/... → local commands/...
+    assert gateway.subscribe("commands/gateway/#", 1) == [1]
+    cloud.publish("sites/berlin-1/commands/gateway/reboot", b"now", 1)
+    assert gateway.wait_message("commands/gateway/reboot", timeout=10).payload == b"now"

@@ -85,7 +85,7 @@ pub struct BrokerConfig {
     pub http: Http,
     /// Logging.
     pub log: Log,
-    /// Links to remote brokers (see docs/bridges.md). Changes need a restart.
+    /// Links to remote brokers (see docs/bridges.md). Reloaded live, bridge by bridge.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub bridges: Vec<Bridge>,
 }

@@ -90,10 +90,10 @@ fn hot_reloadable_changes_never_touch_the_pod_template() {
     users.users.push(user("newcomer", "pw", &[("x/#", AclAccess::Readwrite)]));
     assert_eq!(changed(&base, &plan(&users)), ["Secret/fleet-auth"]);
 
-    // A bridge goes away: only the auth Secret.
+    // A bridge goes away: broker.yaml's `bridges` and its Secret files; the broker reloads both.
     let mut bridges = base_inputs.clone();
     bridges.bridges.clear();
-    assert_eq!(changed(&base, &plan(&bridges)), ["Secret/fleet-auth"]);
+    assert_eq!(changed(&base, &plan(&bridges)), ["ConfigMap/fleet-config", "Secret/fleet-auth"]);
 
     // Limits: only the ConfigMap.
     let mut limits = base_inputs.clone();
@@ -358,15 +358,33 @@ fn rendered_config_round_trips_through_the_broker_parser() {
 }
 
 #[test]
-fn only_bridges_are_unsupported() {
+fn bridges_render_into_broker_yaml_with_secrets_as_files() {
     let p = plan(&inputs_for(broker("fleet")));
-    let fields: Vec<&str> = p.config.unsupported.iter().map(|u| u.field.as_str()).collect();
-    assert_eq!(fields, ["MqttBridge cloud"]);
-    // Without bridges (TLS, WebSocket, users, metrics and persistence all on) nothing is.
-    let mut no_bridges = inputs_for(broker("fleet"));
-    no_bridges.bridges.clear();
-    assert!(plan(&no_bridges).config.unsupported.is_empty());
-    assert!(plan(&inputs_for(broker("minimal"))).config.unsupported.is_empty());
+    assert!(p.config.unsupported.is_empty(), "{:?}", p.config.unsupported);
+    let bridges = &p.config.config.bridges;
+    assert_eq!(bridges.iter().map(|b| b.name.as_str()).collect::<Vec<_>>(), ["cloud"]);
+    let cloud = &bridges[0];
+    assert!(!cloud.topics.is_empty());
+    // Secret material is referenced by path into the auth Secret, never inlined in broker.yaml.
+    let yaml = p.config.to_yaml("default", "fleet");
+    let secret: k8s_openapi::api::core::v1::Secret = typed(&p, "Secret");
+    let files = secret.string_data.or(None).unwrap_or_default();
+    let data_keys: Vec<String> = secret.data.map(|d| d.into_keys().collect()).unwrap_or_default();
+    let keys: Vec<&String> = files.keys().chain(data_keys.iter()).collect();
+    for path in
+        [&cloud.password_file, &cloud.tls.as_ref().and_then(|t| t.ca_file.clone())].into_iter().flatten()
+    {
+        let key = path.file_name().and_then(|n| n.to_str()).expect("file name");
+        assert!(path.starts_with(names::AUTH_DIR), "{}", path.display());
+        assert!(keys.iter().any(|k| k.as_str() == key), "{key} in the auth Secret: {keys:?}");
+    }
+    if let Some(password) = files.get("bridge-cloud-password") {
+        assert!(!yaml.contains(password.as_str()), "the password stays out of the ConfigMap");
+    }
+    // What the broker itself accepts.
+    let parsed = fleetmq_config::BrokerConfig::from_yaml_str(&yaml, "broker.yaml").expect("parses");
+    assert_eq!(&parsed.bridges, bridges);
+    assert!(plan(&inputs_for(broker("minimal"))).config.config.bridges.is_empty());
 }
 
 #[test]

@@ -543,12 +543,12 @@ async fn tls_broker_reloads_certificates_and_users_but_restarts_for_listener_set
     let volumes = template["spec"]["volumes"].as_array().expect("volumes");
     assert!(volumes.iter().any(|v| v["name"] == "tls" && v["secret"]["secretName"] == "secure-cert"));
 
-    // Only the bridge is not served yet.
+    // Everything, the bridge included, is served: nothing is degraded.
     let broker: MqttBroker = get(&client, "secure").await;
     let degraded = condition(&broker.status.expect("status").conditions, DEGRADED).clone();
-    assert_eq!((degraded.status.as_str(), degraded.reason.as_str()), ("True", reason::UNSUPPORTED_BY_BROKER));
-    assert!(degraded.message.contains("MqttBridge upstream"), "{}", degraded.message);
-    assert!(!degraded.message.contains("spec."), "only the bridge is listed: {}", degraded.message);
+    assert_eq!(degraded.status.as_str(), "False", "{}", degraded.message);
+    let parsed_bridges: Vec<&str> = parsed.bridges.iter().map(|b| b.name.as_str()).collect();
+    assert_eq!(parsed_bridges, ["upstream"]);
 
     // The generated credentials point at the TLS listener.
     let creds: Secret = get(&client, "device-mqtt-credentials").await;
