@@ -8,6 +8,7 @@ import select
 import shutil
 import stat
 import subprocess
+import termios
 import time
 
 import pytest
@@ -139,9 +140,19 @@ def test_terminal_prompt_twice_without_echo(tmp_path):
                     except OSError:
                         break
 
+        def echo_off(timeout=10.0):
+            # The prompt is printed before echo is switched off: typing earlier would be
+            # echoed by the terminal itself, whatever the program does. (Linux ptys share
+            # one termios between master and slave.)
+            deadline = time.monotonic() + timeout
+            while termios.tcgetattr(fd)[3] & termios.ECHO and time.monotonic() < deadline:
+                time.sleep(0.01)
+
         read_until(b"Password: ")
+        echo_off()
         os.write(fd, first + b"\n")
         read_until(b"Reenter password: ")
+        echo_off()
         os.write(fd, second + b"\n")
         read_until(b"\n" * 99, timeout=30)  # drain until exit
         _, status = os.waitpid(pid, 0)

@@ -279,6 +279,10 @@ def test_session_expiry_set_on_disconnect(broker, clients):
     _, present, _ = a.connect(clean_start=False, properties=connect_props(SessionExpiryInterval=1))
     assert present, "DISCONNECT raised the expiry to 10 s"
     a.disconnect(properties=props(PacketTypes.DISCONNECT, SessionExpiryInterval=0))
+    # "At once" from the broker's side: a reconnect overtaking the DISCONNECT (another worker
+    # thread) would be a takeover of the still-open session.
+    wait_until(lambda: broker.log().count("client disconnected: client sent DISCONNECT client_id=myclientid") >= 2,
+               what="the broker to read the DISCONNECT")
     _, present, _ = a.connect(clean_start=False, properties=connect_props(SessionExpiryInterval=1))
     assert not present, "DISCONNECT with expiry 0 ends the session at once"
 

@@ -1149,17 +1149,27 @@ impl Broker {
     pub async fn run_timers(&self) {
         self.inner
             .scheduler
-            .run(|job| match job {
-                Job::Publish(message, key) => {
-                    self.dispatch(Arc::new(message));
-                    if let Some(key) = key {
-                        self.inner.store.submit(Op::DelayedDelete(key));
-                    }
+            .run(|job| {
+                // Once shutdown has begun, a durable broker leaves due jobs to the next start:
+                // expiries, delayed wills and delayed publishes are in the store and are
+                // rescheduled at recovery. Firing them now would expire a session (and drop its
+                // queue) that the restart was about to resume, just because shutting down took
+                // a while.
+                if self.is_shutting_down() && self.inner.store.is_persistent() {
+                    return;
                 }
-                Job::Will { session, generation } => self.fire_will(&session, generation),
-                Job::Expire { session, generation } => {
-                    if self.end_session(&session, Some(generation)) {
-                        tracing::info!(client_id = %session.client_id, "session expired");
+                match job {
+                    Job::Publish(message, key) => {
+                        self.dispatch(Arc::new(message));
+                        if let Some(key) = key {
+                            self.inner.store.submit(Op::DelayedDelete(key));
+                        }
+                    }
+                    Job::Will { session, generation } => self.fire_will(&session, generation),
+                    Job::Expire { session, generation } => {
+                        if self.end_session(&session, Some(generation)) {
+                            tracing::info!(client_id = %session.client_id, "session expired");
+                        }
                     }
                 }
             })
