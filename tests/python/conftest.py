@@ -204,6 +204,26 @@ def broker(start_broker) -> Broker:
     return start_broker()
 
 
+def settle_disconnect(broker: Broker, client_id: str, timeout: float = 2.0) -> None:
+    """Waits (bounded, never failing) until the broker has logged the end of `client_id`'s
+    latest connection. A reconnect with the same id that overtakes the broker's reading of the
+    DISCONNECT (the new connection may land on another worker thread) is a session takeover,
+    which tests of "clean session ends at disconnect" must not race into."""
+    marker = f"client_id={client_id} "
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            lines = broker.log().splitlines()
+        except OSError:
+            return
+        connected = [i for i, l in enumerate(lines) if "client connected" in l and marker in l]
+        if not connected:
+            return  # not logging at info (or never connected here): nothing to wait for
+        if any("client disconnected" in l and marker in l for l in lines[connected[-1]:]):
+            return
+        time.sleep(0.01)
+
+
 @pytest.fixture
 def clients():
     """Factory for paho clients (helpers.Client) that are stopped at teardown:
@@ -218,6 +238,8 @@ def clients():
 
         port = kwargs.pop("port", broker.port)
         client = Client(broker.host, port, client_id, V5 if protocol is None else protocol, **kwargs)
+        if client_id and hasattr(broker, "log_path"):
+            client.after_disconnect = lambda: settle_disconnect(broker, client_id)
         made.append(client)
         return client
 

@@ -101,6 +101,8 @@ class Client:
         p.on_publish = self._on_publish
         p.on_disconnect = self._on_disconnect
         self._loop = False
+        # Called after a clean DISCONNECT (the clients fixture waits for the broker's side).
+        self.after_disconnect = None
 
     # -- callbacks
     def _record(self, fn):
@@ -170,6 +172,10 @@ class Client:
                 reasoncode = ReasonCode(PacketTypes.DISCONNECT, identifier=reasoncode)
             self.paho.disconnect(reasoncode, properties)
             self._wait(lambda: len(self.disconnects) > before, timeout, "disconnect")
+            self.stop()
+            if self.after_disconnect is not None:
+                self.after_disconnect()
+            return
         self.stop()
 
     def drop(self):

@@ -252,13 +252,11 @@ def test_probes_are_http_gets_on_the_port_broker_yaml_binds(rendered):
             assert "tcpSocket" not in container[probe]
 
 
-def test_render_warns_only_about_bridges_and_refuses_bad_brokers(tmp_path):
-    # TLS and WebSocket listeners, users, metrics and persistence are all served now.
-    proc = run_operator("render", "-f", str(EXAMPLES / "production-broker.yaml"), "-f", str(EXAMPLES / "users.yaml"))
-    assert proc.stderr == "", proc.stderr
+def test_render_has_nothing_to_warn_about_and_refuses_bad_brokers(tmp_path):
+    # TLS and WebSocket listeners, users, bridges, metrics and persistence are all served now.
     proc = run_operator("render", "-f", str(EXAMPLES))
-    warnings = proc.stderr.strip().splitlines()
-    assert warnings and all("MqttBridge cloud" in w for w in warnings), warnings
+    assert proc.stderr == "", proc.stderr
+    assert "bridges:" in proc.stdout, "the example MqttBridge is in the broker config"
 
     bad = tmp_path / "bad.yaml"
     bad.write_text(
