@@ -406,6 +406,7 @@ async function bridges(main) {
     }
     throw err;
   }
+  // The admin API wraps lists as {"items": [...]} (docs/admin-api.md).
   const items = Array.isArray(data) ? data : data.items ?? [];
   if (!items.length) {
     main.append(h("p", { id: "bridges-empty" }, "No bridges configured."));

@@ -76,7 +76,7 @@ def bridges_api(broker) -> list[dict]:
     req = urllib.request.Request(f"http://{http_addr(broker)}/api/v1/bridges",
                                  headers={"Authorization": f"Bearer {TOKEN}"})
     with urllib.request.urlopen(req, timeout=5) as resp:
-        return json.loads(resp.read())["data"]
+        return json.loads(resp.read())["items"]
 
 
 def metrics(broker) -> str:

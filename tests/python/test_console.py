@@ -9,6 +9,7 @@ import http.server
 import json
 import os
 import pathlib
+import re
 import shutil
 import subprocess
 import threading
@@ -38,6 +39,10 @@ def console_broker(start_broker, tmp_path):
     broker = start_broker({
         "listeners": [{"bind": f"127.0.0.1:{port}"}, {"bind": f"127.0.0.1:{ws}", "protocol": "ws"}],
         "http": {"bind": f"127.0.0.1:{http}", "admin_token_file": str(token_file)},
+        # A bridge whose remote is not there: the Bridges page shows it backing off.
+        "bridges": [{"name": "edge-uplink", "addresses": [f"127.0.0.1:{free_port()}"],
+                     "backoff": {"initial": "1s", "max": "2s"},
+                     "topics": [{"pattern": "telemetry/#", "direction": "out"}]}],
     })
     wait_until(lambda: _status(f"http://127.0.0.1:{http}/healthz") == 200, what="the HTTP endpoint")
     return broker, http, ws
@@ -210,7 +215,10 @@ def test_console_in_a_browser(console_broker, clients, prefix_proxy):
     got = listener.wait_message("console-e2e/from-page", timeout=5)
     assert got.payload == b"hello from the console" and got.qos == 1
 
-    assert steps["bridges"] == "No bridges configured."
+    assert "edge-uplink" in steps["bridges"], steps["bridges"]
+    assert re.search(r"connecting|backoff", steps["bridges"]), steps["bridges"]
+    assert "connection refused" in steps["bridges"].lower() or "error" in steps["bridges"].lower(), \
+        "the last error is shown"
     assert steps["narrow_no_overflow"] is True
     assert steps["rejected_token_logs_out"] is True
     assert steps["logout_clears_token"] is True

@@ -645,12 +645,13 @@ struct Forwarded {
 
 #[derive(Debug, Serialize)]
 struct BridgeList {
-    data: Vec<BridgeInfo>,
+    /// Named like the other lists of the API (`items`).
+    items: Vec<BridgeInfo>,
 }
 
 fn list_bridges(broker: &Broker) -> BridgeList {
     use std::sync::atomic::Ordering::Relaxed;
-    let data = broker
+    let items = broker
         .bridges()
         .all()
         .iter()
@@ -671,7 +672,7 @@ fn list_bridges(broker: &Broker) -> BridgeList {
             }
         })
         .collect();
-    BridgeList { data }
+    BridgeList { items }
 }
 
 #[derive(Debug, Serialize)]
