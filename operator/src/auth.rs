@@ -69,7 +69,8 @@ impl std::fmt::Debug for SecretValue {
 }
 
 impl SecretValue {
-    fn text(&self) -> String {
+    /// The value, or the placeholder's marked text.
+    pub fn text(&self) -> String {
         match self {
             SecretValue::Known(v) => v.clone(),
             SecretValue::Placeholder(why) => format!("<placeholder: {why}>"),

@@ -33,7 +33,7 @@ use serde::Serialize;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
-use crate::auth::{self, BridgeEntry, PasswordHasher, UserEntry};
+use crate::auth::{self, BridgeEntry, PasswordHasher, SecretValue, UserEntry};
 use crate::config::{self, RenderedConfig};
 use crate::crd::{Endpoint, ListenerProtocol, MqttBroker, MqttBrokerSpec, MqttUser};
 use crate::names;
@@ -143,6 +143,9 @@ pub struct BrokerInputs {
     pub users: Vec<UserEntry>,
     /// Its valid bridges.
     pub bridges: Vec<BridgeEntry>,
+    /// The admin API token (kept from the live auth Secret, else newly generated; a placeholder
+    /// offline).
+    pub admin_token: SecretValue,
     /// Environment facts.
     pub options: BuildOptions,
 }
@@ -167,6 +170,7 @@ pub fn plan_broker(inputs: &BrokerInputs, hasher: &PasswordHasher) -> Result<Bro
         auth::acl_file(namespace, name, &inputs.users, broker.spec.auth.allow_anonymous),
     );
     files.extend(bridges.files);
+    files.insert(names::ADMIN_TOKEN_KEY.to_string(), inputs.admin_token.text());
 
     let restart = restart_hash(&broker.spec, &rendered.config, &inputs.options.default_image);
     let mut objects = vec![
@@ -217,7 +221,12 @@ pub fn restart_hash(spec: &MqttBrokerSpec, config: &BrokerConfig, default_image:
         "listeners": config.listeners,
         "storage": config.storage,
         "server": config.server,
-        "http": { "enabled": config.http.enabled, "bind": config.http.bind },
+        // The admin token file is read when the HTTP endpoint starts.
+        "http": {
+            "enabled": config.http.enabled,
+            "bind": config.http.bind,
+            "admin_token_file": config.http.admin_token_file,
+        },
         // The level reloads live; the format is fixed at start.
         "log": { "format": config.log.format },
         // Size and class live only in the volume claim templates, not in broker.yaml.

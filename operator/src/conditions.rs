@@ -46,6 +46,11 @@ pub mod reason {
     pub const USERNAME_CONFLICT: &str = "UsernameConflict";
     /// The user or bridge is written into the broker's auth Secret.
     pub const RENDERED: &str = "Rendered";
+    /// A broker pod reports the bridge connecting, backing off or not running.
+    pub const BRIDGE_NOT_CONNECTED: &str = "BridgeNotConnected";
+    /// The broker has several replicas and each runs the bridge with the same remote client
+    /// id, so they take the remote session from each other.
+    pub const REPLICAS_SHARE_BRIDGE: &str = "ReplicasShareBridge";
 }
 
 /// A condition before timestamps.

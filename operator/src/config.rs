@@ -75,10 +75,6 @@ pub struct ConfigRefused {
     pub message: String,
 }
 
-/// Whether the broker enforces the password and ACL files the operator writes (it does since
-/// fleetmq-config has `auth.password_file` / `auth.acl_file`); the user reconciler reports a
-/// rendered user as Ready only then.
-pub const AUTH_FILES_SUPPORTED: bool = true;
 /// Whether the broker serves mqtts/wss listeners; users' credentials Secrets point at the first
 /// `mqtts` listener when it does (see [`crate::build::client_endpoint`]).
 pub const TLS_LISTENERS_SUPPORTED: bool = true;
@@ -144,6 +140,11 @@ pub fn broker_config(
     // port, always: the liveness and readiness probes are HTTP GETs on it.
     config.http.enabled = true;
     config.http.bind = SocketAddr::from((Ipv4Addr::UNSPECIFIED, port(spec.http_port())));
+    // The admin API is always on, behind a token generated once into the auth Secret: the
+    // operator reads each bridge's live state from it (MqttBridge status), and operators of the
+    // fleet use it and the console with the same token.
+    config.http.admin_token_file =
+        Some(PathBuf::from(format!("{}/{}", names::AUTH_DIR, names::ADMIN_TOKEN_KEY)));
 
     // Limits (hot-reloadable by design: they live in the ConfigMap, never in the pod template).
     config.limits = limits(&spec.limits);

@@ -815,6 +815,7 @@ pub struct MqttUserStatus {
         type_ = "string",
         json_path = ".status.conditions[?(@.type==\"Ready\")].reason"
     ),
+    printcolumn(name = "State", type_ = "string", json_path = ".status.state"),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
 #[serde(rename_all = "camelCase")]
@@ -1026,10 +1027,34 @@ pub struct MqttBridgeStatus {
     /// The `metadata.generation` this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
-    /// Live state reported by the broker's admin API (`connected`, `connecting`, ...); absent
-    /// while the broker has no admin API or is unreachable.
+    /// Live state read from the broker pods' admin API: `connected` when the bridge is connected
+    /// on every pod that answered, else the state of the first pod where it is not
+    /// (`connecting`, `backoff`, `notRunning`); absent while no pod answers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub state: Option<String>,
+    /// The last connection error of the first pod whose bridge is not connected.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    /// The bridge on each broker pod, in pod order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pods: Vec<BridgePodStatus>,
+}
+
+/// A bridge's state on one broker pod (from that pod's admin API).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BridgePodStatus {
+    /// Pod name.
+    pub pod: String,
+    /// `connecting`, `connected`, `backoff`, `notRunning` (the pod's broker does not run the
+    /// bridge) or `unreachable` (its admin API did not answer).
+    pub state: String,
+    /// Last connection error, or why the pod could not be asked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    /// Messages waiting on that pod for the remote.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue_depth: Option<u64>,
 }
 
 // ---------------------------------------------------------------------------------------------

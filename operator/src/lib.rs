@@ -22,6 +22,7 @@ pub mod inputs;
 pub mod leader;
 pub mod metrics;
 pub mod names;
+pub mod probe;
 pub mod reconcile;
 pub mod render;
 pub mod validate;

@@ -13,6 +13,7 @@ use clap::{Parser, Subcommand};
 use fleetmq_operator::auth::PasswordHasher;
 use fleetmq_operator::leader::{LeaderElector, LeaseConfig};
 use fleetmq_operator::metrics::Metrics;
+use fleetmq_operator::probe::{self, BridgeProbe as _};
 use fleetmq_operator::reconcile::Context;
 use fleetmq_operator::{controller, crd, names, render};
 use kube::runtime::events::{Recorder, Reporter};
@@ -45,6 +46,21 @@ enum Command {
         /// Also write each broker's broker.yaml to `<DIR>/<namespace>_<name>.yaml`.
         #[arg(long, value_name = "DIR")]
         config_dir: Option<PathBuf>,
+    },
+    /// Ask one broker's admin API for a bridge's live state, as the MqttBridge status shows it
+    /// (the same request the operator makes to every broker pod).
+    BridgeState {
+        /// Bridge name.
+        bridge: String,
+        /// Broker host (a pod name under the headless Service in a cluster).
+        #[arg(long, default_value = "127.0.0.1")]
+        host: String,
+        /// The broker's HTTP port.
+        #[arg(long, default_value_t = 9090)]
+        port: u16,
+        /// File with the admin token (the `admin-token` key of the broker's auth Secret).
+        #[arg(long, value_name = "FILE")]
+        token_file: PathBuf,
     },
 }
 
@@ -108,6 +124,30 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Render { files, namespace, config_dir } => {
             render_cmd(&files, &namespace, config_dir.as_deref())
+        }
+        Command::BridgeState { bridge, host, port, token_file } => {
+            let token = std::fs::read_to_string(&token_file)
+                .with_context(|| format!("reading --token-file {}", token_file.display()))?;
+            let target = probe::Target { pod: host.clone(), host, port, token: token.trim().to_string() };
+            let report =
+                tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(async {
+                    probe::PodReport {
+                        pod: target.pod.clone(),
+                        result: probe::HttpProbe.fetch(&target).await,
+                    }
+                });
+            let live = probe::live_state(&bridge, std::slice::from_ref(&report));
+            let status = fleetmq_operator::crd::MqttBridgeStatus {
+                state: live.state,
+                last_error: live.last_error,
+                pods: live.pods,
+                ..Default::default()
+            };
+            println!("{}", serde_json::to_string_pretty(&status)?);
+            match report.result {
+                Ok(_) => Ok(()),
+                Err(why) => Err(anyhow::anyhow!("{why}")),
+            }
         }
         Command::Run(args) => {
             tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(run(args))

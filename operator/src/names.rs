@@ -29,6 +29,8 @@ pub const DATA_DIR: &str = "/var/lib/fleetmq";
 pub const PASSWORD_FILE_KEY: &str = "passwords";
 /// Key of the Mosquitto-format ACL file in the auth Secret.
 pub const ACL_FILE_KEY: &str = "acl";
+/// Key of the broker's admin API bearer token in the auth Secret (generated once, kept).
+pub const ADMIN_TOKEN_KEY: &str = "admin-token";
 
 /// ConfigMap with the broker config.
 pub fn config_map(broker: &str) -> String {

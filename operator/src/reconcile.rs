@@ -18,18 +18,20 @@ use crate::apply::{self, Outcome};
 use crate::auth::{self, PasswordHasher};
 use crate::build::{self, BrokerInputs, BuildError, BuildOptions};
 use crate::conditions::{self, Cond, DEGRADED, PROGRESSING, READY, reason};
-use crate::config;
 use crate::crd::{MqttBridge, MqttBridgeStatus, MqttBroker, MqttBrokerStatus, MqttUser, MqttUserStatus};
 use crate::error::Error;
 use crate::inputs::{self, Missing, Problem};
 use crate::metrics::Metrics;
 use crate::names;
+use crate::probe::{self, BridgeProbe, HttpProbe, PodReport, Target};
 use crate::validate;
 
 /// Requeue interval when everything is settled (drift correction; watches do the rest).
 pub const RESYNC: Duration = Duration::from_secs(300);
 /// Requeue interval while pods are rolling or a referenced Secret is missing.
 pub const SHORT_REQUEUE: Duration = Duration::from_secs(15);
+/// How often a bridge's live state is read from the broker pods (status writes only on change).
+pub const BRIDGE_POLL: Duration = Duration::from_secs(30);
 
 /// Shared state of the reconcilers.
 pub struct Context {
@@ -45,6 +47,8 @@ pub struct Context {
     pub otlp_endpoint: Option<String>,
     /// Operator metrics.
     pub metrics: Metrics,
+    /// Reads bridges' live state from the broker pods.
+    pub probe: Arc<dyn BridgeProbe>,
     failures: Mutex<HashMap<String, u32>>,
 }
 
@@ -64,6 +68,7 @@ impl Context {
             default_image: build::DEFAULT_IMAGE.to_string(),
             otlp_endpoint: None,
             metrics,
+            probe: Arc::new(HttpProbe),
             failures: Mutex::new(HashMap::new()),
         }
     }
@@ -83,6 +88,12 @@ impl Context {
     /// Makes broker pods export traces to this OTLP collector.
     pub fn with_otlp_endpoint(mut self, endpoint: impl Into<String>) -> Self {
         self.otlp_endpoint = Some(endpoint.into());
+        self
+    }
+
+    /// Replaces the bridge-state probe (tests answer without a network).
+    pub fn with_probe(mut self, probe: Arc<dyn BridgeProbe>) -> Self {
+        self.probe = probe;
         self
     }
 
@@ -242,11 +253,23 @@ async fn reconcile_broker_inner(broker: &MqttBroker, ctx: &Context) -> Result<Ac
         ));
     }
 
+    // The admin token is generated once and then kept: it lives only in the auth Secret, which
+    // the builder otherwise derives from the users and bridges alone.
+    let admin_token = match secrets_api.get_opt(&names::auth_secret(&name)).await? {
+        Some(live) => inputs::secret_value(&live, names::ADMIN_TOKEN_KEY).filter(|t| !t.trim().is_empty()),
+        None => None,
+    };
+    let admin_token = match admin_token {
+        Some(token) => token,
+        None => auth::generate_password()?,
+    };
+
     // Build (pure).
     let plan_inputs = BrokerInputs {
         broker: broker.clone(),
         users: users.entries,
         bridges: bridges.entries,
+        admin_token: auth::SecretValue::Known(admin_token),
         options: BuildOptions {
             default_image: ctx.default_image.clone(),
             service_monitor_served,
@@ -435,20 +458,10 @@ async fn reconcile_user_inner(user: &MqttUser, ctx: &Context) -> Result<Action, 
                 "rendered into Secret {} of MqttBroker {broker_name}",
                 names::auth_secret(&broker_name)
             );
-            let conds = if config::AUTH_FILES_SUPPORTED {
-                vec![
-                    Cond::new(READY, true, reason::RENDERED, where_),
-                    Cond::new(DEGRADED, false, reason::AS_EXPECTED, "the broker enforces this user"),
-                ]
-            } else {
-                let message = format!(
-                    "{where_}, but the broker does not read password_file/acl_file yet: this password and ACL are not enforced"
-                );
-                vec![
-                    Cond::new(READY, false, reason::UNSUPPORTED_BY_BROKER, message.clone()),
-                    Cond::new(DEGRADED, true, reason::UNSUPPORTED_BY_BROKER, message),
-                ]
-            };
+            let conds = vec![
+                Cond::new(READY, true, reason::RENDERED, where_),
+                Cond::new(DEGRADED, false, reason::AS_EXPECTED, "the broker enforces this user"),
+            ];
             (conds, credentials_secret, Action::requeue(RESYNC))
         }
         Err((why, message, action)) => {
@@ -574,12 +587,14 @@ async fn reconcile_bridge_inner(bridge: &MqttBridge, ctx: &Context) -> Result<Ac
     let existing = bridge.status.clone().unwrap_or_default();
     let broker_name = bridge.spec.broker_ref.name.clone();
 
+    let mut broker = None;
     let refusal: Option<Refusal> = 'check: {
         let errors = validate::validate_bridge(&bridge.spec);
         if !errors.is_empty() {
             break 'check Some((reason::INVALID_SPEC, validate::summary(&errors), Action::await_change()));
         }
-        if Api::<MqttBroker>::namespaced(client.clone(), &ns).get_opt(&broker_name).await?.is_none() {
+        broker = Api::<MqttBroker>::namespaced(client.clone(), &ns).get_opt(&broker_name).await?;
+        if broker.is_none() {
             break 'check Some((
                 reason::BROKER_NOT_FOUND,
                 format!("spec.brokerRef: MqttBroker {broker_name} does not exist in namespace {ns}"),
@@ -600,6 +615,12 @@ async fn reconcile_bridge_inner(bridge: &MqttBridge, ctx: &Context) -> Result<Ac
             .get(&name)
             .map(|problem| (problem.reason(), problem.message(), Action::requeue(SHORT_REQUEUE)))
     };
+    // Live state, once the bridge is in the broker's files: ask every pod (the token is in the
+    // broker's auth Secret, which exists once the broker reconciled).
+    let live = match (&refusal, &broker) {
+        (None, Some(broker)) => bridge_live_state(ctx, &ns, broker, &name).await?,
+        _ => None,
+    };
     let conds = match &refusal {
         Some((why, message, _)) => {
             if !existing
@@ -614,20 +635,45 @@ async fn reconcile_bridge_inner(bridge: &MqttBridge, ctx: &Context) -> Result<Ac
                 Cond::new(DEGRADED, true, why, message.clone()),
             ]
         }
-        None => vec![
-            Cond::new(
-                READY,
-                true,
-                reason::RENDERED,
-                format!(
-                    "rendered into the broker config (ConfigMap {}) and Secret {}",
-                    names::config_map(&broker_name),
-                    names::auth_secret(&broker_name)
+        None => {
+            let replicas = broker.as_ref().map_or(1, |b| b.spec.replicas);
+            let degraded = if replicas > 1 {
+                Cond::new(
+                    DEGRADED,
+                    true,
+                    reason::REPLICAS_SHARE_BRIDGE,
+                    format!(
+                        "MqttBroker {broker_name} has {replicas} replicas and each runs this bridge with the same \
+                         remote client id, so they take the remote session from one another; use 1 replica for \
+                         a broker with bridges until clustering runs each bridge on one node"
+                    ),
+                )
+            } else if let Some(problem) = live.as_ref().and_then(|l| l.problem.clone()) {
+                Cond::new(DEGRADED, true, reason::BRIDGE_NOT_CONNECTED, problem)
+            } else {
+                Cond::new(DEGRADED, false, reason::AS_EXPECTED, "the broker runs this bridge")
+            };
+            let was = existing.conditions.iter().find(|c| c.type_ == DEGRADED).map(|c| c.reason.as_str());
+            if degraded.status && was != Some(degraded.reason) {
+                ctx.event(bridge, EventType::Warning, degraded.reason, degraded.message.clone()).await;
+            }
+            vec![
+                Cond::new(
+                    READY,
+                    true,
+                    reason::RENDERED,
+                    format!(
+                        "rendered into the broker config (ConfigMap {}) and Secret {}",
+                        names::config_map(&broker_name),
+                        names::auth_secret(&broker_name)
+                    ),
                 ),
-            ),
-            Cond::new(DEGRADED, false, reason::AS_EXPECTED, "the broker runs this bridge"),
-        ],
+                degraded,
+            ]
+        }
     };
+    let polled = live.is_some();
+    let live = live.unwrap_or_default();
     let status = MqttBridgeStatus {
         conditions: conditions::merge(
             &existing.conditions,
@@ -636,9 +682,45 @@ async fn reconcile_bridge_inner(bridge: &MqttBridge, ctx: &Context) -> Result<Ac
             &conditions::now(),
         ),
         observed_generation: bridge.metadata.generation,
-        // The live state comes from the broker's admin API, which does not exist yet.
-        state: None,
+        state: live.state,
+        last_error: live.last_error,
+        pods: live.pods,
     };
     write_status(&api, bridge, serde_json::to_value(&status)?, status == existing).await?;
-    Ok(refusal.map(|(_, _, action)| action).unwrap_or_else(|| Action::requeue(RESYNC)))
+    Ok(refusal
+        .map(|(_, _, action)| action)
+        .unwrap_or_else(|| Action::requeue(if polled { BRIDGE_POLL } else { RESYNC })))
+}
+
+/// Asks every pod of `broker` for bridge `name`; `None` when the broker has no admin token yet
+/// (it has not been reconciled) or no pods are wanted.
+async fn bridge_live_state(
+    ctx: &Context,
+    ns: &str,
+    broker: &MqttBroker,
+    name: &str,
+) -> Result<Option<probe::LiveState>, Error> {
+    let broker_name = broker.name_any();
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
+    let token = secrets
+        .get_opt(&names::auth_secret(&broker_name))
+        .await?
+        .and_then(|s| inputs::secret_value(&s, names::ADMIN_TOKEN_KEY))
+        .filter(|t| !t.trim().is_empty());
+    let (Some(token), Ok(port)) = (token, u16::try_from(broker.spec.http_port())) else { return Ok(None) };
+    if broker.spec.replicas < 1 {
+        return Ok(None);
+    }
+    let headless = names::headless_service(&broker_name);
+    let targets: Vec<Target> = (0..broker.spec.replicas)
+        .map(|i| {
+            let pod = format!("{broker_name}-{i}");
+            Target { host: format!("{pod}.{headless}.{ns}.svc"), pod, port, token: token.clone() }
+        })
+        .collect();
+    let reports = futures::future::join_all(targets.iter().map(|target| async move {
+        PodReport { pod: target.pod.clone(), result: ctx.probe.fetch(target).await }
+    }))
+    .await;
+    Ok(Some(probe::live_state(name, &reports)))
 }

@@ -14,11 +14,14 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::ResourceExt;
 use serde::Deserialize;
 
-use crate::auth::PasswordHasher;
+use crate::auth::{PasswordHasher, SecretValue};
 use crate::build::{self, BrokerInputs, BuildOptions, Desired};
 use crate::crd::{MqttBridge, MqttBroker, MqttUser};
 use crate::inputs::{self, Missing};
 use crate::validate;
+
+/// Why the admin token is a placeholder offline (generated in-cluster into the auth Secret).
+pub const ADMIN_TOKEN_PLACEHOLDER: &str = "admin API token, generated in-cluster by fleetmq-operator";
 
 /// What the placeholder password of a generated user reads.
 pub const GENERATED_PASSWORD_PLACEHOLDER: &str = "PLACEHOLDER-generated-in-cluster-by-fleetmq-operator";
@@ -242,6 +245,7 @@ pub fn render(input: &RenderInput, hasher: &PasswordHasher) -> Result<RenderOutp
                 broker: broker_offline.clone(),
                 users: resolved_users.entries,
                 bridges: resolved_bridges.entries,
+                admin_token: SecretValue::Placeholder(ADMIN_TOKEN_PLACEHOLDER.to_string()),
                 // Offline there is no discovery: show the ServiceMonitor the spec asks for (in a
                 // cluster it is created only where that CRD is served).
                 options: BuildOptions {

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use fleetmq_config::BrokerConfig;
-use fleetmq_operator::auth::{Credential, UserEntry};
+use fleetmq_operator::auth::{Credential, SecretValue, UserEntry};
 use fleetmq_operator::build::{self, BrokerInputs, BrokerPlan, BuildOptions};
 use fleetmq_operator::crd::{
     AclAccess, AclRule, ListenerProtocol, ListenerSpec, LogFormat, LogLevel, MqttBroker, TlsMinVersion,
@@ -39,6 +39,7 @@ fn inputs_for(broker: MqttBroker) -> BrokerInputs {
         users: inputs::resolve_users(&name, &ex.users, &secrets, Missing::Placeholder).entries,
         bridges: inputs::resolve_bridges(&name, &ex.bridges, &secrets, Missing::Placeholder).entries,
         broker,
+        admin_token: SecretValue::Known("test-admin-token".into()),
         options: BuildOptions { service_monitor_served: true, ..BuildOptions::default() },
     }
 }
@@ -312,6 +313,7 @@ fn rendered_config_round_trips_through_the_broker_parser() {
         broker: b,
         users: vec![],
         bridges: vec![],
+        admin_token: SecretValue::Known("test-admin-token".into()),
         options: BuildOptions::default(),
     }));
     assert!(cases.len() >= 4);

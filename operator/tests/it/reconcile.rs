@@ -21,6 +21,9 @@ use kube::{Client, ResourceExt};
 use kube_fake_client::{ClientBuilder, interceptor};
 use serde_json::{Value, json};
 
+use fleetmq_operator::probe::{BridgeItem, BridgeProbe, Target};
+use futures::future::BoxFuture;
+
 use crate::{cheap_hasher, parse};
 
 const NS: &str = "iot";
@@ -85,8 +88,33 @@ fn take(writes: &Writes) -> Vec<String> {
     w
 }
 
+/// Answers the bridge-state probe from a table (pod name → answer) and records who was asked.
+#[derive(Default)]
+struct FakeProbe {
+    answers: Mutex<BTreeMap<String, Result<Vec<BridgeItem>, String>>>,
+    asked: Mutex<Vec<Target>>,
+}
+
+impl FakeProbe {
+    fn answer(&self, pod: &str, answer: Result<Vec<BridgeItem>, String>) {
+        self.answers.lock().expect("lock").insert(pod.to_string(), answer);
+    }
+}
+
+impl BridgeProbe for FakeProbe {
+    fn fetch<'a>(&'a self, target: &'a Target) -> BoxFuture<'a, Result<Vec<BridgeItem>, String>> {
+        self.asked.lock().expect("lock").push(target.clone());
+        let answer = self.answers.lock().expect("lock").get(&target.pod).cloned();
+        Box::pin(async move { answer.unwrap_or_else(|| Err("connection refused".to_string())) })
+    }
+}
+
+fn ctx_with(client: &Client, probe: Arc<FakeProbe>) -> Arc<Context> {
+    Arc::new(Context::new(client.clone(), None, Metrics::new()).with_hasher(cheap_hasher()).with_probe(probe))
+}
+
 fn ctx(client: &Client) -> Arc<Context> {
-    Arc::new(Context::new(client.clone(), None, Metrics::new()).with_hasher(cheap_hasher()))
+    ctx_with(client, Arc::default())
 }
 
 const RESOURCES: &str = r##"
@@ -602,4 +630,124 @@ async fn tls_broker_reloads_certificates_and_users_but_restarts_for_listener_set
     assert!(w.contains(&"patch ConfigMap/secure-config".to_string()), "{w:?}");
     assert!(w.contains(&"patch StatefulSet/secure".to_string()), "{w:?}");
     assert_ne!(hash(&secure_template(&client).await), hash(&template));
+}
+
+#[tokio::test]
+async fn bridge_status_shows_the_live_state_from_every_pod() {
+    let yaml = r##"
+apiVersion: fleetmq.io/v1alpha1
+kind: MqttBroker
+metadata: {name: edge, namespace: iot}
+spec:
+  listeners: [{name: mqtt, protocol: mqtt, port: 1883}]
+  metrics: {enabled: true, port: 9100}
+---
+apiVersion: fleetmq.io/v1alpha1
+kind: MqttBridge
+metadata: {name: cloud, namespace: iot}
+spec:
+  brokerRef: {name: edge}
+  remote: {addresses: ["cloud.example.com:8883"]}
+  topics: [{pattern: "sensors/#", direction: out, qos: 1}]
+"##;
+    let (client, writes) = fake(objects(yaml)).await;
+    let probe = Arc::new(FakeProbe::default());
+    let ctx = ctx_with(&client, probe.clone());
+    let reconcile_bridge = || async {
+        reconcile::reconcile_bridge(Arc::new(get::<MqttBridge>(&client, "cloud").await), ctx.clone())
+            .await
+            .expect("bridge")
+    };
+
+    // Before the broker is reconciled there is no admin token: nobody is asked, no state.
+    reconcile_bridge().await;
+    assert!(probe.asked.lock().expect("lock").is_empty());
+    let status = get::<MqttBridge>(&client, "cloud").await.status.expect("status");
+    assert_eq!(status.state, None);
+
+    // The broker's auth Secret gets a generated admin token, and broker.yaml points at it.
+    reconcile::reconcile_broker(Arc::new(get::<MqttBroker>(&client, "edge").await), ctx.clone())
+        .await
+        .expect("broker");
+    let auth: Secret = get(&client, &names::auth_secret("edge")).await;
+    let token = secret_text(&auth, names::ADMIN_TOKEN_KEY);
+    assert_eq!(token.len(), 32, "{token}");
+    let cm: ConfigMap = get(&client, &names::config_map("edge")).await;
+    let config = cm.data.expect("data")[names::CONFIG_KEY].clone();
+    assert!(config.contains("admin_token_file: /var/run/secrets/fleetmq/auth/admin-token"), "{config}");
+    // Kept on later reconciles (not regenerated, no Secret write).
+    take(&writes);
+    reconcile::reconcile_broker(Arc::new(get::<MqttBroker>(&client, "edge").await), ctx.clone())
+        .await
+        .expect("broker");
+    assert!(!take(&writes).iter().any(|w| w.contains("Secret/")));
+    assert_eq!(secret_text(&get(&client, &names::auth_secret("edge")).await, names::ADMIN_TOKEN_KEY), token);
+
+    // The remote is down on the pod: state backoff, the error, and Degraded says so.
+    probe.answer(
+        "edge-0",
+        Ok(vec![BridgeItem {
+            name: "cloud".into(),
+            state: "backoff".into(),
+            last_error: Some("cloud.example.com:8883: connection refused".into()),
+            queue_depth: 7,
+        }]),
+    );
+    reconcile_bridge().await;
+    let asked = probe.asked.lock().expect("lock").clone();
+    assert_eq!(
+        asked,
+        [Target {
+            pod: "edge-0".into(),
+            host: "edge-0.edge-headless.iot.svc".into(),
+            port: 9100,
+            token: token.clone()
+        }]
+    );
+    let status = get::<MqttBridge>(&client, "cloud").await.status.expect("status");
+    assert_eq!(status.state.as_deref(), Some("backoff"));
+    assert_eq!(status.last_error.as_deref(), Some("cloud.example.com:8883: connection refused"));
+    assert_eq!(status.pods.len(), 1);
+    assert_eq!(status.pods[0].queue_depth, Some(7));
+    let degraded = condition(&status.conditions, DEGRADED);
+    assert_eq!((degraded.status.as_str(), degraded.reason.as_str()), ("True", reason::BRIDGE_NOT_CONNECTED));
+    assert!(degraded.message.contains("edge-0: backoff"), "{}", degraded.message);
+    assert_eq!(condition(&status.conditions, READY).status, "True");
+    // Polling again with the same answer writes nothing.
+    take(&writes);
+    reconcile_bridge().await;
+    assert_eq!(take(&writes), Vec::<String>::new());
+
+    // Connected: Degraded clears.
+    probe.answer(
+        "edge-0",
+        Ok(vec![BridgeItem {
+            name: "cloud".into(),
+            state: "connected".into(),
+            last_error: None,
+            queue_depth: 0,
+        }]),
+    );
+    reconcile_bridge().await;
+    let status = get::<MqttBridge>(&client, "cloud").await.status.expect("status");
+    assert_eq!(status.state.as_deref(), Some("connected"));
+    // (`lastError` is left out of the applied status now, which server-side apply removes; the
+    // fake applies it as a merge patch, which keeps the old value, so it is not checked here.)
+    assert_eq!(status.pods[0].last_error, None);
+    assert_eq!(condition(&status.conditions, DEGRADED).status, "False");
+
+    // Scaled to 2: both pods are asked, and the shared remote client id is reported.
+    let brokers: Api<MqttBroker> = Api::namespaced(client.clone(), NS);
+    brokers
+        .patch("edge", &PatchParams::default(), &Patch::Merge(json!({"spec": {"replicas": 2}})))
+        .await
+        .expect("scale");
+    probe.asked.lock().expect("lock").clear();
+    reconcile_bridge().await;
+    let pods: Vec<String> = probe.asked.lock().expect("lock").iter().map(|t| t.pod.clone()).collect();
+    assert_eq!(pods, ["edge-0", "edge-1"]);
+    let status = get::<MqttBridge>(&client, "cloud").await.status.expect("status");
+    assert_eq!(status.pods[1].state, "unreachable");
+    let degraded = condition(&status.conditions, DEGRADED);
+    assert_eq!((degraded.status.as_str(), degraded.reason.as_str()), ("True", reason::REPLICAS_SHARE_BRIDGE));
 }
