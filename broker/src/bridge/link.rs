@@ -97,8 +97,14 @@ async fn notify_remote(sink: &Sink, config: &Bridge, up: bool) {
         return;
     }
     let payload = ntex::util::Bytes::from_static(if up { b"1" } else { b"0" });
-    let ack = sink.publish_qos1(config.remote_state_topic(), payload, true, &Outbound::default());
-    match tokio::time::timeout(NOTIFY_TIMEOUT, ack).await {
+    let send = async {
+        // The remote's Receive Maximum may be used up by forwarded messages.
+        if !sink.is_ready() && !sink.ready().await {
+            return Err(ntex_mqtt::error::SendPacketError::Disconnected);
+        }
+        sink.publish_qos1(config.remote_state_topic(), payload, true, &Outbound::default()).await
+    };
+    match tokio::time::timeout(NOTIFY_TIMEOUT, send).await {
         Ok(Ok(true)) => {}
         Ok(Ok(false)) => tracing::warn!(bridge = %config.name, "the remote refused the state notification"),
         Ok(Err(err)) => tracing::warn!(bridge = %config.name, "state notification not sent: {err}"),

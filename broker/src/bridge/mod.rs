@@ -90,6 +90,12 @@ impl Bridges {
         let (stop, stopped) = watch::channel(false);
         let (updates, rx) = mpsc::unbounded_channel();
         let initial = broker.config().bridges.clone();
+        // Before anything is routed to the recovered internal sessions: removed bridges'
+        // sessions go, the others get their own queue bounds.
+        discard_removed(broker, &initial);
+        for config in &initial {
+            apply_queue(broker, config);
+        }
         ntex::rt::spawn(manage(broker.clone(), initial, rx, stopped));
         Bridges { updates, stop }
     }
@@ -129,7 +135,6 @@ async fn manage(
     mut updates: mpsc::UnboundedReceiver<Vec<Bridge>>,
     mut stopped: watch::Receiver<bool>,
 ) {
-    discard_removed(&broker, &initial);
     let mut running: Vec<Running> =
         initial.into_iter().enumerate().map(|(i, config)| spawn(&broker, i, config)).collect();
     broker.bridges().set(running.iter().map(|r| r.status.clone()).collect());
