@@ -473,14 +473,15 @@ def test_bridge_queue_bounds_and_overflow_policy(tmp_path, start_broker, clients
     assert bridges_api(local)[0]["dropped_overflow"] == 3
 
 
-def test_remote_notifications_on_mosquitto_and_will_after_kill9(tmp_path, start_broker, mosquitto, clients):
+@pytest.mark.parametrize("protocol", ["5", "3.1.1"])
+def test_remote_notifications_on_mosquitto_and_will_after_kill9(tmp_path, start_broker, mosquitto, clients, protocol):
     remote = mosquitto()
     state_topic = "$SYS/broker/connection/fleetmq-bridge-cloud/state"
     watcher = clients(remote, "remote-watcher")
     watcher.connect()
     watcher.subscribe(state_topic, 1)
     local = start_broker(bridge_config(tmp_path, "cloud", [f"127.0.0.1:{remote.port}"], [
-        {"pattern": "x/#", "direction": "out"}], notifications={"local": False, "remote": True}))
+        {"pattern": "x/#", "direction": "out"}], notifications={"local": False, "remote": True}, protocol=protocol))
     local_watcher = clients(local, "local-watcher")
     local_watcher.connect()
     local_watcher.subscribe("$SYS/broker/connection/#", 1)
