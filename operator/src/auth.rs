@@ -324,6 +324,8 @@ pub fn bridges(namespace: &str, bridges: &[BridgeEntry]) -> RenderedBridges {
             password_file,
             tls,
             backoff: Backoff::default(),
+            queue: Default::default(),
+            notifications: Default::default(),
             topics: spec
                 .topics
                 .iter()

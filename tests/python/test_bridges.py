@@ -271,12 +271,21 @@ def test_clients_cannot_take_a_bridge_session_id(broker, clients):
     ({"pattern": "a/#/b", "direction": "out"}, "bridges[0].topics[0].pattern"),
     ({"pattern": "a/#", "direction": "out", "local_prefix": "site"}, "bridges[0].topics[0].local_prefix"),
     ({"pattern": "a/#", "direction": "out", "qoss": 1}, "qoss"),
+    ({"queue": {"max_messages": 0}}, "bridges[0].queue.max_messages"),
+    ({"queue": {"overflow": "drop_random"}}, "overflow"),
+    ({"queue": {"max_bytes": "lots"}}, "max_bytes"),
+    ({"notifications": {"topic": "state/#"}}, "bridges[0].notifications.topic"),
+    ({"notifications": {"remote_only": True}}, "remote_only"),
 ])
 def test_bad_bridge_config_fails_at_start_naming_the_key(tmp_path, bad, key):
     port = free_port()
     config = {"listeners": [{"bind": f"127.0.0.1:{port}"}], "storage": {"persistence": False},
               "http": {"enabled": False},
-              "bridges": [{"name": "cloud", "addresses": ["127.0.0.1:1"], "topics": [bad]}]}
+              "bridges": [{"name": "cloud", "addresses": ["127.0.0.1:1"], "topics": [{"pattern": "a/#", "direction": "out"}]}]}
+    if "pattern" in bad:
+        config["bridges"][0]["topics"] = [bad]
+    else:
+        config["bridges"][0].update(bad)  # a bridge-level key
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump(config))
     out = subprocess.run([broker_binary(), "--config", str(path)], capture_output=True, text=True, timeout=20)
@@ -336,8 +345,11 @@ def test_tls_bridge_with_client_certificate(tmp_path, start_broker, pki, clients
     assert sub.wait_message("s/1").payload == b"over-tls"
     bad = wait_until(lambda: next((b for b in bridges_api(local) if b["name"] == "untrusting" and b["last_error"]),
                                   None), timeout=10, what="TLS error")
-    # ntex reports a failed handshake only as a closed connection.
-    assert bad["state"] != "connected" and "127.0.0.1" in bad["last_error"], bad
+    # ntex reports a failed handshake only as a closed connection; the bridge finds out why.
+    assert bad["state"] != "connected", bad
+    assert f"TLS handshake with 127.0.0.1:{tls_port} failed: invalid peer certificate: UnknownIssuer" \
+        in bad["last_error"], bad
+    local.wait_log(rf"bridge cannot connect: .*TLS handshake with 127.0.0.1:{tls_port} failed: invalid peer certificate")
     assert "fleetmq-bridge-untrusting" not in remote.log()
 
 
@@ -381,3 +393,240 @@ def test_reload_adds_and_removes_bridges_without_touching_the_others(tmp_path, s
                            for m in watcher.messages), timeout=10, what="a down")
     pub.publish("a/2", b"not any more", qos=1)
     assert [m.topic for m in sub.settle(0.5)] == ["a/1", "b/1"]
+
+
+@pytest.mark.parametrize("remote_kind", ["fleetmq", "mosquitto"])
+def test_qos2_in_rule_is_received_without_breaking_the_link(tmp_path, start_broker, mosquitto, clients, remote_kind):
+    """ntex-mqtt's client answers every inbound PUBLISH with PUBACK (it has no PUBREC path),
+    so the bridge subscribes to `in` rules at QoS 1 at most: a QoS 2 message from the remote
+    must arrive once and the link must stay up."""
+    remote = start_broker() if remote_kind == "fleetmq" else mosquitto()
+    local = start_broker(bridge_config(tmp_path, "cloud", [f"127.0.0.1:{remote.port}"], [
+        {"pattern": "q2/#", "direction": "in", "qos": 2}]))
+    wait_state(local, "connected")
+    sub = clients(local, "local-sub")
+    sub.connect()
+    sub.subscribe("q2/#", 2)
+    pub = clients(remote, "remote-pub")
+    pub.connect()
+    time.sleep(0.5)  # the bridge's remote SUBSCRIBE goes out right after CONNACK
+    for i in range(3):
+        pub.publish(f"q2/{i}", f"m{i}".encode(), qos=2)
+    sub.wait_messages(3, timeout=10)
+    assert [m.payload for m in sub.settle(1.0)] == [b"m0", b"m1", b"m2"]
+    [info] = bridges_api(local)
+    assert info["state"] == "connected" and info["reconnects"] == 0, info
+    assert "bridge disconnected" not in local.log()
+
+
+def admin_client_status(broker, client_id: str) -> int:
+    """HTTP status of GET /api/v1/clients/{client_id} (404: no such session)."""
+    import urllib.error
+    import urllib.parse
+
+    req = urllib.request.Request(
+        f"http://{http_addr(broker)}/api/v1/clients/{urllib.parse.quote(client_id, safe='')}",
+        headers={"Authorization": f"Bearer {TOKEN}"})
+    try:
+        with urllib.request.urlopen(req, timeout=5) as resp:
+            return resp.status
+    except urllib.error.HTTPError as err:
+        return err.code
+
+
+@pytest.mark.parametrize("queue,kept", [
+    # 8 messages of 9 bytes each (topic "data/1" + payload "mNN") while the remote is down.
+    ({"max_messages": 5}, range(0, 5)),
+    ({"max_messages": 5, "overflow": "drop_oldest"}, range(3, 8)),
+    ({"max_messages": 100, "max_bytes": 50}, range(0, 5)),
+    ({"max_messages": 100, "max_bytes": 50, "overflow": "drop_oldest"}, range(3, 8)),
+])
+def test_bridge_queue_bounds_and_overflow_policy(tmp_path, start_broker, clients, queue, kept):
+    remote = start_broker({"storage": {"persistence": True}})
+    collector = clients(remote, "collector")
+    collector.connect(clean_start=False, properties=connect_props(SessionExpiryInterval=3600))
+    collector.subscribe("edge/#", 1)
+    collector.disconnect()
+    # The global session limit is smaller than the bridge's own: the bridge's applies.
+    local = start_broker({**bridge_config(tmp_path, "cloud", [f"127.0.0.1:{remote.port}"], [
+        {"pattern": "data/#", "direction": "out", "qos": 1, "remote_prefix": "edge/"}], queue=queue),
+        "limits": {"max_queued_messages": 2}})
+    wait_state(local, "connected")
+    assert remote.stop() == 0
+    wait_until(lambda: bridges_api(local)[0]["state"] in ("backoff", "connecting"), what="bridge down")
+    pub = clients(local, "producer")
+    pub.connect()
+    for i in range(8):
+        pub.publish("data/1", f"m{i:02d}".encode(), qos=1)
+    wait_until(lambda: bridges_api(local)[0]["queue_depth"] == 5, what="5 queued")
+    info = bridges_api(local)[0]
+    assert info["dropped_overflow"] == 3 and info["queue_depth"] == 5, info
+    assert 'fleetmq_bridge_queue_dropped_total{bridge="cloud"} 3' in metrics(local)
+
+    remote = remote.restart()
+    wait_state(local, "connected", timeout=15)
+    collector = clients(remote, "collector")
+    collector.connect(clean_start=False, properties=connect_props(SessionExpiryInterval=3600))
+    collector.wait_messages(5, timeout=10)
+    assert [m.payload for m in collector.settle(0.5)] == [f"m{i:02d}".encode() for i in kept]
+    wait_until(lambda: bridges_api(local)[0]["queue_depth"] == 0, what="queue drained")
+    assert bridges_api(local)[0]["dropped_overflow"] == 3
+
+
+@pytest.mark.parametrize("protocol", ["5", "3.1.1"])
+def test_remote_notifications_on_mosquitto_and_will_after_kill9(tmp_path, start_broker, mosquitto, clients, protocol):
+    remote = mosquitto()
+    state_topic = "$SYS/broker/connection/fleetmq-bridge-cloud/state"
+    watcher = clients(remote, "remote-watcher")
+    watcher.connect()
+    watcher.subscribe(state_topic, 1)
+    local = start_broker(bridge_config(tmp_path, "cloud", [f"127.0.0.1:{remote.port}"], [
+        {"pattern": "x/#", "direction": "out"}], notifications={"local": False, "remote": True}, protocol=protocol))
+    local_watcher = clients(local, "local-watcher")
+    local_watcher.connect()
+    local_watcher.subscribe("$SYS/broker/connection/#", 1)
+    wait_until(lambda: [m.payload for m in watcher.messages] == [b"1"], timeout=10, what="remote state 1")
+    # Unclean end: mosquitto publishes the bridge's will.
+    local.kill9()
+    wait_until(lambda: [m.payload for m in watcher.messages] == [b"1", b"0"], timeout=10, what="will 0")
+    late = clients(remote, "late")
+    late.connect()
+    late.subscribe(state_topic, 1)
+    retained = late.wait_message(state_topic)
+    assert retained.retain and retained.payload == b"0"
+    # Clean stop: the bridge says 0 itself before its DISCONNECT (which discards the will).
+    local = local.restart()
+    wait_until(lambda: [m.payload for m in watcher.messages] == [b"1", b"0", b"1"], timeout=10, what="1 again")
+    assert local.stop() == 0
+    wait_until(lambda: [m.payload for m in watcher.messages] == [b"1", b"0", b"1", b"0"], timeout=10,
+               what="0 on clean stop")
+    # `local: false`: nothing was published here.
+    assert local_watcher.messages == []
+
+
+def test_notification_topic_override_on_both_sides(tmp_path, start_broker, clients):
+    remote = start_broker()
+    watcher = clients(remote, "remote-watcher")
+    watcher.connect()
+    watcher.subscribe("edge1/bridge-state", 1)
+    local = start_broker(bridge_config(tmp_path, "cloud", [f"127.0.0.1:{remote.port}"], [
+        {"pattern": "x/#", "direction": "out"}], notifications={"remote": True, "topic": "edge1/bridge-state"}))
+    local_watcher = clients(local, "local-watcher")
+    local_watcher.connect()
+    local_watcher.subscribe("edge1/bridge-state", 1)
+    assert local_watcher.wait_message("edge1/bridge-state").payload == b"1"
+    assert watcher.wait_message("edge1/bridge-state", timeout=10).payload == b"1"
+
+
+@pytest.mark.parametrize("remote_kind", ["fleetmq", "mosquitto"])
+def test_v5_properties_cross_the_bridge_both_ways(tmp_path, start_broker, mosquitto, clients, remote_kind):
+    from helpers import prop, publish_props
+
+    remote = start_broker() if remote_kind == "fleetmq" else mosquitto()
+    local = start_broker(bridge_config(tmp_path, "cloud", [f"127.0.0.1:{remote.port}"], [
+        {"pattern": "up/#", "direction": "out", "qos": 1},
+        {"pattern": "down/#", "direction": "in", "qos": 1}]))
+    wait_state(local, "connected")
+    on_remote, on_local = clients(remote, "remote-sub"), clients(local, "local-sub")
+    for c, topic in ((on_remote, "up/#"), (on_local, "down/#")):
+        c.connect()
+        c.subscribe(topic, 1)
+    time.sleep(0.5)  # the bridge's remote SUBSCRIBE goes out right after CONNACK
+
+    def props(tag: str):
+        return publish_props(UserProperty=[("site", "edge-1"), ("tag", tag), ("tag", "second")],
+                             ContentType="application/json", PayloadFormatIndicator=1,
+                             ResponseTopic=f"reply/{tag}", CorrelationData=f"corr-{tag}".encode(),
+                             MessageExpiryInterval=300)
+
+    pub = clients(local, "local-pub")
+    pub.connect()
+    pub.publish("up/1", b'{"t": 1}', qos=1, properties=props("out"))
+    rpub = clients(remote, "remote-pub")
+    rpub.connect()
+    rpub.publish("down/1", b'{"t": 2}', qos=1, properties=props("in"))
+    for sub, topic, tag in ((on_remote, "up/1", "out"), (on_local, "down/1", "in")):
+        m = sub.wait_message(topic, timeout=10)
+        p = m.properties
+        assert prop(p, "UserProperty") == [("site", "edge-1"), ("tag", tag), ("tag", "second")], (tag, p)
+        assert prop(p, "ContentType") == "application/json", (tag, p)
+        assert prop(p, "PayloadFormatIndicator") == 1, (tag, p)
+        assert prop(p, "ResponseTopic") == f"reply/{tag}", (tag, p)
+        assert prop(p, "CorrelationData") == f"corr-{tag}".encode(), (tag, p)
+        # The remaining lifetime travels: at most what was published, and not lost.
+        assert 290 <= prop(p, "MessageExpiryInterval", 0) <= 300, (tag, p)
+
+
+def test_message_expiry_counts_down_while_queued_for_the_remote(tmp_path, start_broker, clients):
+    from helpers import prop, publish_props
+
+    remote = start_broker({"storage": {"persistence": True}})
+    collector = clients(remote, "collector")
+    collector.connect(clean_start=False, properties=connect_props(SessionExpiryInterval=3600))
+    collector.subscribe("edge/#", 1)
+    collector.disconnect()
+    local = start_broker(bridge_config(tmp_path, "cloud", [f"127.0.0.1:{remote.port}"], [
+        {"pattern": "data/#", "direction": "out", "qos": 1, "remote_prefix": "edge/"}]))
+    wait_state(local, "connected")
+    assert remote.stop() == 0
+    wait_until(lambda: bridges_api(local)[0]["state"] in ("backoff", "connecting"), what="bridge down")
+    pub = clients(local, "producer")
+    pub.connect()
+    pub.publish("data/short", b"gone", qos=1, properties=publish_props(MessageExpiryInterval=1))
+    pub.publish("data/long", b"kept", qos=1, properties=publish_props(MessageExpiryInterval=60))
+    time.sleep(3)
+    remote = remote.restart()
+    wait_state(local, "connected", timeout=15)
+    collector = clients(remote, "collector")
+    collector.connect(clean_start=False, properties=connect_props(SessionExpiryInterval=3600))
+    m = collector.wait_message("edge/data/long", timeout=10)
+    assert prop(m.properties, "MessageExpiryInterval", 0) <= 57, m.properties
+    assert [x.topic for x in collector.settle(0.5)] == ["edge/data/long"]
+
+
+def test_removed_bridge_loses_its_session_on_reload_and_at_restart(tmp_path, start_broker, mosquitto, clients):
+    import signal
+
+    remote = mosquitto()
+    config = bridge_config(tmp_path, "a", [f"127.0.0.1:{remote.port}"], [{"pattern": "a/#", "direction": "out"}])
+    config["bridges"].append({"name": "b", "addresses": [f"127.0.0.1:{remote.port}"],
+                              "topics": [{"pattern": "b/#", "direction": "out"}],
+                              "backoff": {"initial": "100ms", "max": "500ms"}})
+    local = start_broker({**config, "storage": {"persistence": True}})
+    wait_until(lambda: {b["name"]: b["state"] for b in bridges_api(local)} == {"a": "connected", "b": "connected"},
+               timeout=10, what="both connected")
+    remote.stop()
+    wait_until(lambda: all(b["state"] != "connected" for b in bridges_api(local)), what="both down")
+    pub = clients(local, "p")
+    pub.connect()
+    for i in range(3):
+        pub.publish(f"a/{i}", b"x", qos=1)
+    for i in range(2):
+        pub.publish(f"b/{i}", b"x", qos=1)
+    wait_until(lambda: [b["queue_depth"] for b in bridges_api(local)] == [3, 2], what="queued")
+    assert admin_client_status(local, "$bridge/a") == 200
+
+    # Reload without `a`: its session and 3 queued messages go; `b` keeps its queue.
+    on_disk = yaml.safe_load(local.config_path.read_text())
+    on_disk["bridges"] = [on_disk["bridges"][1]]
+    local.config_path.write_text(yaml.safe_dump(on_disk))
+    local.proc.send_signal(signal.SIGHUP)
+    local.wait_log(r"bridge no longer configured: deleted its internal session \$bridge/a and 3 queued messages",
+                   timeout=10)
+    assert admin_client_status(local, "$bridge/a") == 404
+    assert bridges_api(local)[0]["queue_depth"] == 2
+
+    # Restart without `b`: found in the store at start, deleted with its 2 messages ...
+    assert local.stop() == 0
+    on_disk["bridges"] = []
+    local.config_path.write_text(yaml.safe_dump(on_disk))
+    local = local.restart()
+    local.wait_log(r"bridge no longer configured: deleted its internal session \$bridge/b and 2 queued messages",
+                   timeout=10)
+    assert admin_client_status(local, "$bridge/b") == 404
+    # ... and for good: the next start finds nothing left.
+    assert local.stop() == 0
+    local = local.restart()
+    time.sleep(0.5)
+    assert admin_client_status(local, "$bridge/b") == 404
+    assert "bridge no longer configured" not in local.log()

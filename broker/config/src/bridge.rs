@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::{duration, opt_duration};
+use crate::{ByteSize, byte_size, duration, opt_duration};
 
 /// One bridge to a remote broker.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -47,6 +47,12 @@ pub struct Bridge {
     /// Reconnect delays.
     #[serde(default)]
     pub backoff: Backoff,
+    /// Bounds and overflow policy of the store-and-forward queue (out direction).
+    #[serde(default, skip_serializing_if = "BridgeQueue::is_default")]
+    pub queue: BridgeQueue,
+    /// Connection state notifications, locally and on the remote.
+    #[serde(default, skip_serializing_if = "Notifications::is_default")]
+    pub notifications: Notifications,
     /// Topic rules.
     pub topics: Vec<BridgeTopic>,
 }
@@ -63,6 +69,24 @@ impl Bridge {
     /// The client id used on the remote.
     pub fn remote_client_id(&self) -> String {
         self.client_id.clone().unwrap_or_else(|| format!("fleetmq-bridge-{}", self.name))
+    }
+
+    /// Topic of the state notification on this broker: `notifications.topic`, else
+    /// `$SYS/broker/connection/<name>/state`.
+    pub fn local_state_topic(&self) -> String {
+        self.notifications
+            .topic
+            .clone()
+            .unwrap_or_else(|| format!("$SYS/broker/connection/{}/state", self.name))
+    }
+
+    /// Topic of the state notification on the remote: `notifications.topic`, else Mosquitto's
+    /// `$SYS/broker/connection/<remote client id>/state`.
+    pub fn remote_state_topic(&self) -> String {
+        self.notifications
+            .topic
+            .clone()
+            .unwrap_or_else(|| format!("$SYS/broker/connection/{}/state", self.remote_client_id()))
     }
 }
 
@@ -156,6 +180,83 @@ pub struct Backoff {
 impl Default for Backoff {
     fn default() -> Self {
         Backoff { initial: Duration::from_secs(1), max: Duration::from_secs(60) }
+    }
+}
+
+/// The bridge's store-and-forward queue: messages for the remote wait in the internal session
+/// `$bridge/<name>` while the remote is down or slow.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BridgeQueue {
+    /// Messages queued at most. Default: `limits.max_queued_messages`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_messages: Option<u32>,
+    /// Payload bytes queued at most; 0 = unlimited. Default: `limits.max_queued_bytes`.
+    #[serde(with = "opt_byte_size", skip_serializing_if = "Option::is_none")]
+    pub max_bytes: Option<ByteSize>,
+    /// What goes when the queue is full. Default: `drop_newest`.
+    pub overflow: Overflow,
+}
+
+impl BridgeQueue {
+    fn is_default(&self) -> bool {
+        *self == BridgeQueue::default()
+    }
+}
+
+/// Which message a full bridge queue gives up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Overflow {
+    /// The arriving message is dropped; what is queued keeps its place (like any session
+    /// queue of this broker, and like Mosquitto's `max_queued_messages`).
+    #[default]
+    DropNewest,
+    /// The oldest queued message is dropped to make room: the remote gets the freshest data.
+    DropOldest,
+}
+
+/// Mosquitto's `notifications`: a retained `1`/`0` state message while the link is up/down.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Notifications {
+    /// Publish the state on this broker (`$SYS/broker/connection/<name>/state`). Default: true.
+    pub local: bool,
+    /// Publish the state on the remote (`$SYS/broker/connection/<client id>/state`): `1` after
+    /// connecting, `0` before a clean disconnect, and `0` as the bridge's will for an unclean
+    /// one. Default: false (the remote must let the bridge publish to that topic).
+    pub remote: bool,
+    /// Topic used on both sides instead of the defaults above.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub topic: Option<String>,
+}
+
+impl Default for Notifications {
+    fn default() -> Self {
+        Notifications { local: true, remote: false, topic: None }
+    }
+}
+
+impl Notifications {
+    fn is_default(&self) -> bool {
+        *self == Notifications::default()
+    }
+}
+
+/// Serde for `Option<ByteSize>` in the style of [`byte_size`].
+mod opt_byte_size {
+    use super::{ByteSize, byte_size};
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(value: &Option<ByteSize>, ser: S) -> Result<S::Ok, S::Error> {
+        match value {
+            Some(v) => byte_size::serialize(v, ser),
+            None => ser.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(de: D) -> Result<Option<ByteSize>, D::Error> {
+        Option::<ByteSize>::deserialize(de)
     }
 }
 
@@ -253,6 +354,17 @@ pub(crate) fn validate(bridges: &[Bridge]) -> Result<(), (String, String)> {
         }
         if bridge.backoff.max < bridge.backoff.initial {
             return err(format!("{at}.backoff.max"), "must be at least backoff.initial".into());
+        }
+        if bridge.queue.max_messages == Some(0) {
+            return err(format!("{at}.queue.max_messages"), "must be at least 1".into());
+        }
+        if let Some(topic) = &bridge.notifications.topic
+            && (topic.is_empty() || topic.contains(['+', '#', '\0']))
+        {
+            return err(
+                format!("{at}.notifications.topic"),
+                format!("{topic:?} must be a non-empty topic name without wildcards"),
+            );
         }
         if bridge.topics.is_empty() {
             return err(format!("{at}.topics"), "at least one topic rule is required".into());

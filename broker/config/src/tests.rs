@@ -320,3 +320,45 @@ fn bridge_errors_name_the_key() {
     let duplicate = parse(&format!("{BRIDGE}{}", BRIDGE.replace("bridges:\n", ""))).unwrap_err().to_string();
     assert!(duplicate.contains("bridges[1].name"), "{duplicate}");
 }
+
+#[test]
+fn bridge_queue_and_notifications_default_and_round_trip() {
+    let config = parse(BRIDGE).unwrap();
+    let bridge = &config.bridges[0];
+    assert_eq!(
+        bridge.queue,
+        BridgeQueue { max_messages: None, max_bytes: None, overflow: Overflow::DropNewest }
+    );
+    assert_eq!(bridge.notifications, Notifications { local: true, remote: false, topic: None });
+    // Defaults are not written out, so rendered configs of older bridges stay the same.
+    let yaml = config.to_yaml();
+    assert!(!yaml.contains(" queue:") && !yaml.contains(" notifications:"), "{yaml}");
+
+    let yaml = BRIDGE.replace(
+        "username: edge",
+        "username: edge\n    queue: {max_messages: 5, max_bytes: 1KiB, overflow: drop_oldest}\n    \
+         notifications: {local: false, remote: true, topic: edge/state}",
+    );
+    let config = parse(&yaml).unwrap();
+    let bridge = &config.bridges[0];
+    assert_eq!(bridge.queue.max_messages, Some(5));
+    assert_eq!(bridge.queue.max_bytes, Some(ByteSize::kib(1)));
+    assert_eq!(bridge.queue.overflow, Overflow::DropOldest);
+    assert!(!bridge.notifications.local && bridge.notifications.remote);
+    assert_eq!(bridge.notifications.topic.as_deref(), Some("edge/state"));
+    assert_eq!(parse(&config.to_yaml()).unwrap(), config);
+}
+
+#[test]
+fn bridge_queue_and_notification_errors_name_the_key() {
+    let zero = bridge_error("username: edge", "queue: {max_messages: 0}");
+    assert!(zero.contains("bridges[0].queue.max_messages"), "{zero}");
+    let policy = bridge_error("username: edge", "queue: {overflow: drop_random}");
+    assert!(policy.contains("drop_random") && policy.contains("overflow"), "{policy}");
+    let bytes = bridge_error("username: edge", "queue: {max_bytes: lots}");
+    assert!(bytes.contains("max_bytes"), "{bytes}");
+    let topic = bridge_error("username: edge", "notifications: {topic: \"a/#\"}");
+    assert!(topic.contains("bridges[0].notifications.topic"), "{topic}");
+    let unknown = bridge_error("username: edge", "notifications: {remote_only: true}");
+    assert!(unknown.contains("remote_only"), "{unknown}");
+}

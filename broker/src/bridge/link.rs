@@ -16,7 +16,7 @@ use tokio::sync::watch;
 
 use super::backoff::Backoff;
 use super::mapping::Rule;
-use super::remote::{self, Handled, Inbound, Sink};
+use super::remote::{self, Handled, Inbound, Outbound, Sink};
 use super::state::{BridgeStatus, LinkState};
 use crate::core::Broker;
 use crate::core::broker::{ConnectRequest, Connected, DisconnectKind, SubscribeRequest};
@@ -35,6 +35,9 @@ pub(super) async fn run(
     mut stop: watch::Receiver<bool>,
 ) {
     let rules: Rc<[Rule]> = config.topics.iter().map(Rule::new).collect();
+    if config.topics.iter().any(|t| t.direction.is_in() && t.qos == 2) {
+        tracing::info!(bridge = %config.name, "`in` rules with qos 2 subscribe on the remote at QoS 1 (see docs/bridges.md)");
+    }
     let mut backoff = Backoff::new(config.backoff.initial, config.backoff.max);
     let mut connected_before = false;
     let name = config.name.clone();
@@ -49,9 +52,9 @@ pub(super) async fn run(
                 connected_before = true;
                 status.set(LinkState::Connected, Some(address.clone()));
                 tracing::info!(bridge = %name, %address, "bridge connected");
-                notify(&broker, &name, true);
-                let reason = serve(&broker, remote, &rules, &status, &mut stop).await;
-                notify(&broker, &name, false);
+                notify(&broker, &config, true);
+                let reason = serve(&broker, &config, remote, &rules, &status, &mut stop).await;
+                notify(&broker, &config, false);
                 tracing::warn!(bridge = %name, %address, "bridge disconnected: {reason}");
                 status.set_error(reason);
             }
@@ -74,10 +77,39 @@ pub(super) async fn run(
     tracing::info!(bridge = %name, "bridge stopped");
 }
 
-/// Mosquitto's notification: retained `$SYS/broker/connection/<name>/state` = `1`/`0`.
-fn notify(broker: &Broker, name: &str, up: bool) {
-    let topic = format!("$SYS/broker/connection/{name}/state");
-    broker.publish_internal(Message::new(topic, if up { "1" } else { "0" }, QoS::AtLeastOnce, true));
+/// Mosquitto's local notification (`notifications.local`): retained
+/// `$SYS/broker/connection/<name>/state` (or `notifications.topic`) = `1`/`0`.
+fn notify(broker: &Broker, config: &Bridge, up: bool) {
+    if config.notifications.local {
+        let topic = config.local_state_topic();
+        broker.publish_internal(Message::new(topic, if up { "1" } else { "0" }, QoS::AtLeastOnce, true));
+    }
+}
+
+/// How long a clean stop waits for the remote to acknowledge the `0` notification.
+const NOTIFY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// The remote notification (`notifications.remote`): a retained `1`/`0` on the remote's
+/// state topic, acknowledged (QoS 1) within [`NOTIFY_TIMEOUT`] or logged. The unclean case
+/// is the will set at CONNECT (see `remote`).
+async fn notify_remote(sink: &Sink, config: &Bridge, up: bool) {
+    if !config.notifications.remote {
+        return;
+    }
+    let payload = ntex::util::Bytes::from_static(if up { b"1" } else { b"0" });
+    let send = async {
+        // The remote's Receive Maximum may be used up by forwarded messages.
+        if !sink.is_ready() && !sink.ready().await {
+            return Err(ntex_mqtt::error::SendPacketError::Disconnected);
+        }
+        sink.publish_qos1(config.remote_state_topic(), payload, true, &Outbound::default()).await
+    };
+    match tokio::time::timeout(NOTIFY_TIMEOUT, send).await {
+        Ok(Ok(true)) => {}
+        Ok(Ok(false)) => tracing::warn!(bridge = %config.name, "the remote refused the state notification"),
+        Ok(Err(err)) => tracing::warn!(bridge = %config.name, "state notification not sent: {err}"),
+        Err(_) => tracing::warn!(bridge = %config.name, "state notification not acknowledged in time"),
+    }
 }
 
 /// Tries every address in order; returns the first connection and the address used.
@@ -120,6 +152,7 @@ async fn connect_any(
 /// until either side ends. Returns why it ended.
 async fn serve(
     broker: &Broker,
+    config: &Bridge,
     client: remote::Client,
     rules: &Rc<[Rule]>,
     status: &Arc<BridgeStatus>,
@@ -144,6 +177,8 @@ async fn serve(
             return format!("cannot attach the local session: {err}");
         }
     };
+    // The session may have been created just now.
+    super::apply_queue(broker, config);
 
     // In direction: runs the remote connection's dispatcher (it also completes our
     // publishes' acknowledgements); its end is the end of the link.
@@ -160,9 +195,18 @@ async fn serve(
     });
 
     let reason = match subscribe(broker, &sink, &session, rules, status).await {
-        Ok(()) => drain(broker, &sink, &session, generation, &signal, rules, status, &mut done, stop).await,
+        Ok(()) => {
+            // Spawned: the drain must not wait for this acknowledgement.
+            let (notify_sink, notify_config) = (sink.clone(), config.clone());
+            ntex::rt::spawn(async move { notify_remote(&notify_sink, &notify_config, true).await });
+            drain(broker, &sink, &session, generation, &signal, rules, status, &mut done, stop).await
+        }
         Err(err) => err,
     };
+    if *stop.borrow() && sink.is_open() {
+        // A clean stop: the DISCONNECT below discards the will, so say `0` explicitly.
+        notify_remote(&sink, config, false).await;
+    }
     sink.close();
     broker.disconnect(&session, generation, DisconnectKind::Normal { publish_will: false, expiry: None });
     reason
@@ -176,8 +220,17 @@ async fn subscribe(
     rules: &[Rule],
     status: &BridgeStatus,
 ) -> Result<(), String> {
-    let remote_filters: Vec<(String, QoS)> =
-        rules.iter().filter(|r| r.direction.is_in()).map(|r| (r.remote_filter.clone(), r.qos)).collect();
+    // At most QoS 1: ntex-mqtt's client answers every PUBLISH it receives with PUBACK, also
+    // QoS 2 ones (it has no PUBREC/PUBREL receiver path, and its acknowledgement packets
+    // cannot be built outside the crate). A remote sending QoS 2 takes that PUBACK as a
+    // protocol error, drops the link and sends the message again after the reconnect, once
+    // per reconnect. Asking for QoS 1 makes the remote downgrade, so the link stays up and
+    // the in direction is at least once.
+    let remote_filters: Vec<(String, QoS)> = rules
+        .iter()
+        .filter(|r| r.direction.is_in())
+        .map(|r| (r.remote_filter.clone(), r.qos.min(QoS::AtLeastOnce)))
+        .collect();
     if !remote_filters.is_empty() {
         let granted =
             sink.subscribe(&remote_filters).await.map_err(|err| format!("remote SUBSCRIBE failed: {err}"))?;
@@ -232,6 +285,10 @@ async fn inbound(
         return Handled::Accepted;
     };
     let mut local = Message::new(local, message.payload, message.qos.min(rule.qos), message.retain);
+    local.properties = message.properties;
+    local.expires_at = message
+        .expiry_interval
+        .map(|secs| std::time::Instant::now() + std::time::Duration::from_secs(u64::from(secs)));
     // The origin makes the internal session's No Local subscriptions skip it: no loop.
     local.origin = origin;
     match broker.publish(local) {
@@ -318,14 +375,18 @@ async fn drain(
                 return "the remote closed the connection".to_string();
             }
             let payload = delivery.message.payload.clone();
+            let out = Outbound {
+                properties: delivery.message.properties.clone(),
+                expiry_interval: delivery.message.remaining_expiry(std::time::Instant::now()),
+            };
             match (delivery.qos, packet_id) {
                 (QoS::AtMostOnce, _) | (_, None) => {
-                    if sink.publish_qos0(topic, payload, delivery.retain) {
+                    if sink.publish_qos0(topic, payload, delivery.retain, &out) {
                         BridgeStatus::count(&status.forwarded_out);
                     }
                 }
                 (QoS::AtLeastOnce, Some(id)) => {
-                    let ack = sink.publish_qos1(topic, payload, delivery.retain);
+                    let ack = sink.publish_qos1(topic, payload, delivery.retain, &out);
                     let (broker, session, status) = (broker.clone(), session.clone(), status.clone());
                     ntex::rt::spawn(async move {
                         match ack.await {
@@ -344,7 +405,7 @@ async fn drain(
                     });
                 }
                 (QoS::ExactlyOnce, Some(id)) => {
-                    let received = sink.publish_qos2(topic, payload, delivery.retain);
+                    let received = sink.publish_qos2(topic, payload, delivery.retain, &out);
                     let (broker, session, status) = (broker.clone(), session.clone(), status.clone());
                     ntex::rt::spawn(async move {
                         let Ok(received) = received.await else { return };

@@ -12,10 +12,11 @@ pub mod tls;
 
 use std::sync::Arc;
 
-use fleetmq_config::Bridge;
+use fleetmq_config::{Bridge, Overflow};
 use tokio::sync::{mpsc, watch};
 
 use crate::core::Broker;
+use crate::core::session::{OverflowPolicy, QueueLimits};
 use state::BridgeStatus;
 
 /// Client ids starting with this are the bridges' internal sessions; clients may not use it.
@@ -34,6 +35,46 @@ pub fn queue_depth(broker: &Broker, status: &BridgeStatus) -> usize {
     })
 }
 
+/// Gives the internal session of bridge `config` (once it exists) the bridge's own queue
+/// bounds and overflow policy; unset bounds follow `limits.max_queued_messages` /
+/// `max_queued_bytes` as they are now. Called whenever the session may be new (start,
+/// connect) and after every reload (the global limits may have changed).
+pub(crate) fn apply_queue(broker: &Broker, config: &Bridge) {
+    let Some(session) = broker.session(&session_id(&config.name)) else { return };
+    let global = broker.settings().queue;
+    let limits = QueueLimits {
+        max_messages: config.queue.max_messages.map_or(global.max_messages, |n| n as usize),
+        max_bytes: config
+            .queue
+            .max_bytes
+            .map_or(global.max_bytes, |b| usize::try_from(b.as_u64()).unwrap_or(usize::MAX)),
+        max_inflight: global.max_inflight,
+    };
+    let policy = match config.queue.overflow {
+        Overflow::DropNewest => OverflowPolicy::DropNewest,
+        Overflow::DropOldest => OverflowPolicy::DropOldest,
+    };
+    session.lock().set_own_limits(limits, policy);
+}
+
+/// Deletes the internal sessions (with their queues) of bridges that are not in `configured`:
+/// a bridge removed from the config, found at start in the store or left by a reload.
+fn discard_removed(broker: &Broker, configured: &[Bridge]) {
+    for client_id in broker.client_ids() {
+        let Some(name) = client_id.strip_prefix(SESSION_PREFIX) else { continue };
+        if configured.iter().any(|b| b.name == name) {
+            continue;
+        }
+        if let Some(discarded) = broker.discard_session(&client_id) {
+            tracing::info!(
+                bridge = %name,
+                discarded,
+                "bridge no longer configured: deleted its internal session {client_id} and {discarded} queued messages"
+            );
+        }
+    }
+}
+
 /// Handle on the bridge manager: a task on the main arbiter that runs one task per bridge
 /// and applies reloaded `bridges` lists. [`Bridges::stop`] ends them all.
 #[derive(Debug, Clone)]
@@ -49,6 +90,12 @@ impl Bridges {
         let (stop, stopped) = watch::channel(false);
         let (updates, rx) = mpsc::unbounded_channel();
         let initial = broker.config().bridges.clone();
+        // Before anything is routed to the recovered internal sessions: removed bridges'
+        // sessions go, the others get their own queue bounds.
+        discard_removed(broker, &initial);
+        for config in &initial {
+            apply_queue(broker, config);
+        }
         ntex::rt::spawn(manage(broker.clone(), initial, rx, stopped));
         Bridges { updates, stop }
     }
@@ -77,6 +124,7 @@ fn spawn(broker: &Broker, index: usize, config: Bridge) -> Running {
     let status = Arc::new(BridgeStatus::new(&config.name));
     let (stop, stopped) = watch::channel(false);
     tracing::info!(bridge = %config.name, addresses = ?config.addresses, "starting bridge");
+    apply_queue(broker, &config);
     ntex::rt::spawn(link::run(broker.clone(), index, config.clone(), status.clone(), stopped));
     Running { config, status, stop }
 }
@@ -106,6 +154,11 @@ async fn manage(
                     let _ = old.stop.send(true);
                 }
                 running = next;
+                for bridge in &running {
+                    apply_queue(&broker, &bridge.config);
+                }
+                let configured: Vec<Bridge> = running.iter().map(|r| r.config.clone()).collect();
+                discard_removed(&broker, &configured);
                 broker.bridges().set(running.iter().map(|r| r.status.clone()).collect());
             }
             _ = stopped.changed() => break,

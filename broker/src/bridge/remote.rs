@@ -9,13 +9,13 @@ use ntex::connect::Address;
 use ntex::service::cfg::SharedCfg;
 use ntex::service::{ServiceFactory, fn_service};
 use ntex::time::Seconds;
-use ntex::util::Bytes;
+use ntex::util::{ByteString, Bytes};
 use ntex_mqtt::error::{ClientError, SendPacketError};
 use ntex_mqtt::{v3, v5};
 use ntex_tls::rustls::TlsConnector;
 
 use super::tls::Target;
-use crate::core::types::QoS;
+use crate::core::types::{Properties, QoS};
 
 /// TCP connect plus CONNECT/CONNACK, per address.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -47,6 +47,48 @@ pub(super) struct Inbound {
     pub qos: QoS,
     pub retain: bool,
     pub payload: Bytes,
+    /// v5 application properties (none on 3.1.1 links).
+    pub properties: Option<Box<Properties>>,
+    /// v5 Message Expiry Interval as received (the remote already subtracted its own wait).
+    pub expiry_interval: Option<u32>,
+}
+
+/// What a PUBLISH to the remote carries besides topic, payload and flags. 3.1.1 links cannot
+/// carry it and drop it.
+#[derive(Debug, Default, Clone)]
+pub(super) struct Outbound {
+    /// v5 application properties, forwarded unchanged.
+    pub properties: Option<Box<Properties>>,
+    /// Seconds the message has left (MQTT 5.0 §3.3.2.3.3: the remaining lifetime is sent).
+    pub expiry_interval: Option<u32>,
+}
+
+fn properties_out(props: &mut v5::codec::PublishProperties, out: &Outbound) {
+    if let Some(p) = &out.properties {
+        props.is_utf8_payload = p.payload_is_utf8;
+        props.content_type = p.content_type.clone();
+        props.response_topic = p.response_topic.clone();
+        props.correlation_data = p.correlation_data.clone();
+        props.user_properties = p.user_properties.clone();
+    }
+    props.message_expiry_interval = out.expiry_interval.and_then(std::num::NonZeroU32::new);
+}
+
+fn properties_in(p: &v5::codec::PublishProperties) -> Option<Box<Properties>> {
+    let props = Properties {
+        payload_is_utf8: p.is_utf8_payload,
+        content_type: p.content_type.clone(),
+        response_topic: p.response_topic.clone(),
+        correlation_data: p.correlation_data.clone(),
+        user_properties: p.user_properties.clone(),
+    };
+    (!props.is_empty()).then(|| Box::new(props))
+}
+
+/// The bridge's will on the remote (`notifications.remote`): a retained `0` on the state
+/// topic, published by the remote when the link dies without DISCONNECT.
+fn will_topic(config: &Bridge) -> Option<ByteString> {
+    config.notifications.remote.then(|| ByteString::from(config.remote_state_topic()))
 }
 
 /// What the local side made of an [`Inbound`] message.
@@ -89,10 +131,44 @@ pub(super) async fn connect(
     tls: Option<&(std::sync::Arc<rustls::ClientConfig>, Option<String>)>,
 ) -> Result<Client, String> {
     match tls {
-        None => connect_to(config, address.to_string(), password, None).await,
+        None => connect_to(config, address.to_string(), password, None).await.map_err(Failure::into_message),
         Some((tls_config, server_name)) => {
             let target = resolve(address, server_name.as_deref()).await?;
-            connect_to(config, target, password, Some(tls_config.clone())).await
+            match connect_to(config, target.clone(), password, Some(tls_config.clone())).await {
+                Ok(client) => Ok(client),
+                Err(Failure::Other(err)) => {
+                    // ntex reports a failed handshake as a closed connection; find out why.
+                    let config = tls_config.clone();
+                    let probe = target.clone();
+                    let reason = tokio::task::spawn_blocking(move || super::tls::diagnose(config, &probe))
+                        .await
+                        .ok()
+                        .flatten();
+                    Err(match reason {
+                        Some(reason) => format!("TLS handshake with {} failed: {reason}", target.addr),
+                        None => err,
+                    })
+                }
+                Err(failure) => Err(failure.into_message()),
+            }
+        }
+    }
+}
+
+/// Why one connect attempt failed.
+enum Failure {
+    /// The remote answered CONNACK with an error.
+    Refused(String),
+    /// No answer within [`CONNECT_TIMEOUT`].
+    TimedOut(String),
+    /// Anything else: refused or reset TCP connection, failed TLS handshake, codec error.
+    Other(String),
+}
+
+impl Failure {
+    fn into_message(self) -> String {
+        match self {
+            Failure::Refused(m) | Failure::TimedOut(m) | Failure::Other(m) => m,
         }
     }
 }
@@ -102,7 +178,7 @@ async fn connect_to<A: Address + Clone>(
     addr: A,
     password: Option<&str>,
     tls: Option<std::sync::Arc<rustls::ClientConfig>>,
-) -> Result<Client, String> {
+) -> Result<Client, Failure> {
     let keepalive = Seconds(u16::try_from(config.keepalive.as_secs()).unwrap_or(u16::MAX));
     match config.protocol {
         BridgeProtocol::V5 => {
@@ -118,6 +194,21 @@ async fn connect_to<A: Address + Clone>(
                         None => u32::MAX,
                     };
                 });
+            if let Some(topic) = will_topic(config) {
+                req = req.last_will(v5::codec::LastWill {
+                    qos: ntex_mqtt::QoS::AtLeastOnce,
+                    retain: true,
+                    topic,
+                    message: Bytes::from_static(b"0"),
+                    will_delay_interval_sec: None,
+                    correlation_data: None,
+                    message_expiry_interval: None,
+                    content_type: None,
+                    user_properties: Vec::new(),
+                    is_utf8_payload: None,
+                    response_topic: None,
+                });
+            }
             if let Some(user) = &config.username {
                 req = req.username(user.as_str().into());
             }
@@ -137,6 +228,14 @@ async fn connect_to<A: Address + Clone>(
                 v3::client::Connect::new(addr).client_id(config.remote_client_id()).keep_alive(keepalive);
             if config.clean_session {
                 req = req.clean_session();
+            }
+            if let Some(topic) = will_topic(config) {
+                req = req.last_will(v3::codec::LastWill {
+                    qos: ntex_mqtt::QoS::AtLeastOnce,
+                    retain: true,
+                    topic,
+                    message: Bytes::from_static(b"0"),
+                });
             }
             if let Some(user) = &config.username {
                 req = req.username(user.as_str());
@@ -169,7 +268,7 @@ async fn resolve(address: &str, server_name: Option<&str>) -> Result<Target, Str
 }
 
 /// One CONNECT attempt through `factory`, bounded by [`CONNECT_TIMEOUT`].
-async fn attempt<R, F, C, Ack>(factory: F, req: R) -> Result<C, String>
+async fn attempt<R, F, C, Ack>(factory: F, req: R) -> Result<C, Failure>
 where
     F: ServiceFactory<R, SharedCfg, Response = C, Error = ClientError<Ack>>,
     F::InitError: std::fmt::Debug,
@@ -178,12 +277,12 @@ where
     let service = factory
         .pipeline(SharedCfg::default())
         .await
-        .map_err(|err| format!("cannot create the connector: {err:?}"))?;
+        .map_err(|err| Failure::Other(format!("cannot create the connector: {err:?}")))?;
     match tokio::time::timeout(CONNECT_TIMEOUT, service.call(req)).await {
         Ok(Ok(client)) => Ok(client),
-        Ok(Err(ClientError::Ack(ack))) => Err(format!("refused by the remote: {ack:?}")),
-        Ok(Err(err)) => Err(err.to_string()),
-        Err(_) => Err(format!("timed out after {CONNECT_TIMEOUT:?}")),
+        Ok(Err(ClientError::Ack(ack))) => Err(Failure::Refused(format!("refused by the remote: {ack:?}"))),
+        Ok(Err(err)) => Err(Failure::Other(err.to_string())),
+        Err(_) => Err(Failure::TimedOut(format!("timed out after {CONNECT_TIMEOUT:?}"))),
     }
 }
 
@@ -219,8 +318,12 @@ impl Client {
                         let v5::client::ProtocolMessage::Publish(publish) = msg else { return Ok(msg.ack()) };
                         let pkt = publish.packet();
                         let (topic, qos, retain) = (pkt.topic.to_string(), qos_from(pkt.qos), pkt.retain);
+                        let properties = properties_in(&pkt.properties);
+                        let expiry_interval =
+                            pkt.properties.message_expiry_interval.map(std::num::NonZeroU32::get);
                         let payload = publish.read_all().await.map_err(|e| InboundError(format!("{e:?}")))?;
-                        let reason = match handler(Inbound { topic, qos, retain, payload }).await {
+                        let inbound = Inbound { topic, qos, retain, payload, properties, expiry_interval };
+                        let reason = match handler(inbound).await {
                             Handled::Accepted => v5::codec::PublishAckReason::Success,
                             Handled::Refused => v5::codec::PublishAckReason::TopicNameInvalid,
                             Handled::Failed(_) => v5::codec::PublishAckReason::UnspecifiedError,
@@ -238,7 +341,9 @@ impl Client {
                         let pkt = publish.packet();
                         let (topic, qos, retain) = (pkt.topic.to_string(), qos_from(pkt.qos), pkt.retain);
                         let payload = publish.read_all().await.map_err(|e| InboundError(format!("{e:?}")))?;
-                        match handler(Inbound { topic, qos, retain, payload }).await {
+                        let inbound =
+                            Inbound { topic, qos, retain, payload, properties: None, expiry_interval: None };
+                        match handler(inbound).await {
                             Handled::Accepted | Handled::Refused => Ok(publish.ack()),
                             Handled::Failed(reason) => Err(InboundError(reason)),
                         }
@@ -320,9 +425,14 @@ impl Sink {
     }
 
     /// QoS 0 publish.
-    pub(super) fn publish_qos0(&self, topic: String, payload: Bytes, retain: bool) -> bool {
+    pub(super) fn publish_qos0(&self, topic: String, payload: Bytes, retain: bool, out: &Outbound) -> bool {
         match self {
-            Sink::V5(s) => s.publish(topic).retain(retain).send_at_most_once(payload).is_ok(),
+            Sink::V5(s) => s
+                .publish(topic)
+                .retain(retain)
+                .properties(|p| properties_out(p, out))
+                .send_at_most_once(payload)
+                .is_ok(),
             Sink::V3(s) => {
                 let publish = s.publish(topic);
                 let publish = if retain { publish.retain() } else { publish };
@@ -338,9 +448,15 @@ impl Sink {
         topic: String,
         payload: Bytes,
         retain: bool,
+        out: &Outbound,
     ) -> impl Future<Output = Result<bool, SendPacketError>> + 'static {
         let v5 = match self {
-            Sink::V5(s) => Some(s.publish(topic.clone()).retain(retain).send_at_least_once(payload.clone())),
+            Sink::V5(s) => Some(
+                s.publish(topic.clone())
+                    .retain(retain)
+                    .properties(|p| properties_out(p, out))
+                    .send_at_least_once(payload.clone()),
+            ),
             Sink::V3(_) => None,
         };
         let v3 = match self {
@@ -366,9 +482,15 @@ impl Sink {
         topic: String,
         payload: Bytes,
         retain: bool,
+        out: &Outbound,
     ) -> impl Future<Output = Result<Received, SendPacketError>> + 'static {
         let v5 = match self {
-            Sink::V5(s) => Some(s.publish(topic.clone()).retain(retain).send_exactly_once(payload.clone())),
+            Sink::V5(s) => Some(
+                s.publish(topic.clone())
+                    .retain(retain)
+                    .properties(|p| properties_out(p, out))
+                    .send_exactly_once(payload.clone()),
+            ),
             Sink::V3(_) => None,
         };
         let v3 = match self {

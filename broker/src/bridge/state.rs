@@ -42,6 +42,9 @@ pub struct BridgeStatus {
     pub reconnects: AtomicU64,
     /// QoS 0 messages dropped because the remote was down.
     pub dropped: AtomicU64,
+    /// Messages dropped because the bridge's queue was full (`queue.max_messages` /
+    /// `queue.max_bytes`), by either overflow policy.
+    pub dropped_overflow: AtomicU64,
 }
 
 #[derive(Debug, Clone)]
@@ -73,6 +76,7 @@ impl BridgeStatus {
             forwarded_in: AtomicU64::new(0),
             reconnects: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
+            dropped_overflow: AtomicU64::new(0),
         }
     }
 
@@ -121,6 +125,17 @@ impl Board {
     pub fn dropped_offline(&self, session_id: &str) {
         if let Some(status) = self.all().iter().find(|b| b.session_id == session_id) {
             BridgeStatus::count(&status.dropped);
+        }
+    }
+
+    /// Counts `n` messages a full queue dropped, if `session_id` is a bridge's internal
+    /// session (a no-op for client sessions, without taking the lock).
+    pub fn dropped_overflow(&self, session_id: &str, n: u64) {
+        if n == 0 || !session_id.starts_with(super::SESSION_PREFIX) {
+            return;
+        }
+        if let Some(status) = self.all().iter().find(|b| b.session_id == session_id) {
+            status.dropped_overflow.fetch_add(n, Ordering::Relaxed);
         }
     }
 

@@ -56,6 +56,31 @@ pub fn client_config(index: usize, tls: &BridgeTls) -> Result<Arc<ClientConfig>,
     Ok(Arc::new(config))
 }
 
+/// Repeats a TLS handshake that failed inside ntex (which reports only a closed connection)
+/// with plain rustls over a blocking socket, to learn why: e.g. `invalid peer certificate:
+/// UnknownIssuer` or `received fatal alert: CertificateRequired`. Bounded by 5s per socket
+/// operation. `None` when this handshake succeeds (the failure was not TLS) or cannot start.
+pub fn diagnose(config: Arc<ClientConfig>, target: &Target) -> Option<String> {
+    const TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+    let name = ServerName::try_from(target.server_name.clone()).ok()?;
+    let mut conn = rustls::ClientConnection::new(config, name).ok()?;
+    let mut socket = std::net::TcpStream::connect_timeout(&target.addr, TIMEOUT).ok()?;
+    socket.set_read_timeout(Some(TIMEOUT)).ok()?;
+    socket.set_write_timeout(Some(TIMEOUT)).ok()?;
+    while conn.is_handshaking() {
+        if let Err(err) = conn.complete_io(&mut socket) {
+            return Some(err.to_string());
+        }
+    }
+    // TLS 1.3: a server refusing our client certificate says so right after our Finished;
+    // a healthy server says nothing (it waits for CONNECT), so wait only briefly.
+    socket.set_read_timeout(Some(std::time::Duration::from_secs(1))).ok()?;
+    match conn.complete_io(&mut socket) {
+        Err(err) if err.kind() == std::io::ErrorKind::InvalidData => Some(err.to_string()),
+        _ => None,
+    }
+}
+
 /// A remote to connect to: the name checked against its certificate (and sent as SNI) may
 /// differ from the address dialled (`tls.server_name`).
 #[derive(Debug, Clone)]

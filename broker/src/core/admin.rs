@@ -248,6 +248,20 @@ impl Broker {
         Ok(AdminDisconnect { generation, session_ended })
     }
 
+    /// Ends the session of `client_id`, connected or not, like [`Broker::admin_disconnect`]
+    /// with `end_session` but without its log line (a bridge removed from the config logs its
+    /// own). Returns how many messages it still held (queued plus in flight), or `None` when
+    /// there was no such session.
+    pub fn discard_session(&self, client_id: &str) -> Option<usize> {
+        let session = self.session(client_id)?;
+        let held = {
+            let st = session.lock();
+            st.kick(Kick::AdminAction);
+            st.queue_len() + st.inflight_len()
+        };
+        self.end_session(&session, None).then_some(held)
+    }
+
     /// Whether the connection `generation` of `client_id` is still attached.
     pub fn is_connection_attached(&self, client_id: &str, generation: u64) -> bool {
         self.session(client_id).is_some_and(|s| s.lock().is_attached(generation))

@@ -968,7 +968,9 @@ impl Broker {
             match outcome {
                 Enqueued::Wake | Enqueued::Queued | Enqueued::Conflated => {}
                 Enqueued::Overflow { queued, evicted } => {
-                    inner.metrics.dropped(DropReason::QueueFull, u64::from(evicted) + u64::from(!queued));
+                    let n = u64::from(evicted) + u64::from(!queued);
+                    inner.metrics.dropped(DropReason::QueueFull, n);
+                    inner.bridges.dropped_overflow(&session.client_id, n);
                     tracing::debug!(client_id = %session.client_id, "queue full, message dropped");
                 }
                 Enqueued::SkippedOffline if session.client_id.starts_with(crate::bridge::SESSION_PREFIX) => {
@@ -1050,7 +1052,9 @@ impl Broker {
         for delivery in deliveries {
             let mut journal = self.journal(session, &st);
             if let Enqueued::Overflow { queued, evicted } = st.enqueue(delivery, false, &mut journal) {
-                self.inner.metrics.dropped(DropReason::QueueFull, u64::from(evicted) + u64::from(!queued));
+                let n = u64::from(evicted) + u64::from(!queued);
+                self.inner.metrics.dropped(DropReason::QueueFull, n);
+                self.inner.bridges.dropped_overflow(&session.client_id, n);
             }
         }
     }

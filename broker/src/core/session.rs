@@ -134,6 +134,17 @@ pub struct QueueLimits {
     pub max_inflight: u16,
 }
 
+/// What a full session queue gives up once no queued QoS 0 message is left to evict.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OverflowPolicy {
+    /// The offered message (every client session).
+    #[default]
+    DropNewest,
+    /// The oldest queued message, whatever its QoS (a bridge configured with
+    /// `queue.overflow: drop_oldest`).
+    DropOldest,
+}
+
 /// Link to the connection currently serving the session.
 #[derive(Debug)]
 pub struct Attachment {
@@ -385,6 +396,9 @@ pub struct SessionState {
     /// Metadata has been written to the store (so ending the session must delete it).
     pub persisted: bool,
     limits: QueueLimits,
+    /// Set by [`SessionState::set_own_limits`]: config reloads leave `limits` alone.
+    own_limits: bool,
+    overflow: OverflowPolicy,
     queue: Queue,
     /// Sent and unacknowledged, in sequence order.
     inflight: VecDeque<Inflight>,
@@ -410,6 +424,8 @@ impl SessionState {
             disconnected_at: None,
             persisted: false,
             limits,
+            own_limits: false,
+            overflow: OverflowPolicy::DropNewest,
             queue: Queue::default(),
             inflight: VecDeque::new(),
             outbound_ids: FxHashSet::default(),
@@ -480,8 +496,20 @@ impl SessionState {
     /// Replaces the queue limits (config reload). Queued messages above a lowered limit stay;
     /// the new limit applies to what arrives next. The in-flight window of a connection
     /// already attached keeps its size until the client reconnects.
+    /// Sessions with limits of their own ([`SessionState::set_own_limits`]) keep them.
     pub fn set_limits(&mut self, limits: QueueLimits) {
+        if !self.own_limits {
+            self.limits = limits;
+        }
+    }
+
+    /// Gives this session its own limits and overflow policy (a bridge's internal session,
+    /// whose queue is configured per bridge); from now on [`SessionState::set_limits`] does
+    /// not replace them. Applies to what arrives next, like `set_limits`.
+    pub fn set_own_limits(&mut self, limits: QueueLimits, overflow: OverflowPolicy) {
         self.limits = limits;
+        self.overflow = overflow;
+        self.own_limits = true;
     }
 
     /// Attaches a new connection. Everything in flight will be sent again on it.
@@ -550,10 +578,24 @@ impl SessionState {
         let size = delivery.message.size();
         let mut evicted = 0;
         while self.is_full(size) {
-            if self.queue.evict_oldest_qos0().is_none() {
-                return Enqueued::Overflow { queued: false, evicted };
+            if self.queue.evict_oldest_qos0().is_some() {
+                evicted += 1;
+                continue;
             }
-            evicted += 1;
+            // Terminates: `is_full` is false once the queue is empty.
+            if self.overflow == OverflowPolicy::DropOldest
+                && let Some(old) = self.queue.pop_front()
+            {
+                if old.delivery.qos != QoS::AtMostOnce {
+                    journal.removed(old.seq);
+                }
+                if !self.conflated.is_empty() {
+                    self.conflated.retain(|_, seq| *seq != old.seq);
+                }
+                evicted += 1;
+                continue;
+            }
+            return Enqueued::Overflow { queued: false, evicted };
         }
         let seq = self.next_seq;
         self.next_seq += 1;
@@ -1100,6 +1142,21 @@ mod tests {
         let topics: Vec<String> = st.queue.iter().map(|q| q.delivery.message.topic.to_string()).collect();
         assert_eq!(st.queue.qos0.len(), 0, "the QoS 0 index follows the queue");
         assert_eq!(topics, ["q1-a", "q1-b", "q1-c", "q1-d"]);
+    }
+
+    #[test]
+    fn own_limits_drop_oldest_and_survive_a_reload() {
+        let mut st = state();
+        st.set_own_limits(QueueLimits { max_messages: 2, ..LIMITS }, OverflowPolicy::DropOldest);
+        // A reload of the global limits does not replace them.
+        st.set_limits(LIMITS);
+        let mut journal = Recorder::default();
+        for topic in ["a", "b", "c"] {
+            st.enqueue(delivery(topic, QoS::AtLeastOnce), false, &mut journal);
+        }
+        let topics: Vec<String> = st.queue.iter().map(|q| q.delivery.message.topic.to_string()).collect();
+        assert_eq!(topics, ["b", "c"]);
+        assert_eq!(journal.0, ["queued 0 a", "queued 1 b", "removed 0", "queued 2 c"]);
     }
 
     #[test]

@@ -634,6 +634,7 @@ struct BridgeInfo {
     reconnects: u64,
     queue_depth: usize,
     dropped_qos0: u64,
+    dropped_overflow: u64,
 }
 
 #[derive(Debug, Serialize)]
@@ -669,6 +670,7 @@ fn list_bridges(broker: &Broker) -> BridgeList {
                 reconnects: b.reconnects.load(Relaxed),
                 queue_depth: crate::bridge::queue_depth(broker, b),
                 dropped_qos0: b.dropped.load(Relaxed),
+                dropped_overflow: b.dropped_overflow.load(Relaxed),
             }
         })
         .collect();

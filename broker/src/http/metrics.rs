@@ -112,6 +112,11 @@ const BRIDGE_MESSAGES: Spec = counter(
     "Messages of a bridge by direction: out (acknowledged by the remote), in (published here), dropped (QoS 0 while the remote was down).",
     &["bridge", "direction"],
 );
+const BRIDGE_OVERFLOW: Spec = counter(
+    "fleetmq_bridge_queue_dropped_total",
+    "Messages a bridge dropped because its queue was full (queue.max_messages / queue.max_bytes, by its overflow policy).",
+    &["bridge"],
+);
 const BRIDGE_RECONNECTS: Spec = counter(
     "fleetmq_bridge_reconnects_total",
     "Successful reconnects of a bridge after a lost link.",
@@ -125,7 +130,8 @@ const BRIDGE_QUEUE: Spec = gauge(
 
 /// Bridge families: exported only when bridges are configured.
 #[cfg(test)]
-const BRIDGE_FAMILIES: &[&Spec] = &[&BRIDGE_UP, &BRIDGE_MESSAGES, &BRIDGE_RECONNECTS, &BRIDGE_QUEUE];
+const BRIDGE_FAMILIES: &[&Spec] =
+    &[&BRIDGE_UP, &BRIDGE_MESSAGES, &BRIDGE_OVERFLOW, &BRIDGE_RECONNECTS, &BRIDGE_QUEUE];
 
 const ALL: &[&Spec] = &[
     &BUILD_INFO,
@@ -156,6 +162,7 @@ const ALL: &[&Spec] = &[
     &STORE_SIZE,
     &BRIDGE_UP,
     &BRIDGE_MESSAGES,
+    &BRIDGE_OVERFLOW,
     &BRIDGE_RECONNECTS,
     &BRIDGE_QUEUE,
 ];
@@ -298,6 +305,9 @@ impl Collector for BrokerCollector {
             out.count(&BRIDGE_MESSAGES, &[&b.name, "dropped"], b.dropped.load(Ordering::Relaxed));
         }
         for b in &bridges {
+            out.count(&BRIDGE_OVERFLOW, &[&b.name], b.dropped_overflow.load(Ordering::Relaxed));
+        }
+        for b in &bridges {
             out.count(&BRIDGE_RECONNECTS, &[&b.name], b.reconnects.load(Ordering::Relaxed));
         }
         for b in &bridges {
@@ -376,6 +386,7 @@ mod tests {
         up.set(LinkState::Connected, Some("127.0.0.1:1883".into()));
         BridgeStatus::count(&up.forwarded_out);
         BridgeStatus::count(&down.dropped);
+        BridgeStatus::count(&down.dropped_overflow);
         broker.bridges().set(vec![std::sync::Arc::new(up), std::sync::Arc::new(down)]);
         let text = String::from_utf8(Exporter::new(broker).unwrap().render().unwrap()).unwrap();
         for family in BRIDGE_FAMILIES {
@@ -388,6 +399,8 @@ mod tests {
             "fleetmq_bridge_messages_total{bridge=\"down\",direction=\"dropped\"} 1\n",
             "fleetmq_bridge_queue_depth{bridge=\"up\"} 0\n",
             "fleetmq_bridge_reconnects_total{bridge=\"down\"} 0\n",
+            "fleetmq_bridge_queue_dropped_total{bridge=\"down\"} 1\n",
+            "fleetmq_bridge_queue_dropped_total{bridge=\"up\"} 0\n",
         ] {
             assert!(text.contains(line), "{line} missing in\n{text}");
         }
