@@ -6,6 +6,7 @@
 
 pub mod auth;
 pub mod bridge;
+pub mod cluster;
 pub mod core;
 pub mod frontend;
 pub mod http;

@@ -33,6 +33,14 @@ struct Cli {
     /// Log level or tracing filter (overrides log.level), e.g. `debug` to log every packet.
     #[arg(long, value_name = "LEVEL")]
     log_level: Option<String>,
+    /// This node's name in the cluster (overrides cluster.node_name; ignored without a
+    /// cluster section). In Kubernetes, the pod name from the downward API.
+    #[arg(long, env = "FLEETMQ_NODE_NAME", value_name = "NAME")]
+    cluster_node_name: Option<String>,
+    /// How cluster peers reach this node, a DNS name or IP (overrides
+    /// cluster.advertise_host; ignored without a cluster section).
+    #[arg(long, env = "FLEETMQ_ADVERTISE_HOST", value_name = "HOST")]
+    cluster_advertise_host: Option<String>,
     /// Validate the configuration, print the effective config and exit.
     #[arg(long)]
     check_config: bool,
@@ -92,6 +100,14 @@ fn load(cli: &Cli) -> anyhow::Result<BrokerConfig> {
     }
     if let Some(level) = &cli.log_level {
         config.log.level = level.clone();
+    }
+    if let Some(cluster) = &mut config.cluster {
+        if let Some(name) = &cli.cluster_node_name {
+            cluster.node_name = Some(name.clone());
+        }
+        if let Some(host) = &cli.cluster_advertise_host {
+            cluster.advertise_host = Some(host.clone());
+        }
     }
     config.validate()?;
     Ok(config)

@@ -38,6 +38,8 @@ pub struct BoundListeners {
     tls: Vec<(usize, TlsHandle)>,
     /// The HTTP endpoint's socket (`http.bind`), when `http.enabled`.
     http: Option<TcpListener>,
+    /// The cluster link listener (`cluster.link_bind`), when clustering is on.
+    cluster_link: Option<TcpListener>,
 }
 
 impl BoundListeners {
@@ -65,7 +67,21 @@ impl BoundListeners {
             stacks.push(ListenerStack::new(listener, tls, max_packet));
         }
         let http = crate::http::bind(config)?;
-        Ok(BoundListeners { sockets, stacks, tls: handles, http })
+        let cluster_link = match &config.cluster {
+            None => None,
+            Some(cluster) => {
+                // Gossip binds its UDP socket when it starts; try the address now so a conflict
+                // stops the start with a clear message instead of a logged error later.
+                drop(std::net::UdpSocket::bind(cluster.gossip_bind).with_context(|| {
+                    format!("cannot bind cluster.gossip_bind {} (UDP)", cluster.gossip_bind)
+                })?);
+                let socket = TcpListener::bind(cluster.link_bind)
+                    .with_context(|| format!("cannot listen on cluster.link_bind {}", cluster.link_bind))?;
+                socket.set_nonblocking(true)?;
+                Some(socket)
+            }
+        };
+        Ok(BoundListeners { sockets, stacks, tls: handles, http, cluster_link })
     }
 
     /// Actual address of the HTTP endpoint (resolves port 0), when it is enabled.
@@ -186,7 +202,23 @@ pub async fn serve(
         let endpoint = crate::http::Endpoint::new(broker.clone(), Some(hook))?.with_listeners(summaries);
         builder = crate::http::listen(builder, socket, endpoint)?;
     }
+    let cluster = crate::cluster::Cluster::of(&broker);
+    let mut link_port = 0;
+    if let (Some(cluster), Some(socket)) = (&cluster, listeners.cluster_link) {
+        link_port = socket.local_addr()?.port();
+        tracing::info!(node = cluster.node(), "cluster link listening on {}", socket.local_addr()?);
+        let (cluster, core) = (cluster.clone(), broker.clone());
+        let name = crate::cluster::link_server::SERVICE_NAME;
+        builder = builder
+            .listen(name, socket, async move |_| {
+                crate::cluster::link_server::factory(cluster.clone(), core.clone())
+            })?
+            .config(name, crate::cluster::link_server::config(&config));
+    }
     let server = builder.run();
+    if let Some(cluster) = &cluster {
+        cluster.start(broker.clone(), link_port);
+    }
 
     // After recovery and binding: the bridges' internal sessions resume their stored queues.
     let bridges = crate::bridge::Bridges::start(&broker);
@@ -220,6 +252,10 @@ pub async fn serve(
         sys::publish(&broker);
     }
     shutdown.await;
+    if let Some(cluster) = &cluster {
+        // Peers drop this node's routes at once instead of waiting for the failure detector.
+        cluster.stop().await;
+    }
     // Bridges first, while the store is open: their sessions detach like clients do.
     bridges.stop();
     tracing::info!(
@@ -252,6 +288,7 @@ pub fn open_broker(config: BrokerConfig) -> anyhow::Result<Broker> {
         let auth = load_auth(&config)?;
         let broker = Broker::new(config);
         broker.set_auth(auth);
+        crate::cluster::Cluster::attach(&broker)?;
         return Ok(broker);
     }
     let started = Instant::now();
@@ -262,6 +299,8 @@ pub fn open_broker(config: BrokerConfig) -> anyhow::Result<Broker> {
     let auth = load_auth(&config)?;
     let broker = Broker::with_store(config, Box::new(store));
     broker.set_auth(auth);
+    // Before recovery, so the restored subscriptions are announced to the cluster.
+    crate::cluster::Cluster::attach(&broker)?;
     let recovered = broker.recover().context("cannot recover the stored state (the store may be damaged)")?;
     tracing::info!(
         retained = recovered.retained,

@@ -9,6 +9,7 @@
 //! [`BrokerConfig::validate`].
 
 pub mod bridge;
+pub mod cluster;
 mod rules;
 pub mod topic;
 mod units;
@@ -22,6 +23,7 @@ use serde::{Deserialize, Serialize};
 pub use bridge::{
     Backoff, Bridge, BridgeProtocol, BridgeQueue, BridgeTls, BridgeTopic, Direction, Notifications, Overflow,
 };
+pub use cluster::Cluster;
 pub use units::{ByteSize, byte_size, duration, opt_duration};
 
 /// The largest packet MQTT can encode: a 4-byte remaining length of 268,435,455 plus the
@@ -90,6 +92,10 @@ pub struct BrokerConfig {
     /// Links to remote brokers (see docs/bridges.md). Reloaded live, bridge by bridge.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub bridges: Vec<Bridge>,
+    /// Clustering (see docs/clustering.md). Absent: a single broker, no cluster ports.
+    /// Needs a restart to change.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<Cluster>,
 }
 
 impl Default for BrokerConfig {
@@ -105,6 +111,7 @@ impl Default for BrokerConfig {
             http: Http::default(),
             log: Log::default(),
             bridges: Vec::new(),
+            cluster: None,
         }
     }
 }
@@ -531,6 +538,24 @@ impl BrokerConfig {
         }
         check("log.level", rules::nonempty(&self.log.level))?;
         bridge::validate(&self.bridges).map_err(|(key, reason)| ConfigError::invalid(key, reason))?;
+        if let Some(cluster) = &self.cluster {
+            cluster::validate(cluster).map_err(|(key, reason)| ConfigError::invalid(key, reason))?;
+            let link = cluster.link_bind;
+            if link.port() != 0 {
+                if let Some(i) = self.listeners.iter().position(|l| l.bind == link) {
+                    return Err(ConfigError::invalid(
+                        "cluster.link_bind",
+                        format!("{link} is already used by listeners[{i}]"),
+                    ));
+                }
+                if self.http.enabled && self.http.bind == link {
+                    return Err(ConfigError::invalid(
+                        "cluster.link_bind",
+                        format!("{link} is already used by http.bind"),
+                    ));
+                }
+            }
+        }
         // Port 0 picks a free port at bind time, so it never collides.
         if self.http.enabled
             && self.http.bind.port() != 0

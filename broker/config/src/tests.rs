@@ -362,3 +362,59 @@ fn bridge_queue_and_notification_errors_name_the_key() {
     let unknown = bridge_error("username: edge", "notifications: {remote_only: true}");
     assert!(unknown.contains("remote_only"), "{unknown}");
 }
+
+const CLUSTER: &str = "cluster:
+  node_name: fleetmq-0
+  gossip_bind: 127.0.0.1:7946
+  link_bind: 127.0.0.1:7947
+  advertise_host: 127.0.0.1
+  seeds: [\"fleetmq-1.fleetmq-headless.ns.svc:7946\", \"127.0.0.1:7946\"]
+  gossip_interval: 200ms
+  forward_queue: 5
+";
+
+#[test]
+fn cluster_is_off_by_default_and_parses_with_defaults() {
+    assert_eq!(parse("").unwrap().cluster, None);
+    let c = parse("cluster: {secret_file: /s}\n").unwrap().cluster.unwrap();
+    assert_eq!(c, cluster::Cluster { secret_file: Some("/s".into()), ..cluster::Cluster::default() });
+    assert_eq!(c.gossip_bind, "0.0.0.0:7946".parse().unwrap());
+    assert_eq!(c.link_bind, "0.0.0.0:7947".parse().unwrap());
+    assert_eq!(c.gossip_interval, Duration::from_secs(1));
+    let c = parse(CLUSTER).unwrap().cluster.unwrap();
+    assert_eq!(c.node_name.as_deref(), Some("fleetmq-0"));
+    assert_eq!(c.seeds.len(), 2);
+    assert_eq!(c.forward_queue, 5);
+    assert_eq!(c.gossip_interval, Duration::from_millis(200));
+    // Round trip through the YAML the operator would write.
+    let config = parse(CLUSTER).unwrap();
+    assert_eq!(parse(&config.to_yaml()).unwrap(), config);
+}
+
+fn cluster_error(from: &str, to: &str) -> String {
+    let yaml = CLUSTER.replace(from, to);
+    assert_ne!(yaml, CLUSTER, "{from} not in the sample");
+    parse(&yaml).unwrap_err().to_string()
+}
+
+#[test]
+fn cluster_errors_name_the_key() {
+    for (from, to, key) in [
+        ("node_name: fleetmq-0", "node_name: \"a b\"", "cluster.node_name"),
+        ("node_name: fleetmq-0", "node_name: \"\"", "cluster.node_name"),
+        ("advertise_host: 127.0.0.1", "advertise_host: \"host:7946\"", "cluster.advertise_host"),
+        ("gossip_bind: 127.0.0.1:7946", "gossip_bind: 127.0.0.1:0", "cluster.gossip_bind"),
+        ("\"127.0.0.1:7946\"]", "\"127.0.0.1\"]", "cluster.seeds[1]"),
+        ("gossip_interval: 200ms", "gossip_interval: 0s", "cluster.gossip_interval"),
+        ("forward_queue: 5", "forward_queue: 0", "cluster.forward_queue"),
+        ("link_bind: 127.0.0.1:7947", "link_bind: 0.0.0.0:7947", "cluster.secret_file"),
+        ("link_bind: 127.0.0.1:7947", "link_bind: 127.0.0.1:1883", "cluster.link_bind"),
+    ] {
+        let msg = cluster_error(from, to);
+        assert!(msg.contains(&format!("`{key}`")), "{to}: {msg}");
+    }
+    let msg = cluster_error("forward_queue: 5", "forward_queue: 5\n  gossip_port: 1");
+    assert!(msg.contains("gossip_port"), "{msg}");
+    let msg = cluster_error("forward_queue: 5", "forward_queue: many");
+    assert!(msg.contains("forward_queue"), "{msg}");
+}

@@ -4,7 +4,7 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use arc_swap::{ArcSwap, Guard};
@@ -262,6 +262,8 @@ struct Inner {
     started: Instant,
     /// Status of the configured bridges (filled by `bridge::Bridges::start`).
     bridges: crate::bridge::state::Board,
+    /// Hands locally originated messages to the cluster (unset: clustering off).
+    forwarder: OnceLock<Arc<dyn super::hooks::Forwarder>>,
 }
 
 /// Mirrors session changes into the store, for persistent sessions only.
@@ -373,6 +375,7 @@ impl Broker {
                 shutting_down: AtomicBool::new(false),
                 started: Instant::now(),
                 bridges: crate::bridge::state::Board::default(),
+                forwarder: OnceLock::new(),
             }),
         }
     }
@@ -942,9 +945,41 @@ impl Broker {
         self.dispatch(Arc::new(message)).0
     }
 
-    /// Routes a message; returns the sessions matched and the store ticket an
-    /// acknowledgement must wait for (0: none).
+    /// Clustering: reports subscription changes to `watch` (install before
+    /// [`Broker::recover`] so restored subscriptions are reported too) and hands every
+    /// locally originated message to `forwarder`. Each can be installed once.
+    pub fn set_cluster_hooks(
+        &self,
+        watch: Arc<dyn super::hooks::RouteWatch>,
+        forwarder: Arc<dyn super::hooks::Forwarder>,
+    ) {
+        self.inner.router.set_watch(watch);
+        let _ = self.inner.forwarder.set(forwarder);
+    }
+
+    /// The forwarder installed by [`Broker::set_cluster_hooks`].
+    pub fn forwarder(&self) -> Option<Arc<dyn super::hooks::Forwarder>> {
+        self.inner.forwarder.get().cloned()
+    }
+
+    /// A message forwarded by a cluster peer: stored if retained and routed to this node's
+    /// sessions only (never forwarded again, so nothing loops). Returns the sessions matched.
+    pub fn publish_from_peer(&self, message: Message) -> usize {
+        self.route_local(Arc::new(message)).0
+    }
+
+    /// Routes a message here and, with clustering, to the peers that need it; returns the
+    /// sessions matched and the store ticket an acknowledgement must wait for (0: none).
     fn dispatch(&self, message: Arc<Message>) -> (usize, u64) {
+        let routed = self.route_local(message.clone());
+        if let Some(forwarder) = self.inner.forwarder.get() {
+            forwarder.forward(&message);
+        }
+        routed
+    }
+
+    /// Stores retained state and routes a message to this node's sessions.
+    fn route_local(&self, message: Arc<Message>) -> (usize, u64) {
         let inner = &*self.inner;
         let mut ticket = 0;
         if message.retain && inner.retained.set(message.clone()) && inner.store.is_persistent() {
@@ -1181,7 +1216,7 @@ impl Broker {
     }
 
     /// Puts a reloaded config in force. Sections the running broker cannot change (listeners,
-    /// storage, server, the HTTP bind address, the log format) keep their current values and are reported
+    /// storage, server, the HTTP bind address, the log format, cluster) keep their current values and are reported
     /// as needing a restart; the rest applies at once: limits (queue limits of every session;
     /// the in-flight window from each client's next connection), sessions, `$SYS`, auth
     /// policy and files, the admin token file.
@@ -1202,6 +1237,7 @@ impl Broker {
         restart_only!(http.enabled, "http.enabled");
         restart_only!(http.bind, "http.bind");
         restart_only!(log.format, "log.format");
+        restart_only!(cluster, "cluster");
         if new.log.level != old.log.level {
             match crate::telemetry::set_log_level(&new.log.level) {
                 Ok(_) => change.applied.push("log.level".to_string()),

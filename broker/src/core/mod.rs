@@ -4,6 +4,7 @@
 //! [`Broker`]; the core never sees a codec type.
 
 pub mod broker;
+pub mod hooks;
 pub mod metrics;
 pub mod retained;
 pub mod router;

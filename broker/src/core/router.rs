@@ -6,10 +6,11 @@
 //! every topic except `$` topics.
 
 use std::hash::{Hash, Hasher};
-use std::sync::{Arc, RwLock, RwLockReadGuard};
+use std::sync::{Arc, OnceLock, RwLock, RwLockReadGuard};
 
 use rustc_hash::FxHasher;
 
+use super::hooks::RouteWatch;
 use super::session::Session;
 use super::topic::SubscriptionFilter;
 use super::trie::{Entry, Matched, Member, Trie};
@@ -23,6 +24,9 @@ type SessionTrie = Trie<Arc<Session>>;
 pub struct Router {
     shards: Box<[RwLock<SessionTrie>]>,
     wildcard_root: RwLock<SessionTrie>,
+    /// Told about added and removed subscriptions (clustering), under the shard's lock so
+    /// the order of changes to one filter is kept.
+    watch: OnceLock<Arc<dyn RouteWatch>>,
 }
 
 impl Default for Router {
@@ -30,6 +34,7 @@ impl Default for Router {
         Router {
             shards: (0..SHARDS).map(|_| RwLock::new(Trie::default())).collect(),
             wildcard_root: RwLock::new(Trie::default()),
+            watch: OnceLock::new(),
         }
     }
 }
@@ -50,6 +55,12 @@ impl Router {
         &self.shards[(hasher.finish() as usize) % SHARDS]
     }
 
+    /// Installs the route watcher (once; later calls are ignored). Install it before any
+    /// subscription exists (before recovery), or those are never reported.
+    pub fn set_watch(&self, watch: Arc<dyn RouteWatch>) {
+        let _ = self.watch.set(watch);
+    }
+
     /// Adds or replaces a subscription; returns true when it replaced one.
     pub fn subscribe(
         &self,
@@ -58,13 +69,22 @@ impl Router {
         options: SubscriptionOptions,
     ) -> bool {
         let mut trie = self.shard_for_filter(&filter.filter).write().unwrap_or_else(|p| p.into_inner());
-        trie.insert(&filter.filter, filter.group.as_ref(), Entry { value: session.clone(), options })
+        let replaced =
+            trie.insert(&filter.filter, filter.group.as_ref(), Entry { value: session.clone(), options });
+        if !replaced && let Some(watch) = self.watch.get() {
+            watch.added(filter);
+        }
+        replaced
     }
 
     /// Removes a subscription; returns whether it existed.
     pub fn unsubscribe(&self, session: &Arc<Session>, filter: &SubscriptionFilter) -> bool {
         let mut trie = self.shard_for_filter(&filter.filter).write().unwrap_or_else(|p| p.into_inner());
-        trie.remove(&filter.filter, filter.group.as_deref(), session.key())
+        let removed = trie.remove(&filter.filter, filter.group.as_deref(), session.key());
+        if removed && let Some(watch) = self.watch.get() {
+            watch.removed(filter);
+        }
+        removed
     }
 
     /// Number of subscriptions.

@@ -158,6 +158,11 @@ async fn route(endpoint: &Arc<Endpoint>, req: &Request, _body: Bytes) -> ApiResu
             query.only(&[]).map_err(ApiError::bad_request)?;
             Ok(json(StatusCode::OK, &list_bridges(&endpoint.broker)))
         }
+        ("cluster", None) => {
+            allow(method, &[Method::GET], "GET")?;
+            query.only(&[]).map_err(ApiError::bad_request)?;
+            Ok(json(StatusCode::OK, &cluster_status(&endpoint.broker)))
+        }
         ("reload", None) => {
             allow(method, &[Method::POST], "POST")?;
             query.only(&[]).map_err(ApiError::bad_request)?;
@@ -680,6 +685,21 @@ fn list_bridges(broker: &Broker) -> BridgeList {
 #[derive(Debug, Serialize)]
 struct Reloaded {
     result: String,
+}
+
+/// `GET /api/v1/cluster`: `{"enabled": false}` without clustering, else this node, the
+/// alive count and every member with its link and counters.
+fn cluster_status(broker: &Broker) -> serde_json::Value {
+    match crate::cluster::Cluster::of(broker) {
+        None => serde_json::json!({ "enabled": false, "members": [] }),
+        Some(cluster) => {
+            let mut value = serde_json::to_value(cluster.status()).unwrap_or_default();
+            if let Some(map) = value.as_object_mut() {
+                map.insert("enabled".to_string(), serde_json::Value::Bool(true));
+            }
+            value
+        }
+    }
 }
 
 async fn reload(endpoint: &Endpoint) -> ApiResult {

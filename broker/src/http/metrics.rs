@@ -128,6 +128,16 @@ const BRIDGE_QUEUE: Spec = gauge(
     &["bridge"],
 );
 
+const CLUSTER_MEMBERS: Spec =
+    gauge("fleetmq_cluster_members", "Alive cluster members, this node included (clustering only).", &[]);
+const CLUSTER_LINK_UP: Spec =
+    gauge("fleetmq_cluster_link_up", "1 while this node's link to the peer is connected, else 0.", &["peer"]);
+const CLUSTER_MESSAGES: Spec = counter(
+    "fleetmq_cluster_messages_total",
+    "Messages between this node and a peer by direction: out (forwarded and acknowledged), in (received from it), dropped (its queue was full or its link failed with them in flight).",
+    &["peer", "direction"],
+);
+
 /// Bridge families: exported only when bridges are configured.
 #[cfg(test)]
 const BRIDGE_FAMILIES: &[&Spec] =
@@ -165,6 +175,9 @@ const ALL: &[&Spec] = &[
     &BRIDGE_OVERFLOW,
     &BRIDGE_RECONNECTS,
     &BRIDGE_QUEUE,
+    &CLUSTER_MEMBERS,
+    &CLUSTER_LINK_UP,
+    &CLUSTER_MESSAGES,
 ];
 
 const QOS_LEVELS: [(QoS, &str); 3] =
@@ -313,6 +326,19 @@ impl Collector for BrokerCollector {
         for b in &bridges {
             out.count(&BRIDGE_QUEUE, &[&b.name], crate::bridge::queue_depth(broker, b) as u64);
         }
+        if let Some(cluster) = crate::cluster::Cluster::of(broker) {
+            use crate::cluster::status::{LinkState, PeerStats};
+            out.count(&CLUSTER_MEMBERS, &[], cluster.alive() as u64);
+            let peers = cluster.peer_stats();
+            for (name, s) in &peers {
+                out.count(&CLUSTER_LINK_UP, &[name], u64::from(s.link() == LinkState::Connected));
+            }
+            for (name, s) in &peers {
+                out.count(&CLUSTER_MESSAGES, &[name, "out"], PeerStats::get(&s.forwarded_out));
+                out.count(&CLUSTER_MESSAGES, &[name, "in"], PeerStats::get(&s.forwarded_in));
+                out.count(&CLUSTER_MESSAGES, &[name, "dropped"], PeerStats::get(&s.dropped));
+            }
+        }
         out.0
     }
 }
@@ -365,7 +391,10 @@ mod tests {
         let broker = Broker::new(BrokerConfig::default());
         broker.metrics().message_received(QoS::AtLeastOnce, 12);
         let text = String::from_utf8(Exporter::new(broker).unwrap().render().unwrap()).unwrap();
-        for spec in ALL.iter().filter(|s| !BRIDGE_FAMILIES.iter().any(|b| b.name == s.name)) {
+        let optional = |s: &&&Spec| {
+            BRIDGE_FAMILIES.iter().any(|b| b.name == s.name) || s.name.starts_with("fleetmq_cluster_")
+        };
+        for spec in ALL.iter().filter(|s| !optional(s)) {
             let header = format!("# TYPE {} ", spec.name);
             assert_eq!(text.matches(&header).count(), 1, "{}", spec.name);
             if spec.kind == MetricType::COUNTER {
@@ -376,6 +405,7 @@ mod tests {
         assert!(text.contains("fleetmq_messages_received_bytes_total{qos=\"1\"} 12\n"), "{text}");
         assert!(text.contains("fleetmq_session_queue_depth_bucket{le=\"+Inf\"} 0\n"), "{text}");
         assert!(!text.contains("fleetmq_bridge_"), "no bridge families without bridges");
+        assert!(!text.contains("fleetmq_cluster_"), "no cluster families without clustering");
     }
 
     #[test]

@@ -1,0 +1,257 @@
+//! Membership over chitchat: publishes this node's link address and routes as gossip keys,
+//! turns the live nodes' keys into the peer table, keeps the member list for the admin API and
+//! `$SYS/broker/cluster/members`, and announces a graceful leave.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chitchat::transport::UdpTransport;
+use chitchat::{
+    ChitchatConfig, ChitchatHandle, ChitchatId, FailureDetectorConfig, NodeState, ProtocolVersion,
+};
+use sha2::{Digest, Sha256};
+use tokio::sync::{Mutex as AsyncMutex, oneshot, watch};
+
+use super::Cluster;
+use super::keys::{self, LEFT_KEY, LINK_KEY, ROUTE_PREFIX};
+use super::status::{Member, MemberState};
+use crate::core::Broker;
+use crate::core::types::{Message, QoS};
+
+/// `$SYS` topic with the number of alive members.
+pub const SYS_MEMBERS: &str = "$SYS/broker/cluster/members";
+
+/// What gossip says about one live peer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct PeerInfo {
+    /// Its link address.
+    pub link: String,
+    /// Its filters.
+    pub filters: Vec<String>,
+}
+
+/// Chitchat refuses gossip from another cluster id. Derived from the secret, so nodes with a
+/// different secret (another cluster, a misconfigured pod) never merge state; a hash, so the
+/// secret itself is not on the wire.
+fn cluster_id(secret: Option<&str>) -> String {
+    match secret {
+        None => "fleetmq".to_string(),
+        Some(secret) => {
+            let digest = Sha256::digest(format!("fleetmq cluster id\0{secret}").as_bytes());
+            let hex: String = digest.iter().take(8).map(|b| format!("{b:02x}")).collect();
+            format!("fleetmq-{hex}")
+        }
+    }
+}
+
+/// The live peers from chitchat's live-node map: the newest generation of each name, without
+/// this node, nodes that announced leaving, and nodes that have not announced a link yet.
+fn live_peers<'a>(
+    nodes: impl Iterator<Item = (&'a ChitchatId, &'a NodeState)>,
+    self_name: &str,
+) -> BTreeMap<String, PeerInfo> {
+    let mut newest: BTreeMap<&str, (u64, &NodeState)> = BTreeMap::new();
+    for (id, state) in nodes {
+        if &*id.node_id == self_name {
+            continue;
+        }
+        let slot = newest.entry(&id.node_id).or_insert((id.generation_id, state));
+        if id.generation_id > slot.0 {
+            *slot = (id.generation_id, state);
+        }
+    }
+    newest
+        .into_iter()
+        .filter(|(_, (_, state))| state.get(LEFT_KEY).is_none())
+        .filter_map(|(name, (_, state))| {
+            let link = state.get(LINK_KEY)?.to_string();
+            let filters =
+                state.key_values().filter_map(|(k, _)| keys::filter_of(k)).map(str::to_string).collect();
+            Some((name.to_string(), PeerInfo { link, filters }))
+        })
+        .collect()
+}
+
+async fn resolve(host: &str, port: u16) -> Result<SocketAddr, String> {
+    let target = format!("{}:{port}", super::host_for_address(host));
+    tokio::net::lookup_host(&target)
+        .await
+        .map_err(|e| format!("cannot resolve {target}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("{target} resolves to no address"))
+}
+
+/// Makes this node's route keys equal to the wanted set (only differences are written, so
+/// gossip carries deltas).
+async fn publish_routes(chitchat: &AsyncMutex<chitchat::Chitchat>, wanted: &BTreeSet<String>) {
+    let mut chitchat = chitchat.lock().await;
+    let state = chitchat.self_node_state();
+    let current: BTreeSet<String> =
+        state.key_values().filter(|(k, _)| k.starts_with(ROUTE_PREFIX)).map(|(k, _)| k.to_string()).collect();
+    for gone in current.difference(wanted) {
+        state.delete(gone);
+    }
+    for added in wanted.difference(&current) {
+        state.set(added, "");
+    }
+}
+
+/// The member list from chitchat's view: newest generation per name.
+fn members(chitchat: &chitchat::Chitchat, self_name: &str) -> Vec<Member> {
+    let live: HashSet<&ChitchatId> = chitchat.live_nodes().collect();
+    let mut by_name: BTreeMap<String, Member> = BTreeMap::new();
+    for (id, state) in chitchat.node_states() {
+        let member_state = if state.get(LEFT_KEY).is_some() {
+            MemberState::Left
+        } else if live.contains(id) {
+            MemberState::Alive
+        } else {
+            MemberState::Dead
+        };
+        let member = Member {
+            name: id.node_id.to_string(),
+            is_self: &*id.node_id == self_name,
+            state: member_state,
+            generation: id.generation_id,
+            gossip_address: id.gossip_advertise_addr.to_string(),
+            link_address: state.get(LINK_KEY).map(str::to_string),
+            routes: state.key_values().filter(|(k, _)| keys::filter_of(k).is_some()).count(),
+            link: None,
+            forwarded_out: 0,
+            forwarded_in: 0,
+            dropped: 0,
+        };
+        match by_name.get(&member.name) {
+            Some(existing) if existing.generation >= member.generation => {}
+            _ => {
+                by_name.insert(member.name.clone(), member);
+            }
+        }
+    }
+    by_name.into_values().collect()
+}
+
+/// Runs membership until `stop`; `done` fires once the leave was announced.
+pub(super) async fn run(
+    cluster: Arc<Cluster>,
+    broker: Broker,
+    mut stop: watch::Receiver<bool>,
+    done: oneshot::Sender<()>,
+) {
+    let config = cluster.config.clone();
+    // In Kubernetes the pod's own DNS name may appear only once the pod exists in the
+    // headless Service: keep trying rather than give up.
+    let advertise = loop {
+        match resolve(&cluster.advertise_host, config.gossip_bind.port()).await {
+            Ok(addr) => break addr,
+            Err(err) => {
+                tracing::warn!("cluster: advertise_host: {err}; retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+                    _ = stop.changed() => { let _ = done.send(()); return }
+                }
+            }
+        }
+    };
+    let interval = config.gossip_interval;
+    let chitchat_config = ChitchatConfig {
+        chitchat_id: ChitchatId::new(cluster.node.clone(), cluster.generation, advertise),
+        cluster_id: cluster_id(cluster.secret.as_deref()),
+        gossip_interval: interval,
+        listen_addr: config.gossip_bind,
+        seed_nodes: config.seeds.clone(),
+        failure_detector_config: FailureDetectorConfig {
+            // The defaults, with the intervals scaled to the gossip interval so tests with
+            // short intervals detect failures quickly.
+            phi_threshold: 8.0,
+            sampling_window_size: 1000,
+            max_interval: (interval * 20).max(Duration::from_secs(2)),
+            initial_interval: interval,
+            dead_node_grace_period: Duration::from_secs(3600),
+        },
+        marked_for_deletion_grace_period: Duration::from_secs(600),
+        catchup_callback: None,
+        extra_liveness_predicate: None,
+        protocol_version: ProtocolVersion::V0,
+    };
+    let link = cluster.link_address.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let handle: ChitchatHandle =
+        match chitchat::spawn_chitchat(chitchat_config, vec![(LINK_KEY.to_string(), link)], &UdpTransport)
+            .await
+        {
+            Ok(handle) => handle,
+            Err(err) => {
+                tracing::error!("cluster: cannot start gossip on {}: {err:#}", config.gossip_bind);
+                let _ = done.send(());
+                return;
+            }
+        };
+    tracing::info!(
+        node = %cluster.node,
+        gossip = %config.gossip_bind,
+        advertise = %advertise,
+        seeds = ?config.seeds,
+        "cluster: gossip started"
+    );
+    let chitchat = handle.chitchat();
+    let mut live = chitchat.lock().await.live_nodes_watcher();
+    publish_routes(&chitchat, &cluster.local.keys()).await;
+    let mut tick = tokio::time::interval(interval);
+    let mut last_sys: Option<(Instant, usize)> = None;
+    loop {
+        tokio::select! {
+            _ = cluster.local.changed.notified() => {
+                publish_routes(&chitchat, &cluster.local.keys()).await;
+            }
+            changed = live.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+                let peers = {
+                    let nodes = live.borrow_and_update();
+                    live_peers(nodes.iter(), &cluster.node)
+                };
+                cluster.apply(peers);
+            }
+            _ = tick.tick() => {
+                let members = members(&*chitchat.lock().await, &cluster.node);
+                cluster.set_members(members);
+                let alive = cluster.alive();
+                let sys = broker.config().sys.interval;
+                let due = match last_sys {
+                    None => true,
+                    Some((at, count)) => count != alive || at.elapsed() >= sys,
+                };
+                if !sys.is_zero() && due {
+                    broker.publish_internal(Message::new(SYS_MEMBERS, alive.to_string(), QoS::AtMostOnce, true));
+                    last_sys = Some((Instant::now(), alive));
+                }
+            }
+            _ = stop.changed() => break,
+        }
+    }
+    // Tell the peers now rather than let them wait for the failure detector.
+    chitchat.lock().await.self_node_state().set(LEFT_KEY, "1");
+    tokio::time::sleep(interval * 3).await;
+    if let Err(err) = handle.shutdown().await {
+        tracing::debug!("cluster: gossip shutdown: {err:#}");
+    }
+    tracing::info!("cluster: left the cluster");
+    let _ = done.send(());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cluster_id_depends_on_the_secret_only() {
+        assert_eq!(cluster_id(None), "fleetmq");
+        let a = cluster_id(Some("one"));
+        assert_eq!(a, cluster_id(Some("one")));
+        assert_ne!(a, cluster_id(Some("two")));
+        assert!(!a.contains("one"));
+    }
+}

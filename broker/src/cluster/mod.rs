@@ -1,0 +1,298 @@
+//! Clustering (issue 9, first slice): replicas of one broker find each other by gossip
+//! (chitchat: scuttlebutt anti-entropy, phi-accrual failure detection, per-node key/values),
+//! publish the filters they need as gossip keys, and forward each locally published message
+//! once to every live peer with a matching filter (retained messages to every peer) over a
+//! persistent MQTT 5 link per peer. See docs/clustering.md.
+//!
+//! `keys` encodes routes as gossip keys, `local` counts this node's filters, `table` matches
+//! topics against the peers' filters, `wire` maps messages to link PUBLISHes, `link` is the
+//! outgoing side of one peer, `link_server` the incoming side, `gossip` runs membership and
+//! `status` holds what the admin API, `/metrics` and `$SYS` show.
+
+mod gossip;
+pub mod keys;
+pub mod link;
+pub mod link_server;
+pub mod local;
+pub mod status;
+pub mod table;
+pub mod wire;
+
+use std::any::Any;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use fleetmq_config::BrokerConfig;
+use tokio::sync::{oneshot, watch};
+
+use crate::core::Broker;
+use crate::core::hooks::Forwarder;
+use crate::core::types::Message;
+use link::{Identity, PeerQueue};
+use local::LocalRoutes;
+use status::{ClusterStatus, Member, MemberState, PeerStats};
+use table::PeerTable;
+
+/// Why clustering cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    /// No `cluster.node_name` and no usable hostname.
+    #[error(
+        "cluster.node_name is not set and the hostname cannot be used ({0}); set cluster.node_name or \
+         --cluster-node-name"
+    )]
+    NoNodeName(String),
+    /// The secret file cannot be used.
+    #[error("cluster.secret_file {path}: {reason}")]
+    Secret {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// This node's cluster membership and forwarding. Shared by the core (as its route watcher
+/// and forwarder), the link listener, the gossip task and the HTTP endpoint.
+pub struct Cluster {
+    config: fleetmq_config::Cluster,
+    node: String,
+    advertise_host: String,
+    secret: Option<String>,
+    /// Start time in milliseconds: chitchat's generation, so a restarted node is told apart
+    /// from its previous incarnation.
+    generation: u64,
+    local: Arc<LocalRoutes>,
+    table: RwLock<PeerTable<PeerQueue>>,
+    /// Counters per peer name, kept for the life of the process.
+    stats: Mutex<BTreeMap<String, Arc<PeerStats>>>,
+    /// Membership as of the last gossip round.
+    members: Mutex<Vec<Member>>,
+    /// `host:port` peers use for the link (known once the listener is bound).
+    link_address: Mutex<String>,
+    stop: watch::Sender<bool>,
+    stopped: Mutex<Option<oneshot::Receiver<()>>>,
+}
+
+impl std::fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cluster").field("node", &self.node).finish_non_exhaustive()
+    }
+}
+
+/// The machine's hostname (a StatefulSet pod's name), from the kernel.
+fn hostname() -> Result<String, String> {
+    let name = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .or_else(|_| std::env::var("HOSTNAME"))
+        .map_err(|_| "neither /proc/sys/kernel/hostname nor $HOSTNAME is readable".to_string())?;
+    fleetmq_config::cluster::node_name(&name).map(|()| name)
+}
+
+fn read_secret(path: &PathBuf) -> Result<String, ClusterError> {
+    let err = |reason: String| ClusterError::Secret { path: path.clone(), reason };
+    let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
+    let secret = text.trim();
+    if secret.is_empty() {
+        return Err(err("the file is empty".to_string()));
+    }
+    Ok(secret.to_string())
+}
+
+impl Cluster {
+    /// Sets clustering up for `broker` when its config has a `cluster` section: resolves the
+    /// node name, reads the secret and installs the core hooks. Call before
+    /// [`Broker::recover`] so restored subscriptions are announced. Nothing is bound or sent
+    /// until [`Cluster::start`].
+    pub fn attach(broker: &Broker) -> Result<Option<Arc<Cluster>>, ClusterError> {
+        let config = broker.config();
+        let Some(cluster) = Cluster::new(&config)? else { return Ok(None) };
+        broker.set_cluster_hooks(cluster.local.clone(), cluster.clone());
+        Ok(Some(cluster))
+    }
+
+    fn new(config: &BrokerConfig) -> Result<Option<Arc<Cluster>>, ClusterError> {
+        let Some(c) = &config.cluster else { return Ok(None) };
+        let node = match &c.node_name {
+            Some(name) => name.clone(),
+            None => hostname().map_err(ClusterError::NoNodeName)?,
+        };
+        let secret = c.secret_file.as_ref().map(read_secret).transpose()?;
+        let generation = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+            .unwrap_or_default();
+        let (stop, _) = watch::channel(false);
+        Ok(Some(Arc::new(Cluster {
+            advertise_host: c.advertise_host.clone().unwrap_or_else(|| node.clone()),
+            config: c.clone(),
+            node,
+            secret,
+            generation,
+            local: Arc::new(LocalRoutes::default()),
+            table: RwLock::new(PeerTable::default()),
+            stats: Mutex::new(BTreeMap::new()),
+            members: Mutex::new(Vec::new()),
+            link_address: Mutex::new(String::new()),
+            stop,
+            stopped: Mutex::new(None),
+        })))
+    }
+
+    /// The cluster of `broker`, when clustering is on.
+    pub fn of(broker: &Broker) -> Option<Arc<Cluster>> {
+        let forwarder: Arc<dyn Any + Send + Sync> = broker.forwarder()?;
+        forwarder.downcast::<Cluster>().ok()
+    }
+
+    /// This node's name.
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
+    /// The settings in force.
+    pub fn config(&self) -> &fleetmq_config::Cluster {
+        &self.config
+    }
+
+    /// How this node presents itself on links.
+    pub fn identity(&self) -> Identity {
+        Identity { node: self.node.clone(), secret: self.secret.clone() }
+    }
+
+    /// Counters of peer `name` (created on first use).
+    pub fn stats_for(&self, name: &str) -> Arc<PeerStats> {
+        self.stats.lock().unwrap_or_else(|p| p.into_inner()).entry(name.to_string()).or_default().clone()
+    }
+
+    /// Counters of every peer seen since start, by name.
+    pub fn peer_stats(&self) -> Vec<(String, Arc<PeerStats>)> {
+        let stats = self.stats.lock().unwrap_or_else(|p| p.into_inner());
+        stats.iter().map(|(name, s)| (name.clone(), s.clone())).collect()
+    }
+
+    /// Alive members, this node included.
+    pub fn alive(&self) -> usize {
+        let members = self.members.lock().unwrap_or_else(|p| p.into_inner());
+        members.iter().filter(|m| m.state == MemberState::Alive).count().max(1)
+    }
+
+    /// Membership, links and counters.
+    pub fn status(&self) -> ClusterStatus {
+        let mut members = self.members.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        if members.is_empty() {
+            members.push(self.self_member());
+        }
+        for m in members.iter_mut().filter(|m| !m.is_self) {
+            let stats = self.stats_for(&m.name);
+            m.link = Some(stats.link());
+            m.forwarded_out = PeerStats::get(&stats.forwarded_out);
+            m.forwarded_in = PeerStats::get(&stats.forwarded_in);
+            m.dropped = PeerStats::get(&stats.dropped);
+        }
+        ClusterStatus {
+            node: self.node.clone(),
+            alive: members.iter().filter(|m| m.state == MemberState::Alive).count(),
+            members,
+        }
+    }
+
+    fn self_member(&self) -> Member {
+        Member {
+            name: self.node.clone(),
+            is_self: true,
+            state: MemberState::Alive,
+            generation: self.generation,
+            gossip_address: format!(
+                "{}:{}",
+                host_for_address(&self.advertise_host),
+                self.config.gossip_bind.port()
+            ),
+            link_address: Some(self.link_address.lock().unwrap_or_else(|p| p.into_inner()).clone()),
+            routes: self.local.keys().len(),
+            link: None,
+            forwarded_out: 0,
+            forwarded_in: 0,
+            dropped: 0,
+        }
+    }
+
+    /// Starts gossip on the current ntex arbiter, announcing `link_port` (the bound link
+    /// listener's port) for peers to connect to.
+    pub fn start(self: &Arc<Self>, broker: Broker, link_port: u16) {
+        *self.link_address.lock().unwrap_or_else(|p| p.into_inner()) =
+            format!("{}:{link_port}", host_for_address(&self.advertise_host));
+        let (done, stopped) = oneshot::channel();
+        *self.stopped.lock().unwrap_or_else(|p| p.into_inner()) = Some(stopped);
+        ntex::rt::spawn(gossip::run(self.clone(), broker, self.stop.subscribe(), done));
+    }
+
+    /// Announces that this node leaves, stops gossip and closes the links (bounded: a few
+    /// gossip intervals).
+    pub async fn stop(&self) {
+        let _ = self.stop.send(true);
+        let stopped = self.stopped.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(stopped) = stopped {
+            let bound = self.config.gossip_interval * 4 + std::time::Duration::from_secs(1);
+            let _ = tokio::time::timeout(bound, stopped).await;
+        }
+        let mut table = self.table.write().unwrap_or_else(|p| p.into_inner());
+        for name in table.names() {
+            table.remove(&name);
+        }
+    }
+
+    /// Makes the peer table match gossip: `peers` are the live peers (by name) with their
+    /// link address and filters. New peers get a link, gone ones lose theirs and their routes.
+    fn apply(&self, peers: BTreeMap<String, gossip::PeerInfo>) {
+        let mut table = self.table.write().unwrap_or_else(|p| p.into_inner());
+        for name in table.names() {
+            if !peers.contains_key(&name) {
+                tracing::info!(peer = %name, "cluster: peer gone, its routes dropped");
+                table.remove(&name);
+            }
+        }
+        let capacity = self.config.forward_queue as usize;
+        for (name, info) in peers {
+            let new = table.sync(&name, info.filters.iter().map(String::as_str), || {
+                tracing::info!(peer = %name, routes = info.filters.len(), "cluster: peer joined");
+                link::spawn(self.identity(), &name, &info.link, capacity, self.stats_for(&name))
+            });
+            if !new && let Some(peer) = table.get(&name) {
+                peer.handle.set_addr(&info.link);
+            }
+        }
+    }
+
+    fn set_members(&self, members: Vec<Member>) {
+        *self.members.lock().unwrap_or_else(|p| p.into_inner()) = members;
+    }
+}
+
+/// `host` as the host part of `host:port` (IPv6 literals in brackets).
+fn host_for_address(host: &str) -> String {
+    if host.contains(':') { format!("[{host}]") } else { host.to_string() }
+}
+
+impl Forwarder for Cluster {
+    fn forward(&self, message: &Arc<Message>) {
+        // `$SYS` is per node.
+        if message.topic.starts_with("$SYS/") {
+            return;
+        }
+        let table = self.table.read().unwrap_or_else(|p| p.into_inner());
+        if message.retain {
+            // Retained state (including clears) goes everywhere, so a later subscriber on any
+            // node finds it.
+            for (_, peer) in table.all() {
+                peer.handle.send(message);
+            }
+        } else {
+            for peer in table.matching(&message.topic) {
+                peer.handle.send(message);
+            }
+        }
+    }
+}

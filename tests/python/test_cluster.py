@@ -1,0 +1,347 @@
+"""Clustering (issue 9): three real broker processes on 127.0.0.1 gossiping membership and
+routes (chitchat) and forwarding messages over their inter-node links.
+
+Every wait is bounded; membership is polled through the admin API (GET /api/v1/cluster)."""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+import yaml
+
+from conftest import free_port
+from helpers import V5, publish_props, wait_until
+
+TOKEN = "cluster-test-token"
+SECRET = "cluster-test-secret"
+# Short gossip rounds so membership converges and failures are detected within seconds.
+GOSSIP_INTERVAL = "100ms"
+CONVERGE = 15.0
+
+
+def http_addr(broker) -> str:
+    return yaml.safe_load(broker.config_path.read_text())["http"]["bind"]
+
+
+def api(broker, path: str):
+    req = urllib.request.Request(f"http://{http_addr(broker)}/api/v1/{path}",
+                                 headers={"Authorization": f"Bearer {TOKEN}"})
+    with urllib.request.urlopen(req, timeout=5) as resp:
+        return json.loads(resp.read())
+
+
+def cluster_view(broker) -> dict:
+    return api(broker, "cluster")
+
+
+def alive_names(broker) -> set[str]:
+    try:
+        view = cluster_view(broker)
+    except (OSError, urllib.error.URLError):
+        return set()
+    return {m["name"] for m in view["members"] if m["state"] == "alive"}
+
+
+def wait_alive(brokers, names: set[str], timeout: float = CONVERGE) -> None:
+    for b in brokers:
+        wait_until(lambda: alive_names(b) == names, timeout=timeout, interval=0.1,
+                   what=f"alive members {sorted(names)} on port {b.port} (now {sorted(alive_names(b))})")
+
+
+def peer(broker, name: str) -> dict | None:
+    return next((m for m in cluster_view(broker)["members"] if m["name"] == name), None)
+
+
+def wait_routes(broker, name: str, count: int, timeout: float = CONVERGE) -> None:
+    """Waits until `broker` has `count` routes of peer `name` and its link to it is up."""
+    def ready():
+        m = peer(broker, name)
+        return m and m["state"] == "alive" and m["routes"] == count and (m.get("link") or {}).get("state") == "connected"
+    wait_until(ready, timeout=timeout, interval=0.1, what=f"{count} routes of {name} on port {broker.port}")
+
+
+def metrics(broker) -> str:
+    with urllib.request.urlopen(f"http://{http_addr(broker)}/metrics", timeout=5) as resp:
+        return resp.read().decode()
+
+
+def listening_ports(pid: int) -> tuple[set[int], set[int]]:
+    """(TCP listening ports, UDP ports) of the sockets process `pid` holds."""
+    inodes = set()
+    for fd in pathlib.Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+
+    def ports(tables, listen_only):
+        found = set()
+        for table in tables:
+            try:
+                lines = pathlib.Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]
+            except OSError:
+                continue
+            for line in lines:
+                cols = line.split()
+                if cols[9] in inodes and (not listen_only or cols[3] == "0A"):
+                    found.add(int(cols[1].rsplit(":", 1)[1], 16))
+        return found
+
+    return ports(["tcp", "tcp6"], True), ports(["udp", "udp6"], False)
+
+
+class Node:
+    """Ports and config of one cluster node."""
+
+    def __init__(self, name: str):
+        self.name = name
+        self.mqtt = free_port()
+        self.gossip = free_port()
+        self.link = free_port()
+        self.http = free_port()
+
+
+@pytest.fixture
+def cluster(tmp_path, start_broker):
+    """Factory: cluster(n=3, sys=False) -> (nodes, brokers), every node seeded with every
+    gossip address (its own included). Node 3's name comes from FLEETMQ_NODE_NAME (what the
+    operator sets from the pod name), not from the config."""
+    token = tmp_path / "admin-token"
+    token.write_text(TOKEN)
+    secret = tmp_path / "cluster-secret"
+    secret.write_text(SECRET + "\n")
+
+    def config_for(node: Node, nodes: list[Node], sys: bool) -> dict:
+        cfg = {
+            "listeners": [{"bind": f"127.0.0.1:{node.mqtt}"}],
+            "http": {"bind": f"127.0.0.1:{node.http}", "admin_token_file": str(token)},
+            "cluster": {
+                "gossip_bind": f"127.0.0.1:{node.gossip}",
+                "link_bind": f"127.0.0.1:{node.link}",
+                "advertise_host": "127.0.0.1",
+                "seeds": [f"127.0.0.1:{n.gossip}" for n in nodes],
+                "secret_file": str(secret),
+                "gossip_interval": GOSSIP_INTERVAL,
+            },
+        }
+        if sys:
+            cfg["sys"] = {"interval": "1s"}
+        return cfg
+
+    def make(n: int = 3, sys: bool = False):
+        nodes = [Node(f"node-{i + 1}") for i in range(n)]
+        brokers = []
+        for i, node in enumerate(nodes):
+            cfg = config_for(node, nodes, sys)
+            env = {}
+            if i == 2:
+                env["FLEETMQ_NODE_NAME"] = node.name
+            else:
+                cfg["cluster"]["node_name"] = node.name
+            brokers.append(start_broker(cfg, env=env))
+        wait_alive(brokers, {n.name for n in nodes})
+        return nodes, brokers
+
+    return make
+
+
+def subscribe_all(clients, brokers, topic: str, qos: int) -> list:
+    subs = []
+    for i, b in enumerate(brokers):
+        c = clients(b, f"sub-{i + 1}")
+        c.connect()
+        assert c.subscribe(topic, qos)[0] == qos
+        subs.append(c)
+    return subs
+
+
+@pytest.mark.parametrize("qos", [0, 1])
+def test_publish_on_one_node_reaches_every_node_exactly_once(cluster, clients, qos):
+    nodes, brokers = cluster()
+    subs = subscribe_all(clients, brokers, "fleet/+/temp", qos)
+    for other in ("node-2", "node-3"):
+        wait_routes(brokers[0], other, 1)
+    pub = clients(brokers[0], "pub")
+    pub.connect()
+    props = publish_props(UserProperty=[("site", "berlin")], ContentType="text/plain")
+    for i in range(20):
+        pub.publish(f"fleet/d{i}/temp", f"t{i}".encode(), qos=qos, properties=props, wait=qos > 0)
+    expected = [f"t{i}".encode() for i in range(20)]
+    for i, sub in enumerate(subs):
+        sub.wait_messages(20, timeout=10)
+        got = sub.settle(0.5)
+        assert [m.payload for m in got] == expected, f"node-{i + 1}: each message once, in order"
+        assert all(m.qos == qos for m in got)
+        assert got[0].properties.UserProperty == [("site", "berlin")], f"node-{i + 1}"
+        assert got[0].properties.ContentType == "text/plain"
+    # The same-node subscriber was not served a second copy through a peer: counted once out per peer.
+    view = cluster_view(brokers[0])
+    for m in view["members"]:
+        if not m["self"]:
+            wait_until(lambda: peer(brokers[0], m["name"])["forwarded_out"] == 20, timeout=5,
+                       what=f"20 acknowledged forwards to {m['name']}")
+    assert peer(brokers[1], "node-1")["forwarded_in"] == 20
+    assert peer(brokers[1], "node-3")["forwarded_in"] == 0, "receivers never re-forward"
+
+
+def test_messages_only_go_to_nodes_with_matching_filters(cluster, clients):
+    nodes, brokers = cluster()
+    sub2 = clients(brokers[1], "only-2")
+    sub2.connect()
+    sub2.subscribe("a/only", 1)
+    wait_routes(brokers[0], "node-2", 1)
+    wait_routes(brokers[0], "node-3", 0)
+    pub = clients(brokers[0], "pub")
+    pub.connect()
+    pub.publish("a/only", b"x", qos=1, wait=True)
+    pub.publish("b/nobody", b"y", qos=1, wait=True)
+    assert sub2.wait_message("a/only").payload == b"x"
+    time.sleep(0.5)
+    assert peer(brokers[0], "node-2")["forwarded_out"] == 1, "b/nobody not forwarded"
+    assert peer(brokers[0], "node-3")["forwarded_out"] == 0
+    # Unsubscribing withdraws the route from gossip.
+    sub2.unsubscribe("a/only")
+    wait_routes(brokers[0], "node-2", 0)
+
+
+def test_retained_on_one_node_is_visible_on_the_others(cluster, clients):
+    nodes, brokers = cluster()
+    for other in ("node-2", "node-3"):
+        wait_routes(brokers[0], other, 0)
+    pub = clients(brokers[0], "pub")
+    pub.connect()
+    pub.publish("state/dev1", b"on", qos=1, retain=True, wait=True)
+
+    def retained_on_3():
+        try:
+            return api(brokers[2], "retained/state%2Fdev1")
+        except urllib.error.HTTPError:
+            return None
+    wait_until(retained_on_3, timeout=10, what="the retained message on node-3")
+    late = clients(brokers[2], "late")
+    late.connect()
+    late.subscribe("state/#", 1)
+    msg = late.wait_message("state/dev1")
+    assert msg.payload == b"on" and msg.retain
+    # Clearing it on node 1 clears it everywhere.
+    pub.publish("state/dev1", b"", qos=1, retain=True, wait=True)
+    wait_until(lambda: retained_on_3() is None, timeout=10, what="the retained message cleared on node-3")
+
+
+def test_kill9_node_others_keep_serving_and_restart_rejoins(cluster, clients):
+    nodes, brokers = cluster()
+    sub3 = clients(brokers[2], "sub-3")
+    sub3.connect()
+    sub3.subscribe("k/#", 1)
+    wait_routes(brokers[0], "node-3", 1)
+
+    brokers[1].kill9()
+    wait_alive([brokers[0], brokers[2]], {"node-1", "node-3"})
+    assert cluster_view(brokers[0])["alive"] == 2
+    assert peer(brokers[0], "node-2")["state"] == "dead"
+    pub = clients(brokers[0], "pub")
+    pub.connect()
+    pub.publish("k/1", b"while-2-down", qos=1, wait=True)
+    assert sub3.wait_message("k/1").payload == b"while-2-down"
+
+    restarted = brokers[1].restart()
+    wait_alive([brokers[0], restarted, brokers[2]], {"node-1", "node-2", "node-3"})
+    sub2 = clients(restarted, "sub-2")
+    sub2.connect()
+    sub2.subscribe("k/#", 1)
+    wait_routes(brokers[0], "node-2", 1)
+    pub.publish("k/2", b"after-rejoin", qos=1, wait=True)
+    assert sub2.wait_message("k/2").payload == b"after-rejoin"
+    assert sub3.wait_message("k/2").payload == b"after-rejoin"
+    # And the restarted node forwards too.
+    pub2 = clients(restarted, "pub-2")
+    pub2.connect()
+    pub2.publish("k/3", b"from-2", qos=0)
+    assert sub3.wait_message("k/3").payload == b"from-2"
+
+
+def test_graceful_stop_leaves_at_once(cluster, clients):
+    nodes, brokers = cluster()
+    assert brokers[1].stop() == 0
+    # "left" is gossiped before the process exits: no failure-detector delay needed.
+    wait_until(lambda: (peer(brokers[0], "node-2") or {}).get("state") == "left", timeout=5,
+               what="node-2 shown as left")
+    assert alive_names(brokers[0]) == {"node-1", "node-3"}
+
+
+def test_observability_metrics_and_sys(cluster, clients):
+    nodes, brokers = cluster(sys=True)
+    sys_sub = clients(brokers[0], "sys")
+    sys_sub.connect()
+    sys_sub.subscribe("$SYS/broker/cluster/members", 0)
+    wait_until(lambda: any(m.payload == b"3" for m in sys_sub.messages), timeout=10,
+               what="$SYS/broker/cluster/members = 3")
+    sub = clients(brokers[1], "m-sub")
+    sub.connect()
+    sub.subscribe("m/#", 0)
+    wait_routes(brokers[0], "node-2", 1)
+    pub = clients(brokers[0], "m-pub")
+    pub.connect()
+    pub.publish("m/1", b"x", qos=1, wait=True)
+    sub.wait_message("m/1")
+    wait_until(lambda: 'fleetmq_cluster_messages_total{peer="node-2",direction="out"} 1\n' in metrics(brokers[0]),
+               timeout=5, what="out counter in /metrics")
+    text = metrics(brokers[0])
+    assert "fleetmq_cluster_members 3\n" in text
+    assert 'fleetmq_cluster_link_up{peer="node-2"} 1\n' in text
+    assert 'fleetmq_cluster_messages_total{peer="node-1",direction="in"} 1\n' in metrics(brokers[1])
+    view = cluster_view(brokers[0])
+    assert view["enabled"] is True and view["node"] == "node-1"
+    me = next(m for m in view["members"] if m["self"])
+    assert me["name"] == "node-1" and me["state"] == "alive"
+    assert cluster_view(brokers[2])["node"] == "node-3", "name from FLEETMQ_NODE_NAME"
+
+
+def test_link_refuses_a_wrong_secret(cluster, clients):
+    nodes, brokers = cluster(n=1)
+    from helpers import Client
+    c = Client("127.0.0.1", nodes[0].link, "intruder", V5)
+    c.paho.username_pw_set("fleetmq-cluster", "wrong")
+    c.connect(expect=0x86)
+    c.drop()
+    brokers[0].wait_log("cluster link: connection refused")
+    ok = Client("127.0.0.1", nodes[0].link, "node-9", V5)
+    ok.paho.username_pw_set("fleetmq-cluster", SECRET)
+    ok.connect(expect=0)
+    ok.drop()
+
+
+def test_clustering_off_opens_no_cluster_ports(start_broker, cluster):
+    plain = start_broker()
+    tcp, udp = listening_ports(plain.proc.pid)
+    http_port = int(http_addr(plain).rsplit(":", 1)[1])
+    assert tcp == {plain.port, http_port}
+    assert udp == set()
+    # The same probe sees a clustered node's gossip and link sockets.
+    nodes, brokers = cluster(n=1)
+    tcp, udp = listening_ports(brokers[0].proc.pid)
+    assert nodes[0].link in tcp and nodes[0].gossip in udp
+
+
+def test_bad_cluster_config_names_the_key(launch, tmp_path):
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text("cluster:\n  link_bind: 0.0.0.0:7947\n")
+    b = launch(["--config", str(cfg)])
+    assert b.proc.wait(timeout=10) != 0
+    assert "cluster.secret_file" in b.log()
+    cfg.write_text("cluster:\n  gossip_bind: 127.0.0.1:7946\n  link_bind: 127.0.0.1:7947\n  bogus: 1\n")
+    b = launch(["--config", str(cfg)])
+    assert b.proc.wait(timeout=10) != 0
+    assert "bogus" in b.log()
+    cfg.write_text("cluster:\n  gossip_bind: 127.0.0.1:7946\n  link_bind: 127.0.0.1:7947\n")
+    b = launch(["--config", str(cfg), "--check-config", "--cluster-node-name", "bad name"])
+    assert b.proc.wait(timeout=10) != 0
+    assert "cluster.node_name" in b.log()
