@@ -291,7 +291,9 @@ async fn inbound(
         .map(|secs| std::time::Instant::now() + std::time::Duration::from_secs(u64::from(secs)));
     // The origin makes the internal session's No Local subscriptions skip it: no loop.
     local.origin = origin;
-    match broker.publish(local) {
+    // With clustering every node's bridge receives its own copy from the remote: deliver it
+    // here only, or each peer would get it once per node.
+    match broker.publish_here(local) {
         Ok((_, durable)) => match durable.wait().await {
             Ok(()) => {
                 BridgeStatus::count(&status.forwarded_in);

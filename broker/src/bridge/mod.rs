@@ -125,8 +125,21 @@ fn spawn(broker: &Broker, index: usize, config: Bridge) -> Running {
     let (stop, stopped) = watch::channel(false);
     tracing::info!(bridge = %config.name, addresses = ?config.addresses, "starting bridge");
     apply_queue(broker, &config);
-    ntex::rt::spawn(link::run(broker.clone(), index, config.clone(), status.clone(), stopped));
+    ntex::rt::spawn(link::run(broker.clone(), index, per_node(broker, &config), status.clone(), stopped));
     Running { config, status, stop }
+}
+
+/// With clustering, every node runs each configured bridge for its own clients: the internal
+/// session's subscriptions are not announced to peers (see `core::router`) and what the bridge
+/// brings in is delivered on this node only ([`Broker::publish_here`]), so each message crosses
+/// the bridge once. Each node then needs its own session on the remote: the node name is
+/// appended to the remote client id (`<client_id>.<node>`).
+fn per_node(broker: &Broker, config: &Bridge) -> Bridge {
+    let mut config = config.clone();
+    if let Some(cluster) = crate::cluster::Cluster::of(broker) {
+        config.client_id = Some(format!("{}.{}", config.remote_client_id(), cluster.node()));
+    }
+    config
 }
 
 async fn manage(

@@ -899,6 +899,22 @@ impl Broker {
         message: Message,
         acl: Option<&ClientAcl>,
     ) -> Result<(Published, Durable), PublishError> {
+        self.publish_checked(message, acl, true)
+    }
+
+    /// [`Broker::publish`] for this node's sessions only: with clustering, the message is not
+    /// forwarded to peers. Bridges bring messages in this way, because every node runs its
+    /// own bridge and receives its own copy from the remote.
+    pub fn publish_here(&self, message: Message) -> Result<(Published, Durable), PublishError> {
+        self.publish_checked(message, None, false)
+    }
+
+    fn publish_checked(
+        &self,
+        message: Message,
+        acl: Option<&ClientAcl>,
+        forward: bool,
+    ) -> Result<(Published, Durable), PublishError> {
         let inner = &*self.inner;
         let span = tracing::info_span!(
             target: crate::telemetry::SPANS,
@@ -934,7 +950,8 @@ impl Broker {
         if message.topic.starts_with("$SYS") || acl.is_some_and(|acl| !acl.can_publish(&message.topic)) {
             return Err(PublishError::NotAuthorized);
         }
-        let (matched, ticket) = self.dispatch(Arc::new(message));
+        let message = Arc::new(message);
+        let (matched, ticket) = if forward { self.dispatch(message) } else { self.route_local(message) };
         span.record("mqtt.matched", matched);
         Ok((Published::Routed { matched }, self.durable(ticket)))
     }

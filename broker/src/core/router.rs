@@ -29,6 +29,12 @@ pub struct Router {
     watch: OnceLock<Arc<dyn RouteWatch>>,
 }
 
+/// Whether the watcher hears of this session's subscriptions: not for a bridge's internal
+/// session, which serves this node's clients only (every node runs its own bridge).
+fn announced(session: &Session) -> bool {
+    !session.client_id.starts_with(crate::bridge::SESSION_PREFIX)
+}
+
 impl Default for Router {
     fn default() -> Self {
         Router {
@@ -71,7 +77,10 @@ impl Router {
         let mut trie = self.shard_for_filter(&filter.filter).write().unwrap_or_else(|p| p.into_inner());
         let replaced =
             trie.insert(&filter.filter, filter.group.as_ref(), Entry { value: session.clone(), options });
-        if !replaced && let Some(watch) = self.watch.get() {
+        if !replaced
+            && announced(session)
+            && let Some(watch) = self.watch.get()
+        {
             watch.added(filter);
         }
         replaced
@@ -81,7 +90,10 @@ impl Router {
     pub fn unsubscribe(&self, session: &Arc<Session>, filter: &SubscriptionFilter) -> bool {
         let mut trie = self.shard_for_filter(&filter.filter).write().unwrap_or_else(|p| p.into_inner());
         let removed = trie.remove(&filter.filter, filter.group.as_deref(), session.key());
-        if removed && let Some(watch) = self.watch.get() {
+        if removed
+            && announced(session)
+            && let Some(watch) = self.watch.get()
+        {
             watch.removed(filter);
         }
         removed
