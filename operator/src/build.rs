@@ -146,6 +146,8 @@ pub struct BrokerInputs {
     /// The admin API token (kept from the live auth Secret, else newly generated; a placeholder
     /// offline).
     pub admin_token: SecretValue,
+    /// The cluster secret (same life cycle as `admin_token`).
+    pub cluster_secret: SecretValue,
     /// Environment facts.
     pub options: BuildOptions,
 }
@@ -156,7 +158,7 @@ pub fn plan_broker(inputs: &BrokerInputs, hasher: &PasswordHasher) -> Result<Bro
     let name = broker.metadata.name.as_deref().ok_or(BuildError::Metadata("metadata.name"))?;
     let namespace = broker.metadata.namespace.as_deref().ok_or(BuildError::Metadata("metadata.namespace"))?;
     let bridges = auth::bridges(namespace, &inputs.bridges);
-    let rendered = config::broker_config(&broker.spec, &bridges.config)?;
+    let rendered = config::broker_config(&broker.spec, &bridges.config, &names::peers_host(name, namespace))?;
     let config_yaml = rendered.to_yaml(namespace, name);
     let config_hash = short_hash(config_yaml.as_bytes());
 
@@ -171,6 +173,7 @@ pub fn plan_broker(inputs: &BrokerInputs, hasher: &PasswordHasher) -> Result<Bro
     );
     files.extend(bridges.files);
     files.insert(names::ADMIN_TOKEN_KEY.to_string(), inputs.admin_token.text());
+    files.insert(names::CLUSTER_SECRET_KEY.to_string(), inputs.cluster_secret.text());
 
     let restart = restart_hash(&broker.spec, &rendered.config, &inputs.options.default_image);
     let mut objects = vec![
@@ -227,6 +230,7 @@ pub fn restart_hash(spec: &MqttBrokerSpec, config: &BrokerConfig, default_image:
             "bind": config.http.bind,
             "admin_token_file": config.http.admin_token_file,
         },
+        "cluster": config.cluster,
         // The level reloads live; the format is fixed at start.
         "log": { "format": config.log.format },
         // Size and class live only in the volume claim templates, not in broker.yaml.
@@ -315,7 +319,20 @@ pub fn headless_service(broker: &MqttBroker) -> Service {
             cluster_ip: Some("None".to_string()),
             publish_not_ready_addresses: Some(true),
             selector: Some(names::selector_labels(&name)),
-            ports: Some(service_ports(&broker.spec)),
+            ports: Some({
+                let mut ports = service_ports(&broker.spec);
+                for port in cluster_container_ports() {
+                    let name = port.name.clone().unwrap_or_default();
+                    ports.push(ServicePort {
+                        port: port.container_port,
+                        target_port: Some(IntOrString::String(name.clone())),
+                        name: Some(name),
+                        protocol: port.protocol,
+                        ..ServicePort::default()
+                    });
+                }
+                ports
+            }),
             ..ServiceSpec::default()
         }),
         ..Service::default()
@@ -347,6 +364,10 @@ pub fn client_service(broker: &MqttBroker) -> Service {
 /// Name of the container port of the broker's HTTP endpoint (`/healthz`, `/readyz`,
 /// `/metrics`); the Services' `metrics` port and the ServiceMonitor target it by this name.
 pub const HTTP_PORT_NAME: &str = "metrics";
+/// Name of the cluster gossip port (UDP) in the pod and the headless Service.
+pub const CLUSTER_GOSSIP_PORT_NAME: &str = "gossip";
+/// Name of the inter-node link port (TCP) in the pod and the headless Service.
+pub const CLUSTER_LINK_PORT_NAME: &str = "cluster-link";
 
 /// Path of the liveness probe: `200 ok` while the broker process runs.
 pub const LIVENESS_PATH: &str = "/healthz";
@@ -454,6 +475,7 @@ pub fn stateful_set(broker: &MqttBroker, restart_hash: &str, options: &BuildOpti
         protocol: Some("TCP".to_string()),
         ..ContainerPort::default()
     });
+    ports.extend(cluster_container_ports());
 
     let mount = |name: &str, path: &str, read_only: bool| VolumeMount {
         name: name.to_string(),
@@ -535,7 +557,13 @@ pub fn stateful_set(broker: &MqttBroker, restart_hash: &str, options: &BuildOpti
         image: Some(spec.image.clone().unwrap_or_else(|| default_image.to_string())),
         image_pull_policy: spec.image_pull_policy.map(|p| p.as_str().to_string()),
         args: Some(vec!["--config".to_string(), format!("{}/{}", names::CONFIG_DIR, names::CONFIG_KEY)]),
-        env: options.otlp_endpoint.as_deref().map(|endpoint| otlp_env(broker, endpoint)),
+        env: Some({
+            let mut env = cluster_env(broker);
+            if let Some(endpoint) = options.otlp_endpoint.as_deref() {
+                env.extend(otlp_env(broker, endpoint));
+            }
+            env
+        }),
         ports: Some(ports),
         resources: spec.resources.clone(),
         security_context: Some(container_security()),
@@ -626,6 +654,52 @@ pub fn stateful_set(broker: &MqttBroker, restart_hash: &str, options: &BuildOpti
         }),
         ..StatefulSet::default()
     }
+}
+
+/// The cluster's ports in the pod: gossip (UDP) and the inter-node link (TCP).
+fn cluster_container_ports() -> Vec<ContainerPort> {
+    vec![
+        ContainerPort {
+            name: Some(CLUSTER_GOSSIP_PORT_NAME.to_string()),
+            container_port: i32::from(names::CLUSTER_GOSSIP_PORT),
+            protocol: Some("UDP".to_string()),
+            ..ContainerPort::default()
+        },
+        ContainerPort {
+            name: Some(CLUSTER_LINK_PORT_NAME.to_string()),
+            container_port: i32::from(names::CLUSTER_LINK_PORT),
+            protocol: Some("TCP".to_string()),
+            ..ContainerPort::default()
+        },
+    ]
+}
+
+/// The pod's cluster identity: its name (the node name) and the address peers reach it under
+/// (`<pod>.<headless Service>.<namespace>.svc`). `$(FLEETMQ_NODE_NAME)` is expanded by the
+/// kubelet from the variable above it.
+fn cluster_env(broker: &MqttBroker) -> Vec<EnvVar> {
+    let namespace = broker.metadata.namespace.clone().unwrap_or_default();
+    vec![
+        EnvVar {
+            name: "FLEETMQ_NODE_NAME".to_string(),
+            value: None,
+            value_from: Some(EnvVarSource {
+                field_ref: Some(ObjectFieldSelector {
+                    field_path: "metadata.name".to_string(),
+                    ..ObjectFieldSelector::default()
+                }),
+                ..EnvVarSource::default()
+            }),
+        },
+        EnvVar {
+            name: "FLEETMQ_ADVERTISE_HOST".to_string(),
+            value: Some(format!(
+                "$(FLEETMQ_NODE_NAME).{}",
+                names::peers_host(&broker.name_any(), &namespace)
+            )),
+            value_from: None,
+        },
+    ]
 }
 
 /// Trace export settings for the broker container: the collector, and resource attributes that

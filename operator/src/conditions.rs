@@ -48,9 +48,6 @@ pub mod reason {
     pub const RENDERED: &str = "Rendered";
     /// A broker pod reports the bridge connecting, backing off or not running.
     pub const BRIDGE_NOT_CONNECTED: &str = "BridgeNotConnected";
-    /// The broker has several replicas and each runs the bridge with the same remote client
-    /// id, so they take the remote session from each other.
-    pub const REPLICAS_SHARE_BRIDGE: &str = "ReplicasShareBridge";
 }
 
 /// A condition before timestamps.

@@ -88,9 +88,13 @@ pub const TLS_CA_KEY: &str = "ca.crt";
 
 /// Builds the broker config. `bridges` are the names of the MqttBridges rendered into the auth
 /// Secret (for the unsupported-feature report).
+///
+/// `peers_host` is the name every pod of the broker resolves to (the headless Service): the
+/// cluster's gossip seed.
 pub fn broker_config(
     spec: &MqttBrokerSpec,
     bridges: &[fleetmq_config::Bridge],
+    peers_host: &str,
 ) -> Result<RenderedConfig, ConfigRefused> {
     let unsupported = Vec::new();
 
@@ -145,6 +149,18 @@ pub fn broker_config(
     // fleet use it and the console with the same token.
     config.http.admin_token_file =
         Some(PathBuf::from(format!("{}/{}", names::AUTH_DIR, names::ADMIN_TOKEN_KEY)));
+
+    // Clustering is always on, also for one replica, so `kubectl scale` never changes broker.yaml
+    // (the section needs a restart): the pods find each other through the headless Service, and
+    // each pod's name and address come from the environment (downward API, see
+    // `build::stateful_set`), since one ConfigMap serves every pod.
+    config.cluster = Some(fleetmq_config::Cluster {
+        gossip_bind: SocketAddr::from((Ipv4Addr::UNSPECIFIED, names::CLUSTER_GOSSIP_PORT)),
+        link_bind: SocketAddr::from((Ipv4Addr::UNSPECIFIED, names::CLUSTER_LINK_PORT)),
+        seeds: vec![format!("{peers_host}:{}", names::CLUSTER_GOSSIP_PORT)],
+        secret_file: Some(PathBuf::from(format!("{}/{}", names::AUTH_DIR, names::CLUSTER_SECRET_KEY))),
+        ..fleetmq_config::Cluster::default()
+    });
 
     // Limits (hot-reloadable by design: they live in the ConfigMap, never in the pod template).
     config.limits = limits(&spec.limits);

@@ -77,6 +77,12 @@ pub const TOPIC_FILTER_RE: &str = "^(([^+#/]*|[+])/)*([^+#/]*|[+]|#)$";
         .field_path(".listeners"),
     validation = Rule::new("self.listeners.all(l, l.port != (has(self.metrics) && has(self.metrics.port) ? self.metrics.port : 9090))")
         .message("spec.metrics.port (the broker's HTTP port for probes and metrics, default 9090) is already used by a listener")
+        .field_path(".metrics.port"),
+    validation = Rule::new("self.listeners.all(l, l.port != 7946 && l.port != 7947)")
+        .message("spec.listeners: ports 7946 and 7947 are reserved for clustering (gossip and inter-node link)")
+        .field_path(".listeners"),
+    validation = Rule::new("!has(self.metrics) || !has(self.metrics.port) || (self.metrics.port != 7946 && self.metrics.port != 7947)")
+        .message("spec.metrics.port: ports 7946 and 7947 are reserved for clustering (gossip and inter-node link)")
         .field_path(".metrics.port")
 )]
 pub struct MqttBrokerSpec {

@@ -31,6 +31,19 @@ pub const PASSWORD_FILE_KEY: &str = "passwords";
 pub const ACL_FILE_KEY: &str = "acl";
 /// Key of the broker's admin API bearer token in the auth Secret (generated once, kept).
 pub const ADMIN_TOKEN_KEY: &str = "admin-token";
+/// Key of the cluster secret (gossip cluster id, inter-node link password) in the auth Secret
+/// (generated once, kept).
+pub const CLUSTER_SECRET_KEY: &str = "cluster-secret";
+/// UDP port of cluster gossip in the pods (listeners may not use it).
+pub const CLUSTER_GOSSIP_PORT: u16 = 7946;
+/// TCP port of the inter-node link in the pods (listeners may not use it).
+pub const CLUSTER_LINK_PORT: u16 = 7947;
+
+/// The host pods of `broker` reach each other under (the headless Service's name, resolved to
+/// every pod, ready or not).
+pub fn peers_host(broker: &str, namespace: &str) -> String {
+    format!("{}.{namespace}.svc", headless_service(broker))
+}
 
 /// ConfigMap with the broker config.
 pub fn config_map(broker: &str) -> String {

@@ -253,16 +253,17 @@ async fn reconcile_broker_inner(broker: &MqttBroker, ctx: &Context) -> Result<Ac
         ));
     }
 
-    // The admin token is generated once and then kept: it lives only in the auth Secret, which
-    // the builder otherwise derives from the users and bridges alone.
-    let admin_token = match secrets_api.get_opt(&names::auth_secret(&name)).await? {
-        Some(live) => inputs::secret_value(&live, names::ADMIN_TOKEN_KEY).filter(|t| !t.trim().is_empty()),
-        None => None,
+    // The admin token and the cluster secret are generated once and then kept: they live only
+    // in the auth Secret, which the builder otherwise derives from the users and bridges alone.
+    let live_auth = secrets_api.get_opt(&names::auth_secret(&name)).await?;
+    let kept = |key: &str| -> Result<String, Error> {
+        match live_auth.as_ref().and_then(|s| inputs::secret_value(s, key)).filter(|v| !v.trim().is_empty()) {
+            Some(value) => Ok(value),
+            None => Ok(auth::generate_password()?),
+        }
     };
-    let admin_token = match admin_token {
-        Some(token) => token,
-        None => auth::generate_password()?,
-    };
+    let admin_token = kept(names::ADMIN_TOKEN_KEY)?;
+    let cluster_secret = kept(names::CLUSTER_SECRET_KEY)?;
 
     // Build (pure).
     let plan_inputs = BrokerInputs {
@@ -270,6 +271,7 @@ async fn reconcile_broker_inner(broker: &MqttBroker, ctx: &Context) -> Result<Ac
         users: users.entries,
         bridges: bridges.entries,
         admin_token: auth::SecretValue::Known(admin_token),
+        cluster_secret: auth::SecretValue::Known(cluster_secret),
         options: BuildOptions {
             default_image: ctx.default_image.clone(),
             service_monitor_served,
@@ -636,19 +638,7 @@ async fn reconcile_bridge_inner(bridge: &MqttBridge, ctx: &Context) -> Result<Ac
             ]
         }
         None => {
-            let replicas = broker.as_ref().map_or(1, |b| b.spec.replicas);
-            let degraded = if replicas > 1 {
-                Cond::new(
-                    DEGRADED,
-                    true,
-                    reason::REPLICAS_SHARE_BRIDGE,
-                    format!(
-                        "MqttBroker {broker_name} has {replicas} replicas and each runs this bridge with the same \
-                         remote client id, so they take the remote session from one another; use 1 replica for \
-                         a broker with bridges until clustering runs each bridge on one node"
-                    ),
-                )
-            } else if let Some(problem) = live.as_ref().and_then(|l| l.problem.clone()) {
+            let degraded = if let Some(problem) = live.as_ref().and_then(|l| l.problem.clone()) {
                 Cond::new(DEGRADED, true, reason::BRIDGE_NOT_CONNECTED, problem)
             } else {
                 Cond::new(DEGRADED, false, reason::AS_EXPECTED, "the broker runs this bridge")

@@ -23,6 +23,9 @@ use crate::validate;
 /// Why the admin token is a placeholder offline (generated in-cluster into the auth Secret).
 pub const ADMIN_TOKEN_PLACEHOLDER: &str = "admin API token, generated in-cluster by fleetmq-operator";
 
+/// Why the cluster secret is a placeholder offline (generated in-cluster into the auth Secret).
+pub const CLUSTER_SECRET_PLACEHOLDER: &str = "cluster secret, generated in-cluster by fleetmq-operator";
+
 /// What the placeholder password of a generated user reads.
 pub const GENERATED_PASSWORD_PLACEHOLDER: &str = "PLACEHOLDER-generated-in-cluster-by-fleetmq-operator";
 
@@ -246,6 +249,7 @@ pub fn render(input: &RenderInput, hasher: &PasswordHasher) -> Result<RenderOutp
                 users: resolved_users.entries,
                 bridges: resolved_bridges.entries,
                 admin_token: SecretValue::Placeholder(ADMIN_TOKEN_PLACEHOLDER.to_string()),
+                cluster_secret: SecretValue::Placeholder(CLUSTER_SECRET_PLACEHOLDER.to_string()),
                 // Offline there is no discovery: show the ServiceMonitor the spec asks for (in a
                 // cluster it is created only where that CRD is served).
                 options: BuildOptions {

@@ -96,6 +96,18 @@ fn is_address(address: &str) -> bool {
 }
 
 /// Refusals for a broker spec (empty = valid).
+fn is_cluster_port(port: i32) -> bool {
+    port == i32::from(crate::names::CLUSTER_GOSSIP_PORT) || port == i32::from(crate::names::CLUSTER_LINK_PORT)
+}
+
+fn cluster_port_reason(port: i32) -> String {
+    format!(
+        "port {port} is reserved for clustering (gossip {}/UDP, inter-node link {}/TCP)",
+        crate::names::CLUSTER_GOSSIP_PORT,
+        crate::names::CLUSTER_LINK_PORT
+    )
+}
+
 pub fn validate_broker(spec: &MqttBrokerSpec) -> Vec<FieldError> {
     let mut e = Errors(Vec::new());
     e.range("spec.replicas", spec.replicas.into(), 0, 100);
@@ -117,6 +129,9 @@ pub fn validate_broker(spec: &MqttBrokerSpec) -> Vec<FieldError> {
         if !ports.insert(l.port) {
             e.push(format!("{at}.port"), format!("port {} is used by another listener", l.port));
         }
+        if is_cluster_port(l.port) {
+            e.push(format!("{at}.port"), cluster_port_reason(l.port));
+        }
         if !names.insert(l.name.as_str()) {
             e.push(format!("{at}.name"), format!("name {:?} is used by another listener", l.name));
         }
@@ -127,6 +142,11 @@ pub fn validate_broker(spec: &MqttBrokerSpec) -> Vec<FieldError> {
                 e.push(format!("{at}.path"), "must start with /");
             }
         }
+    }
+    if let Some(metrics) = &spec.metrics
+        && is_cluster_port(metrics.port)
+    {
+        e.push("spec.metrics.port", cluster_port_reason(metrics.port));
     }
     if spec.listeners.iter().any(|l| l.protocol.is_tls()) && spec.tls.is_none() {
         e.push("spec.tls", "required when a listener uses protocol mqtts or wss");

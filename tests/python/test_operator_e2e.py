@@ -97,10 +97,19 @@ def run_rendered(launch, tmp_path):
         assert config["http"]["enabled"] is True and config["http"]["bind"].startswith("0.0.0.0:")
         http = free_port()
         config["http"]["bind"] = f"127.0.0.1:{http}"
+        # Every rendered broker is a cluster (of one here) seeded by its headless Service; on
+        # loopback it gossips with itself on free ports. The pod's name and address come from
+        # the same flags the downward-API variables set.
+        cluster = config["cluster"]
+        assert (cluster["gossip_bind"], cluster["link_bind"]) == ("0.0.0.0:7946", "0.0.0.0:7947"), cluster
+        assert len(cluster["seeds"]) == 1 and cluster["seeds"][0].endswith("-headless.default.svc:7946"), cluster
+        gossip, link = free_port(), free_port()
+        cluster.update(gossip_bind=f"127.0.0.1:{gossip}", link_bind=f"127.0.0.1:{link}", seeds=[f"127.0.0.1:{gossip}"])
         path = tmp_path / "broker.yaml"
         path.write_text(yaml.safe_dump(config, sort_keys=False))
         # --http-bind repeats the config's own value (launch would otherwise pick another port).
-        broker = launch(["--config", str(path), "--http-bind", f"127.0.0.1:{http}"],
+        broker = launch(["--config", str(path), "--http-bind", f"127.0.0.1:{http}",
+                         "--cluster-node-name", "broker-0", "--cluster-advertise-host", "127.0.0.1"],
                         wait_port=next(iter(ports.values())))
         # The sockets are bound one after the other; wait for all of them (bounded).
         for port in [*ports.values(), http]:

@@ -40,6 +40,7 @@ fn inputs_for(broker: MqttBroker) -> BrokerInputs {
         bridges: inputs::resolve_bridges(&name, &ex.bridges, &secrets, Missing::Placeholder).entries,
         broker,
         admin_token: SecretValue::Known("test-admin-token".into()),
+        cluster_secret: SecretValue::Known("test-cluster-secret".into()),
         options: BuildOptions { service_monitor_served: true, ..BuildOptions::default() },
     }
 }
@@ -314,6 +315,7 @@ fn rendered_config_round_trips_through_the_broker_parser() {
         users: vec![],
         bridges: vec![],
         admin_token: SecretValue::Known("test-admin-token".into()),
+        cluster_secret: SecretValue::Known("test-cluster-secret".into()),
         options: BuildOptions::default(),
     }));
     assert!(cases.len() >= 4);
@@ -430,7 +432,7 @@ fn every_listener_protocol_is_rendered_with_its_tls_and_path() {
         port: 8080,
         path: Some("/devices".into()),
     });
-    let c = config::broker_config(&b.spec, &[]).expect("renders").config;
+    let c = config::broker_config(&b.spec, &[], "b-headless.ns.svc").expect("renders").config;
     for l in c.listeners.iter().filter(|l| l.protocol.is_tls()) {
         let tls = l.tls.as_ref().expect("tls block");
         assert_eq!(tls.ca_file.as_deref(), Some(tls_dir.join("ca.crt").as_path()));
@@ -445,13 +447,15 @@ fn every_listener_protocol_is_rendered_with_its_tls_and_path() {
     // No listener needs to be plain MQTT any more.
     let mut tls_only = broker("fleet");
     tls_only.spec.listeners.retain(|l| l.protocol.is_tls());
-    let c = config::broker_config(&tls_only.spec, &[]).expect("TLS-only brokers are served").config;
+    let c = config::broker_config(&tls_only.spec, &[], "b-headless.ns.svc")
+        .expect("TLS-only brokers are served")
+        .config;
     assert_eq!(c.listeners.len(), 2);
 
     // A TLS listener without spec.tls (validation refuses it first) is refused by field.
     let mut no_tls = broker("fleet");
     no_tls.spec.tls = None;
-    let err = config::broker_config(&no_tls.spec, &[]).expect_err("no certificate");
+    let err = config::broker_config(&no_tls.spec, &[], "b-headless.ns.svc").expect_err("no certificate");
     assert_eq!(err.field, "spec.tls");
     assert!(err.message.contains("spec.listeners[1]"), "{err}");
 }
@@ -570,7 +574,12 @@ fn broker_pods_export_traces_only_when_the_operator_has_a_collector() {
         sts.spec.expect("spec").template.spec.expect("pod spec").containers[0].clone()
     };
     let off = inputs_for(broker("fleet"));
-    assert_eq!(container(&off).env, None, "no collector configured: no OTEL_* variables");
+    let names: Vec<String> = container(&off).env.expect("env").into_iter().map(|e| e.name).collect();
+    assert_eq!(
+        names,
+        ["FLEETMQ_NODE_NAME", "FLEETMQ_ADVERTISE_HOST"],
+        "no collector configured: no OTEL_* variables"
+    );
 
     let mut on = off.clone();
     on.options.otlp_endpoint = Some("http://otel-collector.observability:4318".into());
@@ -592,4 +601,54 @@ fn broker_pods_export_traces_only_when_the_operator_has_a_collector() {
         env[pod_name].value_from.as_ref().and_then(|v| v.field_ref.as_ref()).map(|f| f.field_path.as_str()),
         Some("metadata.name")
     );
+}
+
+#[test]
+fn every_broker_is_a_cluster_found_through_its_headless_service() {
+    let inputs = inputs_for(broker("fleet"));
+    let p = plan(&inputs);
+    let cluster = p.config.config.cluster.clone().expect("cluster section");
+    assert_eq!(cluster.seeds, ["fleet-headless.default.svc:7946"]);
+    assert_eq!(cluster.gossip_bind.port(), 7946);
+    assert_eq!(cluster.link_bind.port(), 7947);
+    assert_eq!(cluster.node_name, None, "from FLEETMQ_NODE_NAME");
+    assert_eq!(cluster.advertise_host, None, "from FLEETMQ_ADVERTISE_HOST");
+    assert_eq!(
+        cluster.secret_file.as_deref(),
+        Some(std::path::Path::new("/var/run/secrets/fleetmq/auth/cluster-secret"))
+    );
+    let secret: k8s_openapi::api::core::v1::Secret = typed(&p, "Secret");
+    let data = secret.data.expect("data");
+    assert_eq!(data["cluster-secret"].0, b"test-cluster-secret");
+
+    // The pod learns its node name and address from the downward API.
+    let sts: StatefulSet = typed(&p, "StatefulSet");
+    let container = sts.spec.expect("spec").template.spec.expect("pod").containers[0].clone();
+    let env = container.env.expect("env");
+    assert_eq!(
+        env[0].value_from.as_ref().and_then(|v| v.field_ref.as_ref()).map(|f| f.field_path.as_str()),
+        Some("metadata.name")
+    );
+    assert_eq!(env[1].value.as_deref(), Some("$(FLEETMQ_NODE_NAME).fleet-headless.default.svc"));
+    let ports: Vec<(String, i32, String)> = container
+        .ports
+        .expect("ports")
+        .into_iter()
+        .filter(|p| p.container_port == 7946 || p.container_port == 7947)
+        .map(|p| (p.name.unwrap_or_default(), p.container_port, p.protocol.unwrap_or_default()))
+        .collect();
+    assert_eq!(
+        ports,
+        [
+            ("gossip".to_string(), 7946, "UDP".to_string()),
+            ("cluster-link".to_string(), 7947, "TCP".to_string())
+        ]
+    );
+
+    // Scaling changes neither broker.yaml nor the restart hash: no rolling restart.
+    let mut scaled = inputs.clone();
+    scaled.broker.spec.replicas = 5;
+    let q = plan(&scaled);
+    assert_eq!(q.config_hash, p.config_hash);
+    assert_eq!(q.restart_hash, p.restart_hash);
 }

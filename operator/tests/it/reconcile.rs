@@ -736,7 +736,8 @@ spec:
     assert_eq!(status.pods[0].last_error, None);
     assert_eq!(condition(&status.conditions, DEGRADED).status, "False");
 
-    // Scaled to 2: both pods are asked, and the shared remote client id is reported.
+    // Scaled to 2: both pods are asked (each runs its own bridge); one that does not answer is
+    // listed as unreachable but does not make the bridge degraded.
     let brokers: Api<MqttBroker> = Api::namespaced(client.clone(), NS);
     brokers
         .patch("edge", &PatchParams::default(), &Patch::Merge(json!({"spec": {"replicas": 2}})))
@@ -748,6 +749,6 @@ spec:
     assert_eq!(pods, ["edge-0", "edge-1"]);
     let status = get::<MqttBridge>(&client, "cloud").await.status.expect("status");
     assert_eq!(status.pods[1].state, "unreachable");
-    let degraded = condition(&status.conditions, DEGRADED);
-    assert_eq!((degraded.status.as_str(), degraded.reason.as_str()), ("True", reason::REPLICAS_SHARE_BRIDGE));
+    assert_eq!(status.state.as_deref(), Some("connected"));
+    assert_eq!(condition(&status.conditions, DEGRADED).status, "False");
 }
