@@ -15,7 +15,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::{Mutex as AsyncMutex, oneshot, watch};
 
 use super::Cluster;
-use super::keys::{self, LEFT_KEY, LINK_KEY, ROUTE_PREFIX};
+use super::keys::{self, LEFT_KEY, LINK_KEY, ROUTE_PREFIX, SHARED_PREFIX};
 use super::status::{Member, MemberState};
 use crate::core::Broker;
 use crate::core::types::{Message, QoS};
@@ -30,6 +30,8 @@ pub(super) struct PeerInfo {
     pub link: String,
     /// Its filters.
     pub filters: Vec<String>,
+    /// Its shared groups, `(group, filter)`.
+    pub groups: Vec<(String, String)>,
 }
 
 /// Chitchat refuses gossip from another cluster id. Derived from the secret, so nodes with a
@@ -69,7 +71,12 @@ fn live_peers<'a>(
             let link = state.get(LINK_KEY)?.to_string();
             let filters =
                 state.key_values().filter_map(|(k, _)| keys::filter_of(k)).map(str::to_string).collect();
-            Some((name.to_string(), PeerInfo { link, filters }))
+            let groups = state
+                .key_values()
+                .filter_map(|(k, _)| keys::shared_of(k))
+                .map(|(g, f)| (g.to_string(), f.to_string()))
+                .collect();
+            Some((name.to_string(), PeerInfo { link, filters, groups }))
         })
         .collect()
 }
@@ -88,8 +95,11 @@ async fn resolve(host: &str, port: u16) -> Result<SocketAddr, String> {
 async fn publish_routes(chitchat: &AsyncMutex<chitchat::Chitchat>, wanted: &BTreeSet<String>) {
     let mut chitchat = chitchat.lock().await;
     let state = chitchat.self_node_state();
-    let current: BTreeSet<String> =
-        state.key_values().filter(|(k, _)| k.starts_with(ROUTE_PREFIX)).map(|(k, _)| k.to_string()).collect();
+    let current: BTreeSet<String> = state
+        .key_values()
+        .filter(|(k, _)| k.starts_with(ROUTE_PREFIX) || k.starts_with(SHARED_PREFIX))
+        .map(|(k, _)| k.to_string())
+        .collect();
     for gone in current.difference(wanted) {
         state.delete(gone);
     }
@@ -117,7 +127,10 @@ fn members(chitchat: &chitchat::Chitchat, self_name: &str) -> Vec<Member> {
             generation: id.generation_id,
             gossip_address: id.gossip_advertise_addr.to_string(),
             link_address: state.get(LINK_KEY).map(str::to_string),
-            routes: state.key_values().filter(|(k, _)| keys::filter_of(k).is_some()).count(),
+            routes: state
+                .key_values()
+                .filter(|(k, _)| keys::filter_of(k).is_some() || keys::shared_of(k).is_some())
+                .count(),
             link: None,
             forwarded_out: 0,
             forwarded_in: 0,
