@@ -417,3 +417,19 @@ def test_bad_cluster_config_names_the_key(launch, tmp_path):
     b = launch(["--config", str(cfg), "--check-config", "--cluster-node-name", "bad name"])
     assert b.proc.wait(timeout=10) != 0
     assert "cluster.node_name" in b.log()
+
+
+def test_cluster_changes_need_a_restart(cluster, clients):
+    nodes, brokers = cluster(n=1)
+    b = brokers[0]
+    config = yaml.safe_load(b.config_path.read_text())
+    config["cluster"]["gossip_interval"] = "2s"
+    config["cluster"]["forward_queue"] = 5
+    b.config_path.write_text(yaml.safe_dump(config))
+    req = urllib.request.Request(f"http://{http_addr(b)}/api/v1/reload", method="POST",
+                                 headers={"Authorization": f"Bearer {TOKEN}"})
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        assert resp.status == 200
+    b.wait_log(r"changed; these take effect after a restart")
+    assert "cluster" in b.wait_log(r"changed; these take effect after a restart")
+    assert cluster_view(b)["members"][0]["state"] == "alive", "still clustered after the reload"

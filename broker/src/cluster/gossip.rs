@@ -259,6 +259,48 @@ pub(super) async fn run(
 mod tests {
     use super::*;
 
+    /// A chitchat instance holding one node's state (no sockets, no runtime needed).
+    fn node(name: &str, generation: u64, keys: &[(&str, &str)]) -> chitchat::Chitchat {
+        let addr: SocketAddr = ([127, 0, 0, 1], 7946).into();
+        let config = ChitchatConfig {
+            chitchat_id: ChitchatId::new(name.to_string(), generation, addr),
+            cluster_id: "t".to_string(),
+            gossip_interval: Duration::from_secs(1),
+            listen_addr: addr,
+            seed_nodes: Vec::new(),
+            failure_detector_config: FailureDetectorConfig::default(),
+            marked_for_deletion_grace_period: Duration::from_secs(60),
+            catchup_callback: None,
+            extra_liveness_predicate: None,
+            protocol_version: ProtocolVersion::V0,
+        };
+        let (_tx, seeds) = watch::channel(Default::default());
+        let kvs = keys.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        chitchat::Chitchat::with_chitchat_id_and_seeds(config, seeds, kvs)
+    }
+
+    #[test]
+    fn peers_are_read_from_gossip_keys() {
+        let b = node("b", 1, &[("link", "b:7947"), ("r:a/+", ""), ("s:w/jobs/#", ""), ("other", "x")]);
+        let peers = live_peers(b.node_states().iter(), "a");
+        let info = &peers["b"];
+        assert_eq!(info.link, "b:7947");
+        assert_eq!(info.filters, vec!["a/+".to_string()]);
+        assert_eq!(info.groups, vec![("w".to_string(), "jobs/#".to_string())]);
+        assert!(live_peers(b.node_states().iter(), "b").is_empty(), "this node is not a peer");
+        let no_link = node("c", 1, &[("r:a", "")]);
+        assert!(live_peers(no_link.node_states().iter(), "a").is_empty(), "not ready without a link");
+        let left = node("d", 1, &[("link", "d:1"), ("left", "1")]);
+        assert!(live_peers(left.node_states().iter(), "a").is_empty(), "a leaving node is no peer");
+        // Two incarnations of one name: the newest generation wins.
+        let old = node("e", 1, &[("link", "old:1")]);
+        let new = node("e", 2, &[("link", "new:1")]);
+        let both = old.node_states().iter().chain(new.node_states().iter());
+        assert_eq!(live_peers(both, "a")["e"].link, "new:1");
+        let both = new.node_states().iter().chain(old.node_states().iter());
+        assert_eq!(live_peers(both, "a")["e"].link, "new:1");
+    }
+
     #[test]
     fn cluster_id_depends_on_the_secret_only() {
         assert_eq!(cluster_id(None), "fleetmq");
