@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import re
+import socket
 import time
 import urllib.error
 import urllib.request
@@ -98,15 +100,30 @@ def listening_ports(pid: int) -> tuple[set[int], set[int]]:
     return ports(["tcp", "tcp6"], True), ports(["udp", "udp6"], False)
 
 
-class Node:
-    """Ports and config of one cluster node."""
+def free_udp_port(taken: set[int]) -> int:
+    """A UDP port free now and not handed out before in this test."""
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in taken:
+            taken.add(port)
+            return port
 
-    def __init__(self, name: str):
+
+class Node:
+    """Ports and config of one cluster node. The link listens on port 0: the node announces
+    the port it got through gossip (fewer ports to collide with other tests)."""
+
+    def __init__(self, name: str, taken: set[int]):
         self.name = name
         self.mqtt = free_port()
-        self.gossip = free_port()
-        self.link = free_port()
+        self.gossip = free_udp_port(taken)
         self.http = free_port()
+
+    def link_port(self, broker) -> int:
+        line = broker.wait_log(r"cluster link listening on 127\.0\.0\.1:\d+")
+        return int(re.search(r"127\.0\.0\.1:(\d+)", line).group(1))
 
 
 @pytest.fixture
@@ -125,7 +142,7 @@ def cluster(tmp_path, start_broker):
             "http": {"bind": f"127.0.0.1:{node.http}", "admin_token_file": str(token)},
             "cluster": {
                 "gossip_bind": f"127.0.0.1:{node.gossip}",
-                "link_bind": f"127.0.0.1:{node.link}",
+                "link_bind": "127.0.0.1:0",
                 "advertise_host": "127.0.0.1",
                 "seeds": [f"127.0.0.1:{n.gossip}" for n in nodes],
                 "secret_file": str(secret),
@@ -137,7 +154,8 @@ def cluster(tmp_path, start_broker):
         return cfg
 
     def make(n: int = 3, sys: bool = False):
-        nodes = [Node(f"node-{i + 1}") for i in range(n)]
+        taken: set[int] = set()
+        nodes = [Node(f"node-{i + 1}", taken) for i in range(n)]
         brokers = []
         for i, node in enumerate(nodes):
             cfg = config_for(node, nodes, sys)
@@ -210,6 +228,59 @@ def test_messages_only_go_to_nodes_with_matching_filters(cluster, clients):
     # Unsubscribing withdraws the route from gossip.
     sub2.unsubscribe("a/only")
     wait_routes(brokers[0], "node-2", 0)
+
+
+def test_shared_group_gets_each_message_once_across_the_cluster(cluster, clients):
+    nodes, brokers = cluster()
+    members = []
+    for i in (1, 2):
+        c = clients(brokers[i], f"worker-{i + 1}")
+        c.connect()
+        c.subscribe("$share/w/jobs/#", 1)
+        members.append(c)
+    direct = clients(brokers[2], "audit")
+    direct.connect()
+    direct.subscribe("jobs/#", 1)
+    wait_routes(brokers[0], "node-2", 1)
+    wait_routes(brokers[0], "node-3", 2)
+    pub = clients(brokers[0], "pub")
+    pub.connect()
+    for i in range(30):
+        pub.publish(f"jobs/{i}", str(i).encode(), qos=1)
+    expected = {str(i).encode() for i in range(30)}
+    wait_until(lambda: sum(len(m.messages) for m in members) >= 30, timeout=10, what="30 jobs delivered")
+    got = [msg.payload for m in members for msg in m.settle(0.5)]
+    assert sorted(got) == sorted(expected), "each job to exactly one member across the cluster"
+    assert all(m.messages for m in members), "both nodes' members get work"
+    assert len(direct.wait_messages(30, timeout=10)) == 30 and len(direct.settle(0.3)) == 30, \
+        "a plain subscriber on a node serving the group still gets everything once"
+    # A member on the publishing node joins: still once per message across three nodes.
+    local = clients(brokers[0], "worker-1")
+    local.connect()
+    local.subscribe("$share/w/jobs/#", 1)
+    members.append(local)
+    for m in members:
+        m.clear()
+    for i in range(30, 60):
+        pub.publish(f"jobs/{i}", str(i).encode(), qos=1)
+    wait_until(lambda: sum(len(m.messages) for m in members) >= 30, timeout=10, what="30 more jobs")
+    got = [msg.payload for m in members for msg in m.settle(0.5)]
+    assert sorted(got) == sorted(str(i).encode() for i in range(30, 60))
+    assert all(m.messages for m in members), [len(m.messages) for m in members]
+
+
+def test_v5_publisher_sees_remote_subscribers_as_matching(cluster, clients):
+    nodes, brokers = cluster()
+    sub = clients(brokers[1], "remote-only")
+    sub.connect()
+    sub.subscribe("only/remote", 1)
+    wait_routes(brokers[0], "node-2", 1)
+    pub = clients(brokers[0], "pub")
+    pub.connect()
+    rc, _ = pub.publish("only/remote", b"x", qos=1)
+    assert rc == 0, f"PUBACK {rc:#x}: a subscriber on another node is a match"
+    rc, _ = pub.publish("nobody/anywhere", b"x", qos=1)
+    assert rc == 0x10, "No matching subscribers when no node has one"
 
 
 def test_retained_on_one_node_is_visible_on_the_others(cluster, clients):
@@ -308,12 +379,13 @@ def test_observability_metrics_and_sys(cluster, clients):
 def test_link_refuses_a_wrong_secret(cluster, clients):
     nodes, brokers = cluster(n=1)
     from helpers import Client
-    c = Client("127.0.0.1", nodes[0].link, "intruder", V5)
+    link = nodes[0].link_port(brokers[0])
+    c = Client("127.0.0.1", link, "intruder", V5)
     c.paho.username_pw_set("fleetmq-cluster", "wrong")
     c.connect(expect=0x86)
     c.drop()
     brokers[0].wait_log("cluster link: connection refused")
-    ok = Client("127.0.0.1", nodes[0].link, "node-9", V5)
+    ok = Client("127.0.0.1", link, "node-9", V5)
     ok.paho.username_pw_set("fleetmq-cluster", SECRET)
     ok.connect(expect=0)
     ok.drop()
@@ -328,7 +400,7 @@ def test_clustering_off_opens_no_cluster_ports(start_broker, cluster):
     # The same probe sees a clustered node's gossip and link sockets.
     nodes, brokers = cluster(n=1)
     tcp, udp = listening_ports(brokers[0].proc.pid)
-    assert nodes[0].link in tcp and nodes[0].gossip in udp
+    assert nodes[0].link_port(brokers[0]) in tcp and nodes[0].gossip in udp
 
 
 def test_bad_cluster_config_names_the_key(launch, tmp_path):
@@ -345,3 +417,19 @@ def test_bad_cluster_config_names_the_key(launch, tmp_path):
     b = launch(["--config", str(cfg), "--check-config", "--cluster-node-name", "bad name"])
     assert b.proc.wait(timeout=10) != 0
     assert "cluster.node_name" in b.log()
+
+
+def test_cluster_changes_need_a_restart(cluster, clients):
+    nodes, brokers = cluster(n=1)
+    b = brokers[0]
+    config = yaml.safe_load(b.config_path.read_text())
+    config["cluster"]["gossip_interval"] = "2s"
+    config["cluster"]["forward_queue"] = 5
+    b.config_path.write_text(yaml.safe_dump(config))
+    req = urllib.request.Request(f"http://{http_addr(b)}/api/v1/reload", method="POST",
+                                 headers={"Authorization": f"Bearer {TOKEN}"})
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        assert resp.status == 200
+    b.wait_log(r"changed; these take effect after a restart")
+    assert "cluster" in b.wait_log(r"changed; these take effect after a restart")
+    assert cluster_view(b)["members"][0]["state"] == "alive", "still clustered after the reload"

@@ -15,7 +15,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::{Mutex as AsyncMutex, oneshot, watch};
 
 use super::Cluster;
-use super::keys::{self, LEFT_KEY, LINK_KEY, ROUTE_PREFIX};
+use super::keys::{self, LEFT_KEY, LINK_KEY, ROUTE_PREFIX, SHARED_PREFIX};
 use super::status::{Member, MemberState};
 use crate::core::Broker;
 use crate::core::types::{Message, QoS};
@@ -30,6 +30,8 @@ pub(super) struct PeerInfo {
     pub link: String,
     /// Its filters.
     pub filters: Vec<String>,
+    /// Its shared groups, `(group, filter)`.
+    pub groups: Vec<(String, String)>,
 }
 
 /// Chitchat refuses gossip from another cluster id. Derived from the secret, so nodes with a
@@ -69,7 +71,12 @@ fn live_peers<'a>(
             let link = state.get(LINK_KEY)?.to_string();
             let filters =
                 state.key_values().filter_map(|(k, _)| keys::filter_of(k)).map(str::to_string).collect();
-            Some((name.to_string(), PeerInfo { link, filters }))
+            let groups = state
+                .key_values()
+                .filter_map(|(k, _)| keys::shared_of(k))
+                .map(|(g, f)| (g.to_string(), f.to_string()))
+                .collect();
+            Some((name.to_string(), PeerInfo { link, filters, groups }))
         })
         .collect()
 }
@@ -88,8 +95,11 @@ async fn resolve(host: &str, port: u16) -> Result<SocketAddr, String> {
 async fn publish_routes(chitchat: &AsyncMutex<chitchat::Chitchat>, wanted: &BTreeSet<String>) {
     let mut chitchat = chitchat.lock().await;
     let state = chitchat.self_node_state();
-    let current: BTreeSet<String> =
-        state.key_values().filter(|(k, _)| k.starts_with(ROUTE_PREFIX)).map(|(k, _)| k.to_string()).collect();
+    let current: BTreeSet<String> = state
+        .key_values()
+        .filter(|(k, _)| k.starts_with(ROUTE_PREFIX) || k.starts_with(SHARED_PREFIX))
+        .map(|(k, _)| k.to_string())
+        .collect();
     for gone in current.difference(wanted) {
         state.delete(gone);
     }
@@ -117,7 +127,10 @@ fn members(chitchat: &chitchat::Chitchat, self_name: &str) -> Vec<Member> {
             generation: id.generation_id,
             gossip_address: id.gossip_advertise_addr.to_string(),
             link_address: state.get(LINK_KEY).map(str::to_string),
-            routes: state.key_values().filter(|(k, _)| keys::filter_of(k).is_some()).count(),
+            routes: state
+                .key_values()
+                .filter(|(k, _)| keys::filter_of(k).is_some() || keys::shared_of(k).is_some())
+                .count(),
             link: None,
             forwarded_out: 0,
             forwarded_in: 0,
@@ -245,6 +258,48 @@ pub(super) async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A chitchat instance holding one node's state (no sockets, no runtime needed).
+    fn node(name: &str, generation: u64, keys: &[(&str, &str)]) -> chitchat::Chitchat {
+        let addr: SocketAddr = ([127, 0, 0, 1], 7946).into();
+        let config = ChitchatConfig {
+            chitchat_id: ChitchatId::new(name.to_string(), generation, addr),
+            cluster_id: "t".to_string(),
+            gossip_interval: Duration::from_secs(1),
+            listen_addr: addr,
+            seed_nodes: Vec::new(),
+            failure_detector_config: FailureDetectorConfig::default(),
+            marked_for_deletion_grace_period: Duration::from_secs(60),
+            catchup_callback: None,
+            extra_liveness_predicate: None,
+            protocol_version: ProtocolVersion::V0,
+        };
+        let (_tx, seeds) = watch::channel(Default::default());
+        let kvs = keys.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        chitchat::Chitchat::with_chitchat_id_and_seeds(config, seeds, kvs)
+    }
+
+    #[test]
+    fn peers_are_read_from_gossip_keys() {
+        let b = node("b", 1, &[("link", "b:7947"), ("r:a/+", ""), ("s:w/jobs/#", ""), ("other", "x")]);
+        let peers = live_peers(b.node_states().iter(), "a");
+        let info = &peers["b"];
+        assert_eq!(info.link, "b:7947");
+        assert_eq!(info.filters, vec!["a/+".to_string()]);
+        assert_eq!(info.groups, vec![("w".to_string(), "jobs/#".to_string())]);
+        assert!(live_peers(b.node_states().iter(), "b").is_empty(), "this node is not a peer");
+        let no_link = node("c", 1, &[("r:a", "")]);
+        assert!(live_peers(no_link.node_states().iter(), "a").is_empty(), "not ready without a link");
+        let left = node("d", 1, &[("link", "d:1"), ("left", "1")]);
+        assert!(live_peers(left.node_states().iter(), "a").is_empty(), "a leaving node is no peer");
+        // Two incarnations of one name: the newest generation wins.
+        let old = node("e", 1, &[("link", "old:1")]);
+        let new = node("e", 2, &[("link", "new:1")]);
+        let both = old.node_states().iter().chain(new.node_states().iter());
+        assert_eq!(live_peers(both, "a")["e"].link, "new:1");
+        let both = new.node_states().iter().chain(old.node_states().iter());
+        assert_eq!(live_peers(both, "a")["e"].link, "new:1");
+    }
 
     #[test]
     fn cluster_id_depends_on_the_secret_only() {

@@ -6,6 +6,8 @@
 
 /// Prefix of route keys.
 pub const ROUTE_PREFIX: &str = "r:";
+/// Prefix of shared-subscription keys: `s:<group>/<filter>` (a group name has no `/`).
+pub const SHARED_PREFIX: &str = "s:";
 /// The node's inter-node link address, `host:port`.
 pub const LINK_KEY: &str = "link";
 /// Set by a node that is shutting down, so peers drop it at once instead of waiting for the
@@ -40,6 +42,23 @@ pub fn route_key(filter: &str) -> Option<String> {
     Some(format!("{ROUTE_PREFIX}{kept}"))
 }
 
+/// Longest shared key announced. Longer shared filters are not announced: this node still
+/// serves them for messages published here (see docs/clustering.md).
+pub const MAX_SHARED_KEY: usize = 4096;
+
+/// The gossip key announcing members of shared group `group` on `filter` here, or `None` for
+/// `$SYS` filters and filters too long to announce.
+pub fn shared_key(group: &str, filter: &str) -> Option<String> {
+    let key = format!("{SHARED_PREFIX}{group}/{filter}");
+    (!(filter == "$SYS" || filter.starts_with("$SYS/")) && key.len() <= MAX_SHARED_KEY).then_some(key)
+}
+
+/// The `(group, filter)` of a shared key, if `key` is one.
+pub fn shared_of(key: &str) -> Option<(&str, &str)> {
+    let (group, filter) = key.strip_prefix(SHARED_PREFIX)?.split_once('/')?;
+    (!group.is_empty() && !filter.is_empty()).then_some((group, filter))
+}
+
 /// The filter of a route key, if `key` is one.
 pub fn filter_of(key: &str) -> Option<&str> {
     key.strip_prefix(ROUTE_PREFIX).filter(|f| !f.is_empty())
@@ -60,6 +79,13 @@ mod tests {
         assert_eq!(route_key("$SYS"), None);
         assert_eq!(filter_of("link"), None);
         assert_eq!(filter_of("r:"), None);
+        let key = shared_key("workers", "jobs/+/x").unwrap();
+        assert_eq!(shared_of(&key), Some(("workers", "jobs/+/x")));
+        assert_eq!(shared_of(&shared_key("$queue", "a//b").unwrap()), Some(("$queue", "a//b")));
+        assert_eq!(filter_of(&key), None);
+        assert_eq!(shared_of("r:a/b"), None);
+        assert_eq!(shared_key("g", "$SYS/#"), None);
+        assert_eq!(shared_key("g", &"x".repeat(MAX_SHARED_KEY)), None);
     }
 
     #[test]

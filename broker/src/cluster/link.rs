@@ -13,6 +13,7 @@ use ntex_mqtt::v5;
 use tokio::sync::{mpsc, watch};
 
 use super::status::{LinkState, PeerStats};
+use super::table::Group;
 use super::wire;
 use crate::bridge::backoff::Backoff;
 use crate::core::types::Message;
@@ -24,10 +25,13 @@ const KEEP_ALIVE: Seconds = Seconds(15);
 /// User Name the link connects with (the secret is the password).
 pub const LINK_USER: &str = "fleetmq-cluster";
 
+/// A message for a peer, with the shared groups the peer serves for it.
+type Item = (Arc<Message>, Vec<Group>);
+
 /// Sending side of a peer's queue, held in the route table.
 #[derive(Debug)]
 pub struct PeerQueue {
-    tx: mpsc::Sender<Arc<Message>>,
+    tx: mpsc::Sender<Item>,
     /// The peer's link address; dropping it ends the link task.
     addr: watch::Sender<String>,
     /// The peer's counters.
@@ -36,8 +40,8 @@ pub struct PeerQueue {
 
 impl PeerQueue {
     /// Queues a message for the peer; a full queue drops it (newest dropped) and counts it.
-    pub fn send(&self, message: &Arc<Message>) {
-        if self.tx.try_send(message.clone()).is_err() {
+    pub fn send(&self, message: &Arc<Message>, groups: Vec<Group>) {
+        if self.tx.try_send((message.clone(), groups)).is_err() {
             PeerStats::add(&self.stats.dropped, 1);
         }
     }
@@ -104,14 +108,14 @@ async fn connect(identity: &Identity, addr: &str) -> Result<v5::client::Client, 
 async fn run(
     identity: Identity,
     peer: String,
-    mut rx: mpsc::Receiver<Arc<Message>>,
+    mut rx: mpsc::Receiver<Item>,
     mut addr: watch::Receiver<String>,
     stats: Arc<PeerStats>,
 ) {
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
     // A message taken from the queue when the connection turned out to be closed: sent first
     // after the reconnect, so order is kept and nothing is lost to the reconnect itself.
-    let mut pending: Option<Arc<Message>> = None;
+    let mut pending: Option<Item> = None;
     let mut connected_once = false;
     loop {
         let target = addr.borrow_and_update().clone();
@@ -150,7 +154,7 @@ async fn run(
             if !sink.ready().await {
                 break false;
             }
-            let message = match pending.take() {
+            let (message, groups) = match pending.take() {
                 Some(message) => message,
                 None => {
                     tokio::select! {
@@ -169,7 +173,7 @@ async fn run(
                 }
             };
             if !sink.is_open() {
-                pending = Some(message);
+                pending = Some((message, groups));
                 break false;
             }
             let now = Instant::now();
@@ -179,7 +183,7 @@ async fn run(
             let ack = sink
                 .publish(message.topic.clone())
                 .retain(message.retain)
-                .properties(|p| *p = wire::properties(&message, now))
+                .properties(|p| *p = wire::properties(&message, now, &groups))
                 .send_at_least_once(message.payload.clone());
             let stats = stats.clone();
             ntex::rt::spawn(async move {

@@ -108,9 +108,9 @@ pub fn factory<F: ntex::io::Filter>(
                 let stats = stats.clone();
                 async move {
                     let payload = publish.read_all().await.map_err(|e| LinkError(format!("{e:?}")))?;
-                    let message = wire::message(publish.packet(), payload, Instant::now());
+                    let (message, groups) = wire::message(publish.packet(), payload, Instant::now());
                     if crate::core::topic::validate_topic_name(&message.topic, usize::MAX).is_ok() {
-                        broker.publish_from_peer(message);
+                        broker.publish_from_peer(message, groups);
                         PeerStats::add(&stats.forwarded_in, 1);
                     }
                     Ok::<_, LinkError>(publish.ack())

@@ -6,14 +6,12 @@ use std::sync::Mutex;
 use rustc_hash::FxHashMap;
 use tokio::sync::Notify;
 
-use super::keys::route_key;
-use crate::core::hooks::RouteWatch;
+use super::keys::{route_key, shared_key};
 use crate::core::topic::SubscriptionFilter;
 
-/// Counts sessions per distinct route key; the gossip task publishes the keys with a count
-/// above zero. Shared subscriptions count under their plain filter: until groups are
-/// coordinated across nodes, every node with members of a group receives the group's
-/// messages (see docs/clustering.md).
+/// Counts sessions per distinct gossip key (`r:<filter>` for plain subscriptions,
+/// `s:<group>/<filter>` for shared ones); the gossip task publishes the keys with a count above
+/// zero.
 #[derive(Default)]
 pub struct LocalRoutes {
     counts: Mutex<FxHashMap<String, usize>>,
@@ -27,8 +25,13 @@ impl LocalRoutes {
         self.counts.lock().unwrap_or_else(|p| p.into_inner()).keys().cloned().collect()
     }
 
-    fn change(&self, filter: &SubscriptionFilter, delta: isize) {
-        let Some(key) = route_key(&filter.filter) else { return };
+    /// Applies one subscription change; returns true when the key appeared or disappeared.
+    pub(super) fn change(&self, filter: &SubscriptionFilter, delta: isize) -> bool {
+        let key = match &filter.group {
+            None => route_key(&filter.filter),
+            Some(group) => shared_key(group, &filter.filter),
+        };
+        let Some(key) = key else { return false };
         let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
         let count = counts.entry(key).or_default();
         let before = *count;
@@ -38,13 +41,16 @@ impl LocalRoutes {
             counts.retain(|_, c| *c > 0);
         }
         drop(counts);
-        if (before == 0) != (after == 0) {
+        let flipped = (before == 0) != (after == 0);
+        if flipped {
             self.changed.notify_one();
         }
+        flipped
     }
 }
 
-impl RouteWatch for LocalRoutes {
+#[cfg(test)]
+impl crate::core::hooks::RouteWatch for LocalRoutes {
     fn added(&self, filter: &SubscriptionFilter) {
         self.change(filter, 1);
     }
@@ -57,6 +63,7 @@ impl RouteWatch for LocalRoutes {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::core::hooks::RouteWatch;
     use crate::core::topic::parse_subscription;
     use crate::core::types::ByteString;
 
@@ -73,7 +80,7 @@ mod tests {
         routes.added(&f("$share/g/jobs/#"));
         routes.added(&f("$SYS/#"));
         let keys: Vec<String> = routes.keys().into_iter().collect();
-        assert_eq!(keys, vec!["r:fleet/+/temp".to_string(), "r:jobs/#".to_string()]);
+        assert_eq!(keys, vec!["r:fleet/+/temp".to_string(), "s:g/jobs/#".to_string()]);
         for _ in 0..9_999 {
             routes.removed(&f("fleet/+/temp"));
         }

@@ -28,7 +28,8 @@ use fleetmq_config::BrokerConfig;
 use tokio::sync::{oneshot, watch};
 
 use crate::core::Broker;
-use crate::core::hooks::Forwarder;
+use crate::core::hooks::{Forwarded, Forwarder, RouteWatch, SharedMode};
+use crate::core::topic::SubscriptionFilter;
 use crate::core::types::Message;
 use link::{Identity, PeerQueue};
 use local::LocalRoutes;
@@ -109,7 +110,7 @@ impl Cluster {
     pub fn attach(broker: &Broker) -> Result<Option<Arc<Cluster>>, ClusterError> {
         let config = broker.config();
         let Some(cluster) = Cluster::new(&config)? else { return Ok(None) };
-        broker.set_cluster_hooks(cluster.local.clone(), cluster.clone());
+        broker.set_cluster_hooks(cluster.clone(), cluster.clone());
         Ok(Some(cluster))
     }
 
@@ -256,7 +257,8 @@ impl Cluster {
         }
         let capacity = self.config.forward_queue as usize;
         for (name, info) in peers {
-            let new = table.sync(&name, info.filters.iter().map(String::as_str), || {
+            let groups = info.groups.iter().map(|(g, f)| (g.as_str(), f.as_str()));
+            let new = table.sync(&name, info.filters.iter().map(String::as_str), groups, || {
                 tracing::info!(peer = %name, routes = info.filters.len(), "cluster: peer joined");
                 link::spawn(self.identity(), &name, &info.link, capacity, self.stats_for(&name))
             });
@@ -277,22 +279,36 @@ fn host_for_address(host: &str) -> String {
 }
 
 impl Forwarder for Cluster {
-    fn forward(&self, message: &Arc<Message>) {
+    fn forward(&self, message: &Arc<Message>) -> Forwarded {
         // `$SYS` is per node.
         if message.topic.starts_with("$SYS/") {
-            return;
+            return Forwarded { peers: 0, shared: SharedMode::Local };
         }
         let table = self.table.read().unwrap_or_else(|p| p.into_inner());
-        if message.retain {
-            // Retained state (including clears) goes everywhere, so a later subscriber on any
-            // node finds it.
-            for (_, peer) in table.all() {
-                peer.handle.send(message);
-            }
-        } else {
-            for peer in table.matching(&message.topic) {
-                peer.handle.send(message);
-            }
+        // Retained state (including clears) goes everywhere, so a later subscriber on any node
+        // finds it.
+        let plan = table.plan(&message.topic, message.retain);
+        for (peer, groups) in &plan.peers {
+            peer.handle.send(message, groups.clone());
+        }
+        Forwarded { peers: plan.peers.len(), shared: SharedMode::Only(plan.local) }
+    }
+}
+
+impl RouteWatch for Cluster {
+    fn added(&self, filter: &SubscriptionFilter) {
+        self.local.change(filter, 1);
+        if let Some(group) = &filter.group {
+            let mut table = self.table.write().unwrap_or_else(|p| p.into_inner());
+            table.local_group_added((group.clone(), filter.filter.clone()));
+        }
+    }
+
+    fn removed(&self, filter: &SubscriptionFilter) {
+        self.local.change(filter, -1);
+        if let Some(group) = &filter.group {
+            let mut table = self.table.write().unwrap_or_else(|p| p.into_inner());
+            table.local_group_removed(&(group.clone(), filter.filter.clone()));
         }
     }
 }

@@ -1,21 +1,26 @@
 //! A routed message on the inter-node link: an MQTT 5 PUBLISH (ntex-mqtt's codec) that keeps
 //! topic, payload, RETAIN, the application properties and the remaining expiry. The link
-//! always runs at QoS 1, so the publisher's QoS travels in one trailing User Property that
-//! the receiving node removes.
+//! always runs at QoS 1, so the publisher's QoS travels in a trailing User Property, preceded
+//! by one User Property per shared group the receiving node is picked to serve; the receiving
+//! node removes them.
 
 use std::num::NonZeroU32;
 use std::time::Instant;
 
 use ntex_mqtt::v5::codec;
 
+use super::table::Group;
 use crate::core::types::{BROKER_ORIGIN, ByteString, Bytes, Message, Properties, QoS, expiry_deadline};
 
 /// User Property carrying the publisher's QoS (a name clients are unlikely to use; it is
 /// only read when it is the last property, where the sender puts it).
 pub const QOS_PROPERTY: &str = "$fleetmq-qos";
+/// User Property naming a shared group (`<group>/<filter>`) the receiver serves.
+pub const SHARE_PROPERTY: &str = "$fleetmq-share";
 
-/// The PUBLISH properties for `message`, `now` (for the remaining expiry).
-pub fn properties(message: &Message, now: Instant) -> codec::PublishProperties {
+/// The PUBLISH properties for `message`, `now` (for the remaining expiry), naming the shared
+/// `groups` the receiver serves.
+pub fn properties(message: &Message, now: Instant, groups: &[Group]) -> codec::PublishProperties {
     let mut out = codec::PublishProperties::default();
     if let Some(p) = &message.properties {
         out.is_utf8_payload = p.payload_is_utf8;
@@ -25,15 +30,21 @@ pub fn properties(message: &Message, now: Instant) -> codec::PublishProperties {
         out.user_properties = p.user_properties.clone();
     }
     out.message_expiry_interval = message.remaining_expiry(now).and_then(NonZeroU32::new);
+    for (group, filter) in groups {
+        out.user_properties
+            .push((ByteString::from_static(SHARE_PROPERTY), ByteString::from(format!("{group}/{filter}"))));
+    }
     out.user_properties
         .push((ByteString::from_static(QOS_PROPERTY), ByteString::from(message.qos.level().to_string())));
     out
 }
 
-/// The message a peer sent: `packet` as received (its QoS is the link's), `payload` read.
-pub fn message(packet: &codec::Publish, payload: Bytes, now: Instant) -> Message {
+/// The message a peer sent (`packet` as received, its QoS is the link's; `payload` read) and
+/// the shared groups this node serves for it.
+pub fn message(packet: &codec::Publish, payload: Bytes, now: Instant) -> (Message, Vec<Group>) {
     let p = &packet.properties;
     let mut user_properties = p.user_properties.clone();
+    let mut groups = Vec::new();
     let mut qos = match packet.qos {
         codec::QoS::AtMostOnce => QoS::AtMostOnce,
         codec::QoS::AtLeastOnce => QoS::AtLeastOnce,
@@ -47,6 +58,15 @@ pub fn message(packet: &codec::Publish, payload: Bytes, now: Instant) -> Message
             "2" => QoS::ExactlyOnce,
             _ => QoS::AtLeastOnce,
         };
+        // Only a node sends the marker, so the group properties before it are the node's too.
+        while user_properties.last().is_some_and(|(name, _)| name == SHARE_PROPERTY) {
+            if let Some((_, value)) = user_properties.pop()
+                && let Some((group, filter)) = value.split_once('/')
+            {
+                groups.push((ByteString::from(group.to_string()), ByteString::from(filter.to_string())));
+            }
+        }
+        groups.reverse();
     }
     let properties = Properties {
         payload_is_utf8: p.is_utf8_payload,
@@ -55,7 +75,7 @@ pub fn message(packet: &codec::Publish, payload: Bytes, now: Instant) -> Message
         correlation_data: p.correlation_data.clone(),
         user_properties,
     };
-    Message {
+    let message = Message {
         topic: packet.topic.clone(),
         payload,
         qos,
@@ -63,7 +83,8 @@ pub fn message(packet: &codec::Publish, payload: Bytes, now: Instant) -> Message
         properties: (!properties.is_empty()).then(|| Box::new(properties)),
         expires_at: expiry_deadline(now, p.message_expiry_interval.map(NonZeroU32::get)),
         origin: BROKER_ORIGIN,
-    }
+    };
+    (message, groups)
 }
 
 #[cfg(test)]
@@ -73,6 +94,12 @@ mod tests {
     use super::*;
 
     fn round_trip(message: &Message) -> Message {
+        let (message, groups) = round_trip_groups(message, &[]);
+        assert!(groups.is_empty());
+        message
+    }
+
+    fn round_trip_groups(message: &Message, groups: &[Group]) -> (Message, Vec<Group>) {
         let now = Instant::now();
         let packet = codec::Publish {
             dup: false,
@@ -81,7 +108,7 @@ mod tests {
             packet_id: None,
             topic: message.topic.clone(),
             payload_size: message.payload.len() as u32,
-            properties: properties(message, now),
+            properties: properties(message, now, groups),
         };
         super::message(&packet, message.payload.clone(), now)
     }
@@ -107,6 +134,20 @@ mod tests {
         let plain = round_trip(&Message::new("t", "", QoS::AtMostOnce, false));
         assert_eq!(plain.properties, None, "nothing added for a v3-style message");
         assert!(!plain.retain);
+    }
+
+    #[test]
+    fn shared_groups_travel_in_order_and_are_removed() {
+        let mut m = Message::new("jobs/1", "x", QoS::ExactlyOnce, false);
+        m.properties = Some(Box::new(Properties {
+            user_properties: vec![("k".into(), "v".into())],
+            ..Properties::default()
+        }));
+        let groups = vec![("w".into(), "jobs/#".into()), ("$queue".into(), "jobs/+".into())];
+        let (got, got_groups) = round_trip_groups(&m, &groups);
+        assert_eq!(got_groups, groups);
+        assert_eq!(got.qos, QoS::ExactlyOnce);
+        assert_eq!(got.properties, m.properties);
     }
 
     #[test]

@@ -981,22 +981,27 @@ impl Broker {
 
     /// A message forwarded by a cluster peer: stored if retained and routed to this node's
     /// sessions only (never forwarded again, so nothing loops). Returns the sessions matched.
-    pub fn publish_from_peer(&self, message: Message) -> usize {
-        self.route_local(Arc::new(message)).0
+    /// `shared`: the `(group, filter)` pairs the sending node picked this node for.
+    pub fn publish_from_peer(&self, message: Message, shared: Vec<(ByteString, ByteString)>) -> usize {
+        self.route_local(Arc::new(message), &super::hooks::SharedMode::Only(shared)).0
     }
 
     /// Routes a message here and, with clustering, to the peers that need it; returns the
     /// sessions matched and the store ticket an acknowledgement must wait for (0: none).
     fn dispatch(&self, message: Arc<Message>) -> (usize, u64) {
-        let routed = self.route_local(message.clone());
-        if let Some(forwarder) = self.inner.forwarder.get() {
-            forwarder.forward(&message);
+        match self.inner.forwarder.get() {
+            None => self.route_local(message, &super::hooks::SharedMode::Local),
+            Some(forwarder) => {
+                let forwarded = forwarder.forward(&message);
+                let (matched, ticket) = self.route_local(message, &forwarded.shared);
+                // Peers with subscribers count as matches (v5 "No matching subscribers").
+                (matched + forwarded.peers, ticket)
+            }
         }
-        routed
     }
 
     /// Stores retained state and routes a message to this node's sessions.
-    fn route_local(&self, message: Arc<Message>) -> (usize, u64) {
+    fn route_local(&self, message: Arc<Message>, shared: &super::hooks::SharedMode) -> (usize, u64) {
         let inner = &*self.inner;
         let mut ticket = 0;
         if message.retain && inner.retained.set(message.clone()) && inner.store.is_persistent() {
@@ -1011,7 +1016,7 @@ impl Broker {
             && settings.conflate.iter().any(|f| topic::matches(f, &message.topic));
         drop(settings);
         let mut matched = 0;
-        inner.router.route(&message, |session, delivery| {
+        inner.router.route_with(&message, shared, |session, delivery| {
             matched += 1;
             let mut st = session.lock();
             let mut journal = self.journal(session, &st);

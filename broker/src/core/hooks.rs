@@ -6,7 +6,7 @@ use std::any::Any;
 use std::sync::Arc;
 
 use super::topic::SubscriptionFilter;
-use super::types::Message;
+use super::types::{ByteString, Message};
 
 /// Told about every subscription the router gains or loses (one call per session and filter;
 /// replacing a session's subscription is not a change).
@@ -21,6 +21,27 @@ pub trait RouteWatch: Send + Sync {
 /// publishes after their ACL check, wills, delayed publishes), never messages that arrived
 /// from a peer. `Any` lets the owner get its concrete type back from the broker.
 pub trait Forwarder: Any + Send + Sync {
-    /// Called after local routing; must not block.
-    fn forward(&self, message: &Arc<Message>);
+    /// Called before local routing; must not block. Returns how many peers the message went
+    /// to and which shared groups this node serves for it.
+    fn forward(&self, message: &Arc<Message>) -> Forwarded;
+}
+
+/// What [`Forwarder::forward`] did with a message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Forwarded {
+    /// Peers the message was queued for (they count as matches for the publisher).
+    pub peers: usize,
+    /// Shared groups this node delivers the message to.
+    pub shared: SharedMode,
+}
+
+/// Which shared subscriptions a routing delivers to.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum SharedMode {
+    /// Every matching group picks one member here (a single broker).
+    #[default]
+    Local,
+    /// Only these `(group, filter)` pairs (the cluster picked this node for them; other
+    /// nodes serve the other groups).
+    Only(Vec<(ByteString, ByteString)>),
 }

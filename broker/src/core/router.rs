@@ -10,7 +10,7 @@ use std::sync::{Arc, OnceLock, RwLock, RwLockReadGuard};
 
 use rustc_hash::FxHasher;
 
-use super::hooks::RouteWatch;
+use super::hooks::{RouteWatch, SharedMode};
 use super::session::Session;
 use super::topic::SubscriptionFilter;
 use super::trie::{Entry, Matched, Member, Trie};
@@ -114,7 +114,18 @@ impl Router {
     /// one delivery at the highest granted QoS carrying every Subscription Identifier (MQTT
     /// 5.0 §3.3.4); a shared-group pick is always its own delivery; No Local subscriptions
     /// skip the publisher. Runs under shared locks: `deliver` must only take session locks.
-    pub fn route(&self, message: &Arc<Message>, mut deliver: impl FnMut(&Arc<Session>, Delivery)) {
+    pub fn route(&self, message: &Arc<Message>, deliver: impl FnMut(&Arc<Session>, Delivery)) {
+        self.route_with(message, &SharedMode::Local, deliver);
+    }
+
+    /// [`Router::route`], with the shared groups served chosen by `shared` (a cluster serves
+    /// each group on one node only).
+    pub fn route_with(
+        &self,
+        message: &Arc<Message>,
+        shared: &SharedMode,
+        mut deliver: impl FnMut(&Arc<Session>, Delivery),
+    ) {
         let first = message.topic.split('/').next().unwrap_or_default();
         let shard = read(self.shard_for_level(first));
         let wild = (!message.topic.starts_with('$')).then(|| read(&self.wildcard_root));
@@ -123,6 +134,17 @@ impl Router {
         shard.matches(&message.topic, &mut matches);
         if let Some(wild) = &wild {
             wild.matches(&message.topic, &mut matches);
+        }
+        if let SharedMode::Only(groups) = shared {
+            matches.retain(|m| !m.shared);
+            for (group, filter) in groups {
+                // A filter matching the topic starts with the topic's first level (this shard)
+                // or with a wildcard (the wildcard trie, absent for `$` topics).
+                let trie = if filter.starts_with(['+', '#']) { wild.as_deref() } else { Some(&*shard) };
+                if let Some(entry) = trie.and_then(|t| t.pick_shared(filter, group, &message.topic)) {
+                    matches.push(Matched { entry, shared: true });
+                }
+            }
         }
         // No Local, and the subscriber's ACL read rules (shared picks were already made among
         // members that may read).

@@ -158,6 +158,28 @@ impl<V: Member> Trie<V> {
     }
 }
 
+impl<V: Member> Trie<V> {
+    /// One member of shared group `group` on exactly `filter` that may read `topic` (round
+    /// robin, preferring connected members), for a cluster that picked this node for it.
+    pub fn pick_shared<'a>(&'a self, filter: &str, group: &str, topic: &str) -> Option<&'a Entry<V>> {
+        let mut node = &self.root;
+        for level in filter.split('/') {
+            node = match level {
+                "#" => {
+                    return node
+                        .hash
+                        .as_deref()
+                        .and_then(|leaf| leaf.shared.get(group))
+                        .and_then(|g| pick_member(g, topic));
+                }
+                "+" => node.plus.as_deref()?,
+                _ => node.children.get(level)?,
+            };
+        }
+        node.leaf.shared.get(group).and_then(|g| pick_member(g, topic))
+    }
+}
+
 fn leaf_mut<'a, V>(mut node: &'a mut Node<V>, filter: &str) -> &'a mut Leaf<V> {
     for level in filter.split('/') {
         match level {
@@ -384,5 +406,24 @@ mod tests {
         trie.insert(&ByteString::from("$SYS/+"), None, entry(3));
         assert_eq!(matched_keys(&trie, "$SYS/x"), vec![3]);
         assert_eq!(matched_keys(&trie, "y/x"), vec![1, 2]);
+    }
+
+    #[test]
+    fn pick_shared_finds_exactly_one_group_on_one_filter() {
+        let mut trie = Trie::default();
+        let g = ByteString::from("g");
+        for (f, id) in [("jobs/#", 1), ("jobs/#", 2), ("jobs/+", 3), ("#", 4), ("a/b", 5)] {
+            trie.insert(&ByteString::from(f), Some(&g), entry(id));
+        }
+        trie.insert(&ByteString::from("jobs/#"), None, entry(9));
+        let picks: Vec<u64> =
+            (0..4).filter_map(|_| trie.pick_shared("jobs/#", "g", "jobs/x")).map(|e| e.value.0).collect();
+        assert_eq!(picks, vec![1, 2, 1, 2], "round robin among that group's members only");
+        assert_eq!(trie.pick_shared("jobs/+", "g", "jobs/x").map(|e| e.value.0), Some(3));
+        assert_eq!(trie.pick_shared("#", "g", "x").map(|e| e.value.0), Some(4));
+        assert_eq!(trie.pick_shared("a/b", "g", "a/b").map(|e| e.value.0), Some(5));
+        assert!(trie.pick_shared("jobs/#", "other", "jobs/x").is_none());
+        assert!(trie.pick_shared("nope/#", "g", "nope/x").is_none());
+        assert!(trie.pick_shared("a", "g", "a").is_none());
     }
 }
