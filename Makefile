@@ -8,7 +8,7 @@ TARGET_DIR   := $(shell $(CARGO) metadata --format-version 1 --no-deps 2>/dev/nu
 BROKER_BIN   := $(TARGET_DIR)/debug/fleetmq-broker
 OPERATOR_BIN := $(TARGET_DIR)/debug/fleetmq-operator
 
-.PHONY: e2e-local e2e-kind images run build test test-rust test-python lint fmt check-python-deps clean crds bench bench-store bench-compare bench-deps
+.PHONY: e2e-local e2e-kind images run build test test-rust test-python lint fmt check-python-deps clean crds bench bench-store bench-compare bench-cluster bench-deps
 
 ## run: build and start the broker on 127.0.0.1:1883 (anonymous, state under ./data)
 run:
@@ -35,7 +35,7 @@ test-python: check-python-deps
 	FLEETMQ_BROKER=$(BROKER_BIN) FLEETMQ_OPERATOR=$(OPERATOR_BIN) $(PYTHON) -m pytest -q tests/python
 
 ## bench: every benchmark (release build, pinned CPUs; results in bench/results/ and BENCHMARKS.md)
-bench: bench-compare bench-store
+bench: bench-compare bench-store bench-cluster
 
 ## bench-compare: FleetMQ and Mosquitto side by side (throughput per CPU, latency, idle memory)
 bench-compare: bench-deps
@@ -46,6 +46,10 @@ bench-deps:
 	  SUDO=""; [ "$$(id -u)" -eq 0 ] || SUDO=sudo; \
 	  $$SUDO apt-get install -y --no-install-recommends mosquitto || { $$SUDO apt-get update && $$SUDO apt-get install -y --no-install-recommends mosquitto; }; }
 	@command -v taskset >/dev/null || echo "warning: taskset (util-linux) missing: broker and load generator will share CPUs"
+
+## bench-cluster: a 3-node cluster on loopback against 1 node (deliveries/s, latency, CPU per delivery)
+bench-cluster:
+	python3 bench/cluster_bench.py
 
 ## bench-store: durable-store throughput (fsync always/interval vs memory) and recovery time
 bench-store:

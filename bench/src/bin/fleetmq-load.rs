@@ -38,6 +38,16 @@ struct Args {
     /// Broker port.
     #[arg(long, default_value_t = 1883)]
     port: u16,
+    /// Ports subscribers connect to, round robin (a cluster's nodes); default `--port`.
+    #[arg(long, value_delimiter = ',')]
+    sub_ports: Vec<u16>,
+    /// Ports publishers connect to, round robin; default `--port`.
+    #[arg(long, value_delimiter = ',')]
+    pub_ports: Vec<u16>,
+    /// Seconds to wait between the last SUBACK and the first publish (a cluster needs a few
+    /// gossip rounds to spread new subscriptions).
+    #[arg(long, default_value = "0", value_parser = parse_secs)]
+    settle: Duration,
     /// Workload shape.
     #[arg(long, value_enum, default_value = "fanin")]
     workload: Workload,
@@ -110,8 +120,13 @@ struct Report {
     latency_p99_ms: f64,
 }
 
-fn options(args: &Args, id: String, clean: bool) -> MqttOptions {
-    let mut o = MqttOptions::new(id, args.host.clone(), args.port);
+/// The `n`th port of `ports` round robin, or `--port`.
+fn port_for(args: &Args, ports: &[u16], n: usize) -> u16 {
+    if ports.is_empty() { args.port } else { ports[n % ports.len()] }
+}
+
+fn options(args: &Args, id: String, clean: bool, port: u16) -> MqttOptions {
+    let mut o = MqttOptions::new(id, args.host.clone(), port);
     o.set_keep_alive(Duration::from_secs(60));
     o.set_clean_session(clean);
     o.set_inflight(args.window);
@@ -138,7 +153,10 @@ async fn subscriber(
     tx: mpsc::UnboundedSender<Received>,
 ) -> anyhow::Result<AsyncClient> {
     let clean = !args.persistent;
-    let (client, mut events) = AsyncClient::new(options(args, format!("{}-sub-{n}", args.id), clean), 10_000);
+    let (client, mut events) = AsyncClient::new(
+        options(args, format!("{}-sub-{n}", args.id), clean, port_for(args, &args.sub_ports, n)),
+        10_000,
+    );
     client.subscribe(filter, qos(args.qos)).await?;
     loop {
         match events.poll().await.context("subscriber connection")? {
@@ -173,7 +191,10 @@ async fn publisher(
     epoch: Instant,
     per_second: f64,
 ) -> anyhow::Result<PublisherResult> {
-    let (client, mut events) = AsyncClient::new(options(args, format!("{}-pub-{n}", args.id), true), 1_000);
+    let (client, mut events) = AsyncClient::new(
+        options(args, format!("{}-pub-{n}", args.id), true, port_for(args, &args.pub_ports, n as usize)),
+        1_000,
+    );
     // PUBACKs received, and PUBLISH packets actually written: rumqttc buffers requests, so a
     // QoS 0 publish "returns" before it is sent, and disconnecting early would discard it.
     let acks = std::rc::Rc::new(std::cell::Cell::new(0u64));
@@ -250,6 +271,7 @@ async fn run(args: Args) -> anyhow::Result<Report> {
         subs.push(subscriber(&args, s, filter, epoch, tx.clone()).await?);
     }
     drop(tx);
+    tokio::time::sleep(args.settle).await;
     let per_publisher = if args.rate == 0 { 0.0 } else { args.rate as f64 / publishers as f64 };
     let started = Instant::now();
     let mut tasks = Vec::new();
@@ -312,6 +334,9 @@ fn clone_args(a: &Args) -> Args {
     Args {
         host: a.host.clone(),
         port: a.port,
+        sub_ports: a.sub_ports.clone(),
+        pub_ports: a.pub_ports.clone(),
+        settle: a.settle,
         workload: a.workload,
         publishers: a.publishers,
         subscribers: a.subscribers,

@@ -951,7 +951,11 @@ impl Broker {
             return Err(PublishError::NotAuthorized);
         }
         let message = Arc::new(message);
-        let (matched, ticket) = if forward { self.dispatch(message) } else { self.route_local(message) };
+        let (matched, ticket) = if forward {
+            self.dispatch(message)
+        } else {
+            self.route_local(message, &super::hooks::SharedMode::Local)
+        };
         span.record("mqtt.matched", matched);
         Ok((Published::Routed { matched }, self.durable(ticket)))
     }
