@@ -136,7 +136,7 @@ def cluster(tmp_path, start_broker):
     secret = tmp_path / "cluster-secret"
     secret.write_text(SECRET + "\n")
 
-    def config_for(node: Node, nodes: list[Node], sys: bool) -> dict:
+    def config_for(node: Node, nodes: list[Node], sys: bool, seed_host: str) -> dict:
         cfg = {
             "listeners": [{"bind": f"127.0.0.1:{node.mqtt}"}],
             "http": {"bind": f"127.0.0.1:{node.http}", "admin_token_file": str(token)},
@@ -144,7 +144,7 @@ def cluster(tmp_path, start_broker):
                 "gossip_bind": f"127.0.0.1:{node.gossip}",
                 "link_bind": "127.0.0.1:0",
                 "advertise_host": "127.0.0.1",
-                "seeds": [f"127.0.0.1:{n.gossip}" for n in nodes],
+                "seeds": [f"{seed_host}:{n.gossip}" for n in nodes],
                 "secret_file": str(secret),
                 "gossip_interval": GOSSIP_INTERVAL,
             },
@@ -153,19 +153,23 @@ def cluster(tmp_path, start_broker):
             cfg["sys"] = {"interval": "1s"}
         return cfg
 
-    def make(n: int = 3, sys: bool = False):
+    def make(n: int = 3, sys: bool = False, seed_host: str = "127.0.0.1", same_name: bool = False,
+             wait: bool = True):
         taken: set[int] = set()
         nodes = [Node(f"node-{i + 1}", taken) for i in range(n)]
         brokers = []
         for i, node in enumerate(nodes):
-            cfg = config_for(node, nodes, sys)
+            cfg = config_for(node, nodes, sys, seed_host)
             env = {}
-            if i == 2:
+            if same_name:
+                cfg["cluster"]["node_name"] = "twin"
+            elif i == 2:
                 env["FLEETMQ_NODE_NAME"] = node.name
             else:
                 cfg["cluster"]["node_name"] = node.name
             brokers.append(start_broker(cfg, env=env))
-        wait_alive(brokers, {n.name for n in nodes})
+        if wait:
+            wait_alive(brokers, {n.name for n in nodes})
         return nodes, brokers
 
     return make
@@ -417,6 +421,25 @@ def test_bad_cluster_config_names_the_key(launch, tmp_path):
     b = launch(["--config", str(cfg), "--check-config", "--cluster-node-name", "bad name"])
     assert b.proc.wait(timeout=10) != 0
     assert "cluster.node_name" in b.log()
+
+
+def test_seeds_by_dns_name(cluster, clients):
+    nodes, brokers = cluster(n=2, seed_host="localhost")
+    sub = clients(brokers[1], "named")
+    sub.connect()
+    sub.subscribe("dns/#", 1)
+    wait_routes(brokers[0], "node-2", 1)
+    pub = clients(brokers[0], "pub")
+    pub.connect()
+    pub.publish("dns/1", b"x", qos=1)
+    assert sub.wait_message("dns/1").payload == b"x"
+
+
+def test_duplicate_node_names_are_reported(cluster):
+    nodes, brokers = cluster(n=2, same_name=True, wait=False)
+    # The node started first sees a newer incarnation of its own name alive elsewhere.
+    line = brokers[0].wait_log("another live node uses this node name", timeout=CONVERGE)
+    assert f"127.0.0.1:{nodes[1].gossip}" in line
 
 
 def test_cluster_changes_need_a_restart(cluster, clients):
