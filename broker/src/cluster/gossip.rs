@@ -140,6 +140,7 @@ fn members(chitchat: &chitchat::Chitchat, self_name: &str) -> Vec<Member> {
             forwarded_out: 0,
             forwarded_in: 0,
             dropped: 0,
+            queued: 0,
         };
         match by_name.get(&member.name) {
             Some(existing) if existing.generation >= member.generation => {}
