@@ -9,6 +9,7 @@ import json
 import os
 import pathlib
 import re
+import signal
 import socket
 import time
 import urllib.error
@@ -136,7 +137,7 @@ def cluster(tmp_path, start_broker):
     secret = tmp_path / "cluster-secret"
     secret.write_text(SECRET + "\n")
 
-    def config_for(node: Node, nodes: list[Node], sys: bool) -> dict:
+    def config_for(node: Node, nodes: list[Node], sys: bool, seed_host: str, extra: dict) -> dict:
         cfg = {
             "listeners": [{"bind": f"127.0.0.1:{node.mqtt}"}],
             "http": {"bind": f"127.0.0.1:{node.http}", "admin_token_file": str(token)},
@@ -144,28 +145,34 @@ def cluster(tmp_path, start_broker):
                 "gossip_bind": f"127.0.0.1:{node.gossip}",
                 "link_bind": "127.0.0.1:0",
                 "advertise_host": "127.0.0.1",
-                "seeds": [f"127.0.0.1:{n.gossip}" for n in nodes],
+                "seeds": [f"{seed_host}:{n.gossip}" for n in nodes],
                 "secret_file": str(secret),
                 "gossip_interval": GOSSIP_INTERVAL,
+                **extra,
             },
         }
         if sys:
             cfg["sys"] = {"interval": "1s"}
         return cfg
 
-    def make(n: int = 3, sys: bool = False):
+    def make(n: int = 3, sys: bool = False, seed_host: str = "127.0.0.1", same_name: bool = False,
+             wait: bool = True, **extra):
+        """`extra`: more keys of the cluster section."""
         taken: set[int] = set()
         nodes = [Node(f"node-{i + 1}", taken) for i in range(n)]
         brokers = []
         for i, node in enumerate(nodes):
-            cfg = config_for(node, nodes, sys)
+            cfg = config_for(node, nodes, sys, seed_host, extra)
             env = {}
-            if i == 2:
+            if same_name:
+                cfg["cluster"]["node_name"] = "twin"
+            elif i == 2:
                 env["FLEETMQ_NODE_NAME"] = node.name
             else:
                 cfg["cluster"]["node_name"] = node.name
             brokers.append(start_broker(cfg, env=env))
-        wait_alive(brokers, {n.name for n in nodes})
+        if wait:
+            wait_alive(brokers, {n.name for n in nodes})
         return nodes, brokers
 
     return make
@@ -339,6 +346,41 @@ def test_kill9_node_others_keep_serving_and_restart_rejoins(cluster, clients):
     assert sub3.wait_message("k/3").payload == b"from-2"
 
 
+def test_a_stalled_peer_fills_its_bounded_queue_and_drops_the_newest(cluster, clients):
+    # Slow gossip so the frozen node is not declared dead during the test.
+    nodes, brokers = cluster(n=2, forward_queue=5, gossip_interval="500ms")
+    sub = clients(brokers[1], "slow-sub")
+    sub.connect()
+    sub.subscribe("q/#", 0)
+    wait_routes(brokers[0], "node-2", 1)
+    pub = clients(brokers[0], "pub")
+    pub.connect()
+    brokers[1].proc.send_signal(signal.SIGSTOP)
+    try:
+        for i in range(400):
+            pub.publish(f"q/{i}", str(i).encode(), qos=0)
+        pub.publish("q/last", b"sync", qos=1)
+        waiting = peer(brokers[0], "node-2")
+        # Bounded by the link's in-flight window (the peer's Receive Maximum, 256; ntex-mqtt
+        # 8.2 may overshoot it by a few) plus the queue of 5: the rest was dropped.
+        assert waiting["queued"] < 300, waiting
+        assert waiting["dropped"] == 401 - waiting["queued"], waiting
+    finally:
+        brokers[1].proc.send_signal(signal.SIGCONT)
+    wait_until(lambda: peer(brokers[0], "node-2")["queued"] == 0, timeout=10, what="queue drained")
+    m = peer(brokers[0], "node-2")
+    assert m["forwarded_out"] + m["dropped"] == 401, m
+    got = sub.wait_messages(m["forwarded_out"], timeout=10)
+    got = sub.settle(0.5)
+    assert len(got) == m["forwarded_out"]
+    numbers = [int(x.payload) for x in got if x.payload != b"sync"]
+    # Whatever found the queue full was dropped (the link may also pause briefly on write
+    # backpressure, so the drops need not all be at the end); what arrives keeps its order.
+    assert numbers == sorted(set(numbers)) and numbers[0] == 0, numbers[:20]
+    assert f'fleetmq_cluster_messages_total{{peer="node-2",direction="dropped"}} {m["dropped"]}\n' in metrics(brokers[0])
+    assert 'fleetmq_cluster_queue_depth{peer="node-2"} 0\n' in metrics(brokers[0])
+
+
 def test_graceful_stop_leaves_at_once(cluster, clients):
     nodes, brokers = cluster()
     assert brokers[1].stop() == 0
@@ -417,6 +459,25 @@ def test_bad_cluster_config_names_the_key(launch, tmp_path):
     b = launch(["--config", str(cfg), "--check-config", "--cluster-node-name", "bad name"])
     assert b.proc.wait(timeout=10) != 0
     assert "cluster.node_name" in b.log()
+
+
+def test_seeds_by_dns_name(cluster, clients):
+    nodes, brokers = cluster(n=2, seed_host="localhost")
+    sub = clients(brokers[1], "named")
+    sub.connect()
+    sub.subscribe("dns/#", 1)
+    wait_routes(brokers[0], "node-2", 1)
+    pub = clients(brokers[0], "pub")
+    pub.connect()
+    pub.publish("dns/1", b"x", qos=1)
+    assert sub.wait_message("dns/1").payload == b"x"
+
+
+def test_duplicate_node_names_are_reported(cluster):
+    nodes, brokers = cluster(n=2, same_name=True, wait=False)
+    # The node started first sees a newer incarnation of its own name alive elsewhere.
+    line = brokers[0].wait_log("another live node uses this node name", timeout=CONVERGE)
+    assert f"127.0.0.1:{nodes[1].gossip}" in line
 
 
 def test_cluster_changes_need_a_restart(cluster, clients):

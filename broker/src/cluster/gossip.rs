@@ -20,6 +20,11 @@ use super::status::{Member, MemberState};
 use crate::core::Broker;
 use crate::core::types::{Message, QoS};
 
+/// How often seeds given as DNS names are resolved again and contacted (chitchat itself
+/// re-resolves them only every 60 s; a pod that starts before its peers' DNS records exist
+/// should not wait that long).
+const SEED_REFRESH: Duration = Duration::from_secs(3);
+
 /// `$SYS` topic with the number of alive members.
 pub const SYS_MEMBERS: &str = "$SYS/broker/cluster/members";
 
@@ -135,6 +140,7 @@ fn members(chitchat: &chitchat::Chitchat, self_name: &str) -> Vec<Member> {
             forwarded_out: 0,
             forwarded_in: 0,
             dropped: 0,
+            queued: 0,
         };
         match by_name.get(&member.name) {
             Some(existing) if existing.generation >= member.generation => {}
@@ -144,6 +150,33 @@ fn members(chitchat: &chitchat::Chitchat, self_name: &str) -> Vec<Member> {
         }
     }
     by_name.into_values().collect()
+}
+
+/// Resolves the seeds given as names every [`SEED_REFRESH`] and hands every address found to
+/// the gossip loop, until `stop`.
+async fn resolve_seeds(
+    seeds: Vec<String>,
+    found: tokio::sync::mpsc::Sender<SocketAddr>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        for seed in &seeds {
+            match tokio::net::lookup_host(seed.as_str()).await {
+                Ok(addrs) => {
+                    for addr in addrs {
+                        if found.send(addr).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+                Err(err) => tracing::debug!("cluster: seed {seed} does not resolve (yet): {err}"),
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(SEED_REFRESH) => {}
+            _ = stop.changed() => return,
+        }
+    }
 }
 
 /// Runs membership until `stop`; `done` fires once the leave was announced.
@@ -212,7 +245,15 @@ pub(super) async fn run(
     let mut live = chitchat.lock().await.live_nodes_watcher();
     publish_routes(&chitchat, &cluster.local.keys()).await;
     let mut tick = tokio::time::interval(interval);
+    // Seeds by name, resolved off the loop (a slow resolver must not stall gossip handling).
+    let (seed_tx, mut seed_rx) = tokio::sync::mpsc::channel::<SocketAddr>(64);
+    let named: Vec<String> =
+        config.seeds.iter().filter(|s| s.parse::<SocketAddr>().is_err()).cloned().collect();
+    if !named.is_empty() {
+        ntex::rt::spawn(resolve_seeds(named, seed_tx, stop.clone()));
+    }
     let mut last_sys: Option<(Instant, usize)> = None;
+    let mut warned_twin = false;
     loop {
         tokio::select! {
             _ = cluster.local.changed.notified() => {
@@ -229,7 +270,23 @@ pub(super) async fn run(
                 cluster.apply(peers);
             }
             _ = tick.tick() => {
-                let members = members(&*chitchat.lock().await, &cluster.node);
+                let (members, twin) = {
+                    let chitchat = chitchat.lock().await;
+                    // A live, newer incarnation of our name elsewhere: two nodes share a name
+                    // (each would ignore the other), or this process is a stale copy.
+                    let twin = chitchat.live_nodes().find(|id| {
+                        *id.node_id == *cluster.node && id.generation_id > cluster.generation
+                    }).map(|id| id.gossip_advertise_addr);
+                    (members(&chitchat, &cluster.node), twin)
+                };
+                if twin.is_some() && !warned_twin {
+                    tracing::error!(
+                        node = %cluster.node,
+                        other = ?twin,
+                        "cluster: another live node uses this node name; node names must be unique"
+                    );
+                }
+                warned_twin = twin.is_some();
                 cluster.set_members(members);
                 let alive = cluster.alive();
                 let sys = broker.config().sys.interval;
@@ -240,6 +297,11 @@ pub(super) async fn run(
                 if !sys.is_zero() && due {
                     broker.publish_internal(Message::new(SYS_MEMBERS, alive.to_string(), QoS::AtMostOnce, true));
                     last_sys = Some((Instant::now(), alive));
+                }
+            }
+            Some(seed) = seed_rx.recv() => {
+                if seed != advertise && let Err(err) = handle.gossip(seed) {
+                    tracing::debug!("cluster: gossip to seed {seed}: {err:#}");
                 }
             }
             _ = stop.changed() => break,

@@ -46,6 +46,12 @@ impl PeerQueue {
         }
     }
 
+    /// Messages waiting for the peer: queued plus sent and not yet acknowledged.
+    pub fn depth(&self) -> u64 {
+        let queued = self.tx.max_capacity().saturating_sub(self.tx.capacity());
+        queued as u64 + PeerStats::get(&self.stats.inflight)
+    }
+
     /// Follows a peer that announced a new link address (it restarted elsewhere).
     pub fn set_addr(&self, addr: &str) {
         self.addr.send_if_modified(|current| {
@@ -186,11 +192,13 @@ async fn run(
                 .properties(|p| *p = wire::properties(&message, now, &groups))
                 .send_at_least_once(message.payload.clone());
             let stats = stats.clone();
+            PeerStats::add(&stats.inflight, 1);
             ntex::rt::spawn(async move {
                 match ack.await {
                     Ok(_) => PeerStats::add(&stats.forwarded_out, 1),
                     Err(_) => PeerStats::add(&stats.dropped, 1),
                 }
+                stats.inflight.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
             });
         };
         if finished {

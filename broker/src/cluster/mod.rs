@@ -186,7 +186,9 @@ impl Cluster {
         if members.is_empty() {
             members.push(self.self_member());
         }
+        let depths: BTreeMap<String, u64> = self.queue_depths().into_iter().collect();
         for m in members.iter_mut().filter(|m| !m.is_self) {
+            m.queued = depths.get(&m.name).copied().unwrap_or_default();
             let stats = self.stats_for(&m.name);
             m.link = Some(stats.link());
             m.forwarded_out = PeerStats::get(&stats.forwarded_out);
@@ -217,6 +219,31 @@ impl Cluster {
             forwarded_out: 0,
             forwarded_in: 0,
             dropped: 0,
+            queued: 0,
+        }
+    }
+
+    /// Messages waiting per live peer (queued plus in flight), by name.
+    pub fn queue_depths(&self) -> Vec<(String, u64)> {
+        let table = self.table.read().unwrap_or_else(|p| p.into_inner());
+        table.all().map(|(name, peer)| (name.clone(), peer.handle.depth())).collect()
+    }
+
+    /// Waits (at most `bound`) until the connected links have sent and had acknowledged what
+    /// is queued for them, so a graceful stop loses as little as it can.
+    async fn drain(&self, bound: std::time::Duration) {
+        let deadline = std::time::Instant::now() + bound;
+        loop {
+            let busy = {
+                let table = self.table.read().unwrap_or_else(|p| p.into_inner());
+                table.all().any(|(_, peer)| {
+                    peer.handle.stats.link() == status::LinkState::Connected && peer.handle.depth() > 0
+                })
+            };
+            if !busy || std::time::Instant::now() >= deadline {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
     }
 
@@ -230,9 +257,10 @@ impl Cluster {
         ntex::rt::spawn(gossip::run(self.clone(), broker, self.stop.subscribe(), done));
     }
 
-    /// Announces that this node leaves, stops gossip and closes the links (bounded: a few
-    /// gossip intervals).
+    /// Sends what is queued for connected peers (up to 2 s), announces that this node leaves,
+    /// stops gossip and closes the links (bounded: a few gossip intervals more).
     pub async fn stop(&self) {
+        self.drain(std::time::Duration::from_secs(2)).await;
         let _ = self.stop.send(true);
         let stopped = self.stopped.lock().unwrap_or_else(|p| p.into_inner()).take();
         if let Some(stopped) = stopped {

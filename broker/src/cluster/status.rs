@@ -31,6 +31,8 @@ pub struct PeerStats {
     pub dropped: AtomicU64,
     /// Successful link connects after the first.
     pub reconnects: AtomicU64,
+    /// Messages sent on the link and not yet acknowledged (a gauge).
+    pub inflight: AtomicU64,
     link: Mutex<LinkState>,
 }
 
@@ -41,6 +43,7 @@ impl Default for PeerStats {
             forwarded_in: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
             reconnects: AtomicU64::new(0),
+            inflight: AtomicU64::new(0),
             link: Mutex::new(LinkState::Closed),
         }
     }
@@ -107,6 +110,8 @@ pub struct Member {
     pub forwarded_in: u64,
     /// Messages for it dropped here.
     pub dropped: u64,
+    /// Messages waiting for it here (queued plus in flight on the link).
+    pub queued: u64,
 }
 
 /// `GET /api/v1/cluster`.

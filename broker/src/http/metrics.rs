@@ -138,6 +138,12 @@ const CLUSTER_MESSAGES: Spec = counter(
     &["peer", "direction"],
 );
 
+const CLUSTER_QUEUE: Spec = gauge(
+    "fleetmq_cluster_queue_depth",
+    "Messages waiting for a live peer here (queued plus in flight on the link).",
+    &["peer"],
+);
+
 /// Bridge families: exported only when bridges are configured.
 #[cfg(test)]
 const BRIDGE_FAMILIES: &[&Spec] =
@@ -178,6 +184,7 @@ const ALL: &[&Spec] = &[
     &CLUSTER_MEMBERS,
     &CLUSTER_LINK_UP,
     &CLUSTER_MESSAGES,
+    &CLUSTER_QUEUE,
 ];
 
 const QOS_LEVELS: [(QoS, &str); 3] =
@@ -337,6 +344,9 @@ impl Collector for BrokerCollector {
                 out.count(&CLUSTER_MESSAGES, &[name, "out"], PeerStats::get(&s.forwarded_out));
                 out.count(&CLUSTER_MESSAGES, &[name, "in"], PeerStats::get(&s.forwarded_in));
                 out.count(&CLUSTER_MESSAGES, &[name, "dropped"], PeerStats::get(&s.dropped));
+            }
+            for (name, depth) in cluster.queue_depths() {
+                out.count(&CLUSTER_QUEUE, &[&name], depth);
             }
         }
         out.0
