@@ -162,15 +162,29 @@ def cluster(tmp_path, start_broker):
         nodes = [Node(f"node-{i + 1}", taken) for i in range(n)]
         brokers = []
         for i, node in enumerate(nodes):
-            cfg = config_for(node, nodes, sys, seed_host, extra)
-            env = {}
-            if same_name:
-                cfg["cluster"]["node_name"] = "twin"
-            elif i == 2:
-                env["FLEETMQ_NODE_NAME"] = node.name
-            else:
-                cfg["cluster"]["node_name"] = node.name
-            brokers.append(start_broker(cfg, env=env))
+            for attempt in range(3):
+                cfg = config_for(node, nodes, sys, seed_host, extra)
+                env = {}
+                if same_name:
+                    cfg["cluster"]["node_name"] = "twin"
+                elif i == 2:
+                    env["FLEETMQ_NODE_NAME"] = node.name
+                else:
+                    cfg["cluster"]["node_name"] = node.name
+                try:
+                    brokers.append(start_broker(cfg, env=env))
+                    break
+                except AssertionError:
+                    # Ports are picked free but released before the broker binds them; another
+                    # process (or a sibling's link port 0) may take one meanwhile. Only that
+                    # is retried, with fresh client and HTTP ports (the gossip port is in
+                    # every sibling's seeds).
+                    log = sorted(tmp_path.glob("broker-*.log"), key=lambda p: p.stat().st_mtime)[-1].read_text()
+                    if attempt == 2 or "Address already in use" not in log:
+                        raise
+                    node.mqtt, node.http = free_port(), free_port()
+                    if "gossip_bind" in log:
+                        node.gossip = free_udp_port(taken)
         if wait:
             wait_alive(brokers, {n.name for n in nodes})
         return nodes, brokers
@@ -385,7 +399,7 @@ def test_graceful_stop_leaves_at_once(cluster, clients):
     nodes, brokers = cluster()
     assert brokers[1].stop() == 0
     # "left" is gossiped before the process exits: no failure-detector delay needed.
-    wait_until(lambda: (peer(brokers[0], "node-2") or {}).get("state") == "left", timeout=5,
+    wait_until(lambda: (peer(brokers[0], "node-2") or {}).get("state") == "left", timeout=10,
                what="node-2 shown as left")
     assert alive_names(brokers[0]) == {"node-1", "node-3"}
 

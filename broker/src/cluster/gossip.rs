@@ -307,9 +307,10 @@ pub(super) async fn run(
             _ = stop.changed() => break,
         }
     }
-    // Tell the peers now rather than let them wait for the failure detector.
+    // Tell the peers now rather than let them wait for the failure detector: a few gossip
+    // rounds (each reaches up to three peers) spread the key.
     chitchat.lock().await.self_node_state().set(LEFT_KEY, "1");
-    tokio::time::sleep(interval * 3).await;
+    tokio::time::sleep((interval * 3).max(Duration::from_millis(500))).await;
     if let Err(err) = handle.shutdown().await {
         tracing::debug!("cluster: gossip shutdown: {err:#}");
     }

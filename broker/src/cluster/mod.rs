@@ -264,7 +264,7 @@ impl Cluster {
         let _ = self.stop.send(true);
         let stopped = self.stopped.lock().unwrap_or_else(|p| p.into_inner()).take();
         if let Some(stopped) = stopped {
-            let bound = self.config.gossip_interval * 4 + std::time::Duration::from_secs(1);
+            let bound = self.config.gossip_interval * 4 + std::time::Duration::from_secs(2);
             let _ = tokio::time::timeout(bound, stopped).await;
         }
         let mut table = self.table.write().unwrap_or_else(|p| p.into_inner());
