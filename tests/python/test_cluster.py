@@ -156,14 +156,14 @@ def cluster(tmp_path, start_broker):
         return cfg
 
     def make(n: int = 3, sys: bool = False, seed_host: str = "127.0.0.1", same_name: bool = False,
-             wait: bool = True, **extra):
-        """`extra`: more keys of the cluster section."""
+             wait: bool = True, config: dict | None = None, **extra):
+        """`extra`: more keys of the cluster section; `config`: more top-level keys (every node)."""
         taken: set[int] = set()
         nodes = [Node(f"node-{i + 1}", taken) for i in range(n)]
         brokers = []
         for i, node in enumerate(nodes):
             for attempt in range(3):
-                cfg = config_for(node, nodes, sys, seed_host, extra)
+                cfg = {**config_for(node, nodes, sys, seed_host, extra), **(config or {})}
                 env = {}
                 if same_name:
                     cfg["cluster"]["node_name"] = "twin"

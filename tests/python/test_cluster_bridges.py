@@ -9,48 +9,27 @@ import time
 
 from helpers import wait_until
 from test_bridges import mosquitto  # noqa: F401 (the `mosquitto` fixture)
-from test_cluster import GOSSIP_INTERVAL, SECRET, TOKEN, Node, api, peer, wait_alive
+from test_cluster import api, cluster, peer  # noqa: F401 (the `cluster` fixture)
 
 
-def start_nodes(tmp_path, start_broker, remote_port: int) -> list:
-    token = tmp_path / "admin-token"
-    token.write_text(TOKEN)
-    secret = tmp_path / "cluster-secret"
-    secret.write_text(SECRET)
-    nodes = [Node(f"node-{i + 1}") for i in range(2)]
-    brokers = []
-    for node in nodes:
-        brokers.append(start_broker({
-            "listeners": [{"bind": f"127.0.0.1:{node.mqtt}"}],
-            "http": {"bind": f"127.0.0.1:{node.http}", "admin_token_file": str(token)},
-            "cluster": {
-                "node_name": node.name,
-                "gossip_bind": f"127.0.0.1:{node.gossip}",
-                "link_bind": f"127.0.0.1:{node.link}",
-                "advertise_host": "127.0.0.1",
-                "seeds": [f"127.0.0.1:{n.gossip}" for n in nodes],
-                "secret_file": str(secret),
-                "gossip_interval": GOSSIP_INTERVAL,
-            },
-            "bridges": [{
-                "name": "cloud",
-                "addresses": [f"127.0.0.1:{remote_port}"],
-                "client_id": "edge",
-                "backoff": {"initial": "100ms", "max": "500ms"},
-                "topics": [{"pattern": "up/#", "direction": "out", "qos": 1},
-                           {"pattern": "down/#", "direction": "in", "qos": 1}],
-            }],
-        }))
-    wait_alive(brokers, {n.name for n in nodes})
+def start_nodes(cluster, remote_port: int) -> list:
+    _, brokers = cluster(2, config={"bridges": [{
+        "name": "cloud",
+        "addresses": [f"127.0.0.1:{remote_port}"],
+        "client_id": "edge",
+        "backoff": {"initial": "100ms", "max": "500ms"},
+        "topics": [{"pattern": "up/#", "direction": "out", "qos": 1},
+                   {"pattern": "down/#", "direction": "in", "qos": 1}],
+    }]})
     for b in brokers:
         wait_until(lambda: api(b, "bridges")["items"][0]["state"] == "connected", timeout=10,
                    what=f"bridge connected on port {b.port}")
     return brokers
 
 
-def test_each_node_bridges_its_own_clients_once(tmp_path, start_broker, mosquitto, clients):  # noqa: F811
+def test_each_node_bridges_its_own_clients_once(cluster, mosquitto, clients):  # noqa: F811
     remote = mosquitto()
-    brokers = start_nodes(tmp_path, start_broker, remote.port)
+    brokers = start_nodes(cluster, remote.port)
     # Each node has its own session on the remote: the node name is appended to the client id.
     log = remote.log()
     assert " as edge.node-1 " in log and " as edge.node-2 " in log, log

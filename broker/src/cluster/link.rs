@@ -192,10 +192,13 @@ async fn run(
                 .properties(|p| *p = wire::properties(&message, now, &groups))
                 .send_at_least_once(message.payload.clone());
             let stats = stats.clone();
+            // Takeover control messages share the queue but are not forwarded messages.
+            let forwarded = !message.topic.starts_with(super::takeover::CONTROL_PREFIX);
             PeerStats::add(&stats.inflight, 1);
             ntex::rt::spawn(async move {
                 match ack.await {
-                    Ok(_) => PeerStats::add(&stats.forwarded_out, 1),
+                    Ok(_) if forwarded => PeerStats::add(&stats.forwarded_out, 1),
+                    Ok(_) => {}
                     Err(_) => PeerStats::add(&stats.dropped, 1),
                 }
                 stats.inflight.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);

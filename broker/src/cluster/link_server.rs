@@ -43,6 +43,8 @@ impl TryFrom<LinkError> for v5::PublishAck {
 /// One accepted peer connection.
 #[derive(Clone)]
 struct Peer {
+    /// The peer's node name (the link's client id).
+    name: String,
     stats: Arc<PeerStats>,
 }
 
@@ -63,8 +65,11 @@ pub fn config(config: &BrokerConfig) -> SharedCfg {
         .add(
             MqttServiceConfig::new()
                 .set_max_qos(QoS::AtLeastOnce)
-                // Room for the properties the link adds around a client's largest packet.
-                .set_max_size(max_packet.saturating_add(64 * 1024))
+                // Room for the properties the link adds around a client's largest packet, and
+                // for a session handed over with its queue (see `takeover`).
+                .set_max_size(
+                    max_packet.saturating_add(64 * 1024).max(super::takeover::MAX_HANDOVER + 64 * 1024),
+                )
                 .set_max_receive(256)
                 .set_connect_timeout(Seconds(10)),
         )
@@ -77,6 +82,7 @@ pub fn factory<F: ntex::io::Filter>(
     broker: Broker,
 ) -> impl ServiceFactory<Io<F>, SharedCfg, Response = (), Error = MqttError<LinkError>, InitError = ()> {
     let secret = cluster.identity().secret;
+    let control = cluster.clone();
     v5::MqttServer::new(fn_service(move |h: v5::Handshake| {
         let secret = secret.clone();
         let cluster = cluster.clone();
@@ -96,18 +102,27 @@ pub fn factory<F: ntex::io::Filter>(
                 return Ok::<_, LinkError>(h.failed(v5::codec::ConnectAckReason::BadUserNameOrPassword));
             }
             tracing::debug!(peer = %name, "cluster link: peer connected");
-            Ok(h.ack(Peer { stats: cluster.stats_for(&name) }))
+            Ok(h.ack(Peer { stats: cluster.stats_for(&name), name }))
         }
     }))
     .publish(fn_factory_with_config(move |session: v5::Session<Peer>| {
         let broker = broker.clone();
         let stats = session.stats.clone();
+        let from = session.name.clone();
+        let cluster = control.clone();
         async move {
             Ok::<_, LinkError>(fn_service(move |publish: v5::Publish| {
                 let broker = broker.clone();
                 let stats = stats.clone();
+                let from = from.clone();
+                let cluster = cluster.clone();
                 async move {
                     let payload = publish.read_all().await.map_err(|e| LinkError(format!("{e:?}")))?;
+                    let topic = publish.packet().topic.clone();
+                    if topic.starts_with(super::takeover::CONTROL_PREFIX) {
+                        cluster.on_control(&broker, &from, &topic, &payload);
+                        return Ok::<_, LinkError>(publish.ack());
+                    }
                     let (message, groups) = wire::message(publish.packet(), payload, Instant::now());
                     if crate::core::topic::validate_topic_name(&message.topic, usize::MAX).is_ok() {
                         broker.publish_from_peer(message, groups);

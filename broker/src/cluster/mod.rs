@@ -16,10 +16,11 @@ pub mod link_server;
 pub mod local;
 pub mod status;
 pub mod table;
+pub mod takeover;
 pub mod wire;
 
 use std::any::Any;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -33,7 +34,7 @@ use crate::core::topic::SubscriptionFilter;
 use crate::core::types::Message;
 use link::{Identity, PeerQueue};
 use local::LocalRoutes;
-use status::{ClusterStatus, Member, MemberState, PeerStats};
+use status::{ClusterStatus, LinkState, Member, MemberState, PeerStats};
 use table::PeerTable;
 
 /// Why clustering cannot start.
@@ -75,6 +76,8 @@ pub struct Cluster {
     link_address: Mutex<String>,
     stop: watch::Sender<bool>,
     stopped: Mutex<Option<oneshot::Receiver<()>>>,
+    /// Session claims this node is waiting on.
+    claims: takeover::Claims,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -139,7 +142,128 @@ impl Cluster {
             link_address: Mutex::new(String::new()),
             stop,
             stopped: Mutex::new(None),
+            claims: takeover::Claims::default(),
         })))
+    }
+
+    /// Takes `client_id`'s session from whichever peer has it, before a CONNECT of that
+    /// client is accepted here (see [`takeover`]). Waits for every peer with a live link, at
+    /// most [`takeover::CLAIM_TIMEOUT`]; a handed-over session is installed (and durable when
+    /// persistent) before this returns. Keep the returned guard until the CONNECT is done, so a
+    /// concurrent claim from a peer loses meanwhile. `None`: another node is connecting the
+    /// same client id at this moment and wins; refuse this CONNECT (the client retries).
+    pub async fn claim(self: &Arc<Self>, broker: &Broker, client_id: &str) -> Option<takeover::ClaimGuard> {
+        let peers: BTreeSet<String> = {
+            let table = self.table.read().unwrap_or_else(|p| p.into_inner());
+            table
+                .all()
+                .filter(|(_, peer)| matches!(peer.handle.stats.link(), LinkState::Connected))
+                .map(|(name, _)| name.clone())
+                .collect()
+        };
+        let (id, answer) = self.claims.start(client_id, peers.clone());
+        let guard = takeover::ClaimGuard { cluster: self.clone(), id };
+        if peers.is_empty() {
+            self.claims.decide(id);
+            return Some(guard);
+        }
+        let claim = Arc::new(takeover::Control::Claim { id, client_id: client_id.to_string() }.to_message());
+        {
+            let table = self.table.read().unwrap_or_else(|p| p.into_inner());
+            for name in &peers {
+                if let Some(peer) = table.get(name) {
+                    peer.handle.send(&claim, Vec::new());
+                }
+            }
+        }
+        match tokio::time::timeout(takeover::CLAIM_TIMEOUT, answer).await {
+            Ok(Ok(takeover::Outcome::Session(session))) => {
+                let ticket = broker.import_session(*session);
+                if let Err(err) = broker.durable(ticket).wait().await {
+                    tracing::error!(client_id, "cluster: storing a handed-over session failed: {err}");
+                }
+                Some(guard)
+            }
+            Ok(Ok(takeover::Outcome::Lost)) => {
+                tracing::info!(
+                    client_id,
+                    "cluster: the client connects on another node at the same time; refused here"
+                );
+                None
+            }
+            Ok(_) => Some(guard),
+            Err(_) => {
+                tracing::warn!(
+                    client_id,
+                    peers = ?self.claims.silent(id),
+                    "cluster: no answer to a session claim within {:?}; the client goes on with what this node has",
+                    takeover::CLAIM_TIMEOUT
+                );
+                self.claims.decide(id);
+                Some(guard)
+            }
+        }
+    }
+
+    /// A control message from peer `from` (arrived on its link).
+    pub fn on_control(&self, broker: &Broker, from: &str, topic: &str, payload: &crate::core::types::Bytes) {
+        use takeover::Control;
+        match Control::parse(topic, payload) {
+            Some(Control::Claim { id, client_id }) => {
+                // Both nodes claim the same client id at once: the smaller node name wins, on
+                // both sides (the other side may not be claiming yet when this claim arrives
+                // there, so the larger one also gives up on its own).
+                // A claim here that is decided (its CONNECT going ahead) always wins.
+                let wins = match self.claims.state(&client_id) {
+                    Some(takeover::ClaimState::Decided) => true,
+                    Some(takeover::ClaimState::Waiting) if self.node.as_str() < from => true,
+                    Some(takeover::ClaimState::Waiting) => {
+                        self.claims.concede(&client_id);
+                        false
+                    }
+                    None => false,
+                };
+                let answer = if wins {
+                    Control::Busy { id }
+                } else {
+                    match broker.export_session(&client_id) {
+                        Some(session) => {
+                            Control::Handover { id, session: takeover::encode_within_limit(session).into() }
+                        }
+                        None => Control::None { id },
+                    }
+                };
+                let table = self.table.read().unwrap_or_else(|p| p.into_inner());
+                match table.get(from) {
+                    Some(peer) => peer.handle.send(&Arc::new(answer.to_message()), Vec::new()),
+                    None => tracing::warn!(
+                        peer = from,
+                        client_id,
+                        "cluster: cannot answer a session claim (peer unknown here)"
+                    ),
+                }
+            }
+            Some(Control::Handover { id, session }) => match crate::store::decode_handover(&session) {
+                Ok(session) => {
+                    if let Some(late) =
+                        self.claims.answer(id, from, takeover::Outcome::Session(Box::new(session)))
+                    {
+                        takeover::late_handover(broker, late);
+                    }
+                }
+                Err(err) => {
+                    tracing::error!(peer = from, "cluster: undecodable session handover: {err}");
+                    self.claims.answer(id, from, takeover::Outcome::Nothing);
+                }
+            },
+            Some(Control::None { id }) => {
+                self.claims.answer(id, from, takeover::Outcome::Nothing);
+            }
+            Some(Control::Busy { id }) => {
+                self.claims.answer(id, from, takeover::Outcome::Lost);
+            }
+            None => tracing::warn!(peer = from, topic, "cluster: malformed control message ignored"),
+        }
     }
 
     /// The cluster of `broker`, when clustering is on.
@@ -308,8 +432,8 @@ fn host_for_address(host: &str) -> String {
 
 impl Forwarder for Cluster {
     fn forward(&self, message: &Arc<Message>) -> Forwarded {
-        // `$SYS` is per node.
-        if message.topic.starts_with("$SYS/") {
+        // `$SYS` is per node; `$cluster/` on a link means control, so a client's is not sent.
+        if message.topic.starts_with("$SYS/") || message.topic.starts_with(takeover::CONTROL_PREFIX) {
             return Forwarded { peers: 0, shared: SharedMode::Local };
         }
         let table = self.table.read().unwrap_or_else(|p| p.into_inner());

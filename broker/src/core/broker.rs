@@ -1356,6 +1356,7 @@ fn assigned_client_id() -> ByteString {
 // child module so they can use the registry and store without widening this module's API.
 #[path = "admin.rs"]
 pub mod admin;
+mod handover;
 
 #[cfg(test)]
 mod tests;

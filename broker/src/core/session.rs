@@ -436,6 +436,26 @@ impl SessionState {
         }
     }
 
+    /// Empties the session for a handover to another cluster node: every delivery in sequence
+    /// order (in flight ones too, with `AwaitPubcomp` where the PUBREC already arrived) and the
+    /// inbound QoS 2 ids, shaped like what the store keeps so the receiving node restores them
+    /// the same way ([`SessionState::restore`]). Sequence numbers travel along, so packet ids
+    /// stay the same for the client.
+    pub fn take_for_handover(&mut self) -> Restored {
+        let mut deliveries: Vec<(u64, Delivery, Option<Phase>)> = self
+            .inflight
+            .drain(..)
+            .map(|i| (i.seq, i.delivery, (i.phase == Phase::AwaitPubcomp).then_some(Phase::AwaitPubcomp)))
+            .collect();
+        deliveries.extend(self.queue.entries.drain(..).map(|q| (q.seq, q.delivery, None)));
+        deliveries.sort_by_key(|(seq, _, _)| *seq);
+        self.queue.bytes = 0;
+        self.queue.qos0.clear();
+        self.outbound_ids.clear();
+        self.conflated.clear();
+        Restored { deliveries, inbound: self.inbound_qos2.drain().collect(), floor: self.next_seq }
+    }
+
     /// Puts back what the store kept: messages with an outstanding PUBREL go in flight (their
     /// PUBREL is re-sent), everything else is queued and sent with DUP set.
     pub fn restore(&mut self, mut restored: Restored) {

@@ -182,6 +182,18 @@ async fn connect(
         password: pkt.password.clone(),
         peer,
     };
+    // In a cluster, the client's session may live on another node: take it over first.
+    // Held until the CONNECT is done, so a peer claiming the same client id meanwhile loses.
+    let _claim = match crate::cluster::Cluster::of(broker) {
+        Some(cluster) if !client_id.is_empty() => match cluster.claim(broker, &client_id).await {
+            Some(guard) => Some(guard),
+            None => {
+                refused("the same client id is connecting on another node right now");
+                return Ok(h.service_unavailable());
+            }
+        },
+        _ => None,
+    };
     // A listener slot first (per-listener max_connections), then the broker's own checks.
     let (connected, slot) = match ctx.slot().and_then(|slot| broker.connect(request).map(|c| (c, slot))) {
         Ok(pair) => pair,

@@ -14,6 +14,16 @@ mod records;
 
 pub(crate) use records::unix_ms;
 
+/// Encodes a session for a handover to another cluster node (as the store encodes it).
+pub fn encode_handover(session: &LoadedSession) -> Vec<u8> {
+    records::encode_handover(session, records::Clock::now())
+}
+
+/// Decodes [`encode_handover`]'s output; the error says what is wrong.
+pub fn decode_handover(bytes: &[u8]) -> Result<LoadedSession, String> {
+    records::decode_handover(bytes, records::Clock::now())
+}
+
 use std::sync::Arc;
 use std::time::SystemTime;
 

@@ -7,8 +7,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use super::{SessionRecord, StoreError};
-use crate::core::session::{Expiry, Will};
+use super::{LoadedSession, SessionRecord, StoreError};
+use crate::core::session::{Expiry, Phase, Will};
 use crate::core::types::{
     BROKER_ORIGIN, ByteString, Bytes, Delivery, Message, Properties, QoS, RetainHandling, SubscriptionOptions,
 };
@@ -469,4 +469,48 @@ mod tests {
         assert_eq!(split_key16(&queue_key(7, 9)).unwrap(), (7, 9));
         assert_eq!(split_inbound_key(&inbound_key(7, 513)).unwrap(), (7, 513));
     }
+}
+
+/// A session moving between cluster nodes: its metadata and every delivery, each encoded as
+/// the store encodes it.
+#[derive(Serialize, Deserialize)]
+struct HandoverRec<'a> {
+    client_id: &'a str,
+    #[serde(borrow)]
+    session: &'a [u8],
+    /// (sequence number, encoded delivery; its flag says the PUBREC had arrived).
+    #[serde(borrow)]
+    deliveries: Vec<(u64, &'a [u8])>,
+    inbound: Vec<u16>,
+    floor: u64,
+}
+
+/// Encodes a session for a handover to another node (message expiry travels as wall-clock
+/// time, like in the store).
+pub(crate) fn encode_handover(s: &LoadedSession, clock: Clock) -> Vec<u8> {
+    let session = encode_session(&s.record, clock);
+    let deliveries: Vec<(u64, Vec<u8>)> = s
+        .deliveries
+        .iter()
+        .map(|(seq, d, phase)| (*seq, encode_delivery(d, *phase == Some(Phase::AwaitPubcomp), clock)))
+        .collect();
+    encode(&HandoverRec {
+        client_id: &s.record.client_id,
+        session: &session,
+        deliveries: deliveries.iter().map(|(seq, bytes)| (*seq, bytes.as_slice())).collect(),
+        inbound: s.inbound.clone(),
+        floor: s.floor,
+    })
+}
+
+/// Decodes [`encode_handover`]'s output.
+pub(crate) fn decode_handover(bytes: &[u8], clock: Clock) -> Result<LoadedSession, String> {
+    let r: HandoverRec<'_> = decode(bytes, "session handover")?;
+    let record = decode_session(r.client_id, r.session, clock)?;
+    let mut deliveries = Vec::with_capacity(r.deliveries.len());
+    for (seq, bytes) in r.deliveries {
+        let (delivery, released) = decode_delivery(bytes, clock)?;
+        deliveries.push((seq, delivery, released.then_some(Phase::AwaitPubcomp)));
+    }
+    Ok(LoadedSession { record, deliveries, inbound: r.inbound, floor: r.floor })
 }

@@ -1,0 +1,324 @@
+//! Session takeover across nodes. Before a client's CONNECT is accepted, the node it reached
+//! asks every peer with a live link for the client's session (`$cluster/claim`); a peer that
+//! has it closes the client's old connection, ends the session there and sends it back
+//! (`$cluster/handover`, the session and its queue encoded as the store encodes them), the
+//! others answer `$cluster/none`. The claiming node installs the session (writing it to its own
+//! store) and lets the CONNECT resume it. Control messages ride the same links, in the same
+//! queues, as forwarded messages; the forwarder never forwards a client's `$cluster/` topic, so
+//! everything under it arriving on a link is control.
+
+use std::collections::BTreeSet;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use rustc_hash::FxHashMap;
+use tokio::sync::oneshot;
+
+use crate::core::Broker;
+use crate::core::types::{ByteString, Bytes, Message, QoS};
+use crate::store::LoadedSession;
+
+/// Topic prefix of the control messages (never a forwarded message's).
+pub const CONTROL_PREFIX: &str = "$cluster/";
+const CLAIM: &str = "$cluster/claim";
+const HANDOVER: &str = "$cluster/handover";
+const NONE: &str = "$cluster/none";
+const BUSY: &str = "$cluster/busy";
+/// How long a CONNECT waits for the peers' answers. A peer that does not answer in time is
+/// assumed not to have the session (logged): the client then starts or resumes what this node
+/// has.
+pub const CLAIM_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Largest encoded session handed over in one piece. A session whose queue is larger keeps
+/// its oldest messages up to this size and the rest are dropped (logged); the link listener
+/// accepts packets of this size.
+pub const MAX_HANDOVER: u32 = 64 << 20;
+
+/// Encodes `session` for a handover within [`MAX_HANDOVER`], dropping its newest queued
+/// messages if it does not fit (and saying how many).
+pub fn encode_within_limit(mut session: LoadedSession) -> Vec<u8> {
+    let limit = MAX_HANDOVER as usize;
+    let mut bytes = crate::store::encode_handover(&session);
+    if bytes.len() <= limit {
+        return bytes;
+    }
+    let total = session.deliveries.len();
+    // Shrink by the measured average size, then confirm by encoding again.
+    while bytes.len() > limit && !session.deliveries.is_empty() {
+        let keep = (session.deliveries.len() as u128 * limit as u128 / bytes.len() as u128) as usize;
+        session.deliveries.truncate(keep.min(session.deliveries.len() - 1));
+        bytes = crate::store::encode_handover(&session);
+    }
+    tracing::error!(
+        client_id = %session.record.client_id,
+        dropped = total - session.deliveries.len(),
+        "cluster: session too large to hand over in one piece ({} MiB); its newest queued messages were dropped",
+        MAX_HANDOVER >> 20
+    );
+    bytes
+}
+
+/// Claims in progress, by claim id.
+#[derive(Default)]
+pub struct Claims {
+    next: AtomicU64,
+    pending: Mutex<FxHashMap<u64, Pending>>,
+}
+
+struct Pending {
+    client_id: String,
+    /// Peers that have not answered yet.
+    waiting: BTreeSet<String>,
+    done: Option<oneshot::Sender<Outcome>>,
+}
+
+/// A claim in progress on this node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClaimState {
+    /// Waiting for the peers' answers.
+    Waiting,
+    /// Answered: the CONNECT goes ahead (until it is done, see [`Claims::finish`]).
+    Decided,
+}
+
+/// How a claim ended.
+#[derive(Debug)]
+pub enum Outcome {
+    /// A peer handed the session over.
+    Session(Box<LoadedSession>),
+    /// No peer has it.
+    Nothing,
+    /// A peer claims the same client id at the same moment and wins.
+    Lost,
+}
+
+/// What a peer sent on its link under [`CONTROL_PREFIX`].
+#[derive(Debug, PartialEq)]
+pub enum Control {
+    /// Asks for `client_id`'s session; answer with the claim id.
+    Claim {
+        /// Claim id (the claimer's).
+        id: u64,
+        /// Client identifier.
+        client_id: String,
+    },
+    /// The session of claim `id` (encoded by [`crate::store::encode_handover`]).
+    Handover {
+        /// Claim id.
+        id: u64,
+        /// The encoded session.
+        session: Bytes,
+    },
+    /// No session for claim `id` here.
+    None {
+        /// Claim id.
+        id: u64,
+    },
+    /// The answering node is claiming the same client id itself and wins the tie (the
+    /// smaller node name): the claimer refuses its CONNECT, the client retries.
+    Busy {
+        /// Claim id.
+        id: u64,
+    },
+}
+
+impl Control {
+    /// The message that carries it on a link.
+    pub fn to_message(&self) -> Message {
+        let (topic, payload) = match self {
+            Control::Claim { id, client_id } => {
+                let mut p = id.to_be_bytes().to_vec();
+                p.extend_from_slice(client_id.as_bytes());
+                (CLAIM, p)
+            }
+            Control::Handover { id, session } => {
+                let mut p = id.to_be_bytes().to_vec();
+                p.extend_from_slice(session);
+                (HANDOVER, p)
+            }
+            Control::None { id } => (NONE, id.to_be_bytes().to_vec()),
+            Control::Busy { id } => (BUSY, id.to_be_bytes().to_vec()),
+        };
+        Message::new(ByteString::from_static(topic), Bytes::from(payload), QoS::AtLeastOnce, false)
+    }
+
+    /// Parses a control message; `None` for anything malformed.
+    pub fn parse(topic: &str, payload: &Bytes) -> Option<Control> {
+        let id = u64::from_be_bytes(payload.get(..8)?.try_into().ok()?);
+        let rest = payload.slice(8..);
+        match topic {
+            CLAIM => Some(Control::Claim { id, client_id: String::from_utf8(rest.to_vec()).ok()? }),
+            HANDOVER => Some(Control::Handover { id, session: rest }),
+            NONE => Some(Control::None { id }),
+            BUSY => Some(Control::Busy { id }),
+            _ => None,
+        }
+    }
+}
+
+impl Claims {
+    /// Registers a claim for `client_id` awaiting `peers`; returns its id and the answer.
+    pub fn start(&self, client_id: &str, peers: BTreeSet<String>) -> (u64, oneshot::Receiver<Outcome>) {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        let pending = Pending { client_id: client_id.to_string(), waiting: peers, done: Some(tx) };
+        self.lock().insert(id, pending);
+        (id, rx)
+    }
+
+    /// Forgets claim `id` (its CONNECT is done or refused); returns the peers that never
+    /// answered.
+    pub fn finish(&self, id: u64) -> BTreeSet<String> {
+        self.lock().remove(&id).map(|p| p.waiting).unwrap_or_default()
+    }
+
+    /// Decides claim `id` without all answers (they timed out): its CONNECT goes ahead.
+    pub fn decide(&self, id: u64) {
+        if let Some(done) = self.lock().get_mut(&id).and_then(|p| p.done.take()) {
+            let _ = done.send(Outcome::Nothing);
+        }
+    }
+
+    /// The peers that have not answered claim `id` yet.
+    pub fn silent(&self, id: u64) -> BTreeSet<String> {
+        self.lock().get(&id).map(|p| p.waiting.clone()).unwrap_or_default()
+    }
+
+    /// `from` answered claim `id`. Returns a handed-over session back when the claim is no
+    /// longer waiting for it (timed out, or already decided), so the caller can decide what to
+    /// do with it.
+    pub fn answer(&self, id: u64, from: &str, outcome: Outcome) -> Option<LoadedSession> {
+        let mut pending = self.lock();
+        let Some(claim) = pending.get_mut(&id) else {
+            return match outcome {
+                Outcome::Session(session) => Some(*session),
+                _ => None,
+            };
+        };
+        claim.waiting.remove(from);
+        match outcome {
+            Outcome::Nothing if !claim.waiting.is_empty() => None,
+            outcome => match claim.done.take() {
+                Some(done) => match done.send(outcome) {
+                    Err(Outcome::Session(session)) => Some(*session),
+                    _ => None,
+                },
+                None => match outcome {
+                    Outcome::Session(session) => Some(*session),
+                    _ => None,
+                },
+            },
+        }
+    }
+
+    /// Ends every claim for `client_id` in progress here as lost: a peer with a smaller name
+    /// claims the same client id at the same moment.
+    pub fn concede(&self, client_id: &str) {
+        for claim in self.lock().values_mut().filter(|p| p.client_id == client_id) {
+            if let Some(done) = claim.done.take() {
+                let _ = done.send(Outcome::Lost);
+            }
+        }
+    }
+
+    /// Whether a claim for `client_id` is in progress here (a concurrent CONNECT), and how
+    /// far: still waiting for answers, or decided (its CONNECT is going ahead).
+    pub fn state(&self, client_id: &str) -> Option<ClaimState> {
+        let pending = self.lock();
+        let mut found = None;
+        for p in pending.values().filter(|p| p.client_id == client_id) {
+            if p.done.is_none() {
+                return Some(ClaimState::Decided);
+            }
+            found = Some(ClaimState::Waiting);
+        }
+        found
+    }
+
+    /// Whether a claim for `client_id` is still waiting for answers here.
+    pub fn claiming(&self, client_id: &str) -> bool {
+        self.state(client_id) == Some(ClaimState::Waiting)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, FxHashMap<u64, Pending>> {
+        self.pending.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Keeps a claim registered until its CONNECT is done (dropped after `Broker::connect`), so a
+/// peer's claim for the same client id meanwhile is answered `Busy`.
+pub struct ClaimGuard {
+    pub(super) cluster: std::sync::Arc<super::Cluster>,
+    pub(super) id: u64,
+}
+
+impl Drop for ClaimGuard {
+    fn drop(&mut self) {
+        self.cluster.claims.finish(self.id);
+    }
+}
+
+/// A handover that arrived with nobody waiting for it (the claim timed out): installed only
+/// if the client has no session here now, so a session that started meanwhile is not
+/// replaced; otherwise its messages are dropped, and said so.
+pub fn late_handover(broker: &Broker, session: LoadedSession) {
+    let client_id = session.record.client_id.to_string();
+    if broker.session(&client_id).is_none() {
+        broker.import_session(session);
+    } else {
+        tracing::warn!(
+            client_id,
+            messages = session.deliveries.len(),
+            "cluster: a session handed over after its claim timed out was dropped (the client already has a session here)"
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn control_messages_round_trip() {
+        for control in [
+            Control::Claim { id: 7, client_id: "dev/1 ü".into() },
+            Control::Handover { id: u64::MAX, session: Bytes::from_static(b"\x01abc") },
+            Control::None { id: 0 },
+            Control::Busy { id: 3 },
+        ] {
+            let m = control.to_message();
+            assert!(m.topic.starts_with(CONTROL_PREFIX));
+            assert_eq!(Control::parse(&m.topic, &m.payload), Some(control));
+        }
+        assert_eq!(Control::parse(CLAIM, &Bytes::from_static(b"short")), None);
+        assert_eq!(Control::parse("$cluster/other", &Bytes::from_static(&[0; 8])), None);
+    }
+
+    #[test]
+    fn a_claim_completes_when_every_peer_said_no_or_one_handed_over() {
+        let claims = Claims::default();
+        let (id, mut rx) = claims.start("c", ["a".to_string(), "b".to_string()].into());
+        assert!(claims.claiming("c"));
+        assert!(claims.answer(id, "a", Outcome::Nothing).is_none());
+        assert!(rx.try_recv().is_err(), "still waiting for b");
+        assert!(claims.answer(id, "b", Outcome::Nothing).is_none());
+        assert!(matches!(rx.try_recv(), Ok(Outcome::Nothing)));
+        assert!(claims.finish(id).is_empty());
+
+        let (id, mut rx) = claims.start("e", ["a".to_string(), "b".to_string()].into());
+        claims.answer(id, "a", Outcome::Lost);
+        assert!(matches!(rx.try_recv(), Ok(Outcome::Lost)), "one busy answer decides");
+        claims.finish(id);
+
+        let (id, mut rx) = claims.start("f", ["a".to_string()].into());
+        claims.concede("f");
+        assert!(matches!(rx.try_recv(), Ok(Outcome::Lost)));
+        assert!(!claims.claiming("f"));
+        claims.finish(id);
+
+        let (id, _rx) = claims.start("d", ["a".to_string()].into());
+        assert_eq!(claims.finish(id), BTreeSet::from(["a".to_string()]), "a never answered");
+        assert!(!claims.claiming("d"));
+    }
+}

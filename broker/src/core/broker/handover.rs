@@ -1,0 +1,211 @@
+//! Moving a session between cluster nodes: [`Broker::export_session`] takes it out of this
+//! node (closing its connection), [`Broker::import_session`] installs it on another. The moved
+//! state has the shape the store loads at start ([`LoadedSession`]), so importing is recovery
+//! of one session, and the importing node writes it to its own store.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Instant, SystemTime};
+
+use super::{Broker, Expiry, Job, Kick, Restored, Session, topic};
+use crate::core::session::{Journal as _, Phase};
+use crate::store::{LoadedSession, SessionRecord};
+
+impl Broker {
+    /// Takes session `client_id` out of this node for another node: its connection (if any) is
+    /// closed as taken over, its will is published now unless it is delayed (the session lives
+    /// on, so a delayed will is cancelled like on a reconnect), and the session ends here
+    /// (subscriptions, queue and stored copy removed). `None` when there is no such session
+    /// (or it is a bridge's).
+    pub fn export_session(&self, client_id: &str) -> Option<LoadedSession> {
+        if client_id.starts_with(crate::bridge::SESSION_PREFIX) {
+            return None;
+        }
+        let session = self.session(client_id)?;
+        let (loaded, will_now) = {
+            let mut st = session.lock();
+            if st.ended {
+                return None;
+            }
+            let connected = st.attachment.is_some();
+            let will = st.will.take();
+            let will_now = if connected {
+                st.kick(Kick::TakenOver);
+                will.filter(|w| w.delay.is_zero())
+            } else {
+                None
+            };
+            let Restored { deliveries, inbound, floor } = st.take_for_handover();
+            let record = SessionRecord {
+                store_id: session.store_id,
+                client_id: session.client_id.clone(),
+                expiry: st.expiry,
+                subscriptions: st.subscriptions.iter().map(|(f, o)| (f.clone(), *o)).collect(),
+                will: None,
+                disconnected_at: if connected { None } else { st.disconnected_at },
+            };
+            (LoadedSession { record, deliveries, inbound, floor }, will_now)
+        };
+        if let Some(will) = will_now {
+            self.publish_will(will, &session);
+        }
+        self.end_session(&session, None);
+        tracing::info!(
+            client_id,
+            messages = loaded.deliveries.len(),
+            subscriptions = loaded.record.subscriptions.len(),
+            "session handed over to another node"
+        );
+        Some(loaded)
+    }
+
+    /// Installs a session exported by another node, replacing any local one of the same
+    /// client id, as a disconnected session (the client's connection attaches next). It is
+    /// written to this node's store when persistent; returns the store ticket to wait for
+    /// before the session counts as moved (0: nothing written).
+    pub fn import_session(&self, loaded: LoadedSession) -> u64 {
+        let inner = &*self.inner;
+        let client_id = loaded.record.client_id.clone();
+        if let Some(old) = self.session(&client_id) {
+            old.lock().kick(Kick::TakenOver);
+            self.end_session(&old, None);
+        }
+        let id = inner.session_ids.fetch_add(1, Ordering::Relaxed);
+        let store_id = inner.store_ids.fetch_add(1, Ordering::Relaxed);
+        let session = Arc::new(Session::new(
+            id,
+            store_id,
+            client_id.clone(),
+            loaded.record.expiry,
+            inner.settings.load().queue,
+        ));
+        let messages = loaded.deliveries.len();
+        let mut ticket;
+        {
+            let mut st = session.lock();
+            let mut journal = self.journal(&session, &st);
+            for (seq, delivery, phase) in &loaded.deliveries {
+                if delivery.qos.level() > 0 {
+                    journal.queued(*seq, delivery);
+                    if *phase == Some(Phase::AwaitPubcomp) {
+                        journal.released(*seq, delivery);
+                    }
+                }
+            }
+            for packet_id in &loaded.inbound {
+                journal.inbound(*packet_id, true);
+            }
+            ticket = journal.ticket;
+            st.restore(Restored {
+                deliveries: loaded.deliveries,
+                inbound: loaded.inbound,
+                floor: loaded.floor,
+            });
+            st.disconnected_at = Some(loaded.record.disconnected_at.unwrap_or_else(SystemTime::now));
+            for (raw, options) in &loaded.record.subscriptions {
+                st.subscriptions.insert(raw.clone(), *options);
+            }
+            ticket = ticket.max(self.persist_session(&session, &mut st));
+        }
+        for (raw, options) in &loaded.record.subscriptions {
+            match topic::parse_subscription(raw, usize::MAX) {
+                Ok(filter) => {
+                    inner.router.subscribe(&session, &filter, *options);
+                }
+                Err(err) => {
+                    tracing::warn!(client_id = %client_id, "handed-over subscription {raw} dropped: {err}")
+                }
+            }
+        }
+        inner.registry.lock(&client_id).insert(client_id.clone(), session.clone());
+        // Expires here like any disconnected session, unless its client attaches first.
+        if let Expiry::After(d) = loaded.record.expiry {
+            inner
+                .scheduler
+                .schedule(Instant::now() + d, Job::Expire { session: session.clone(), generation: 0 });
+        }
+        tracing::info!(client_id = %client_id, messages, "session taken over from another node");
+        ticket
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use fleetmq_config::BrokerConfig;
+
+    use super::*;
+    use crate::core::session::Outgoing;
+    use crate::core::types::{ByteString, Message, QoS, SubscriptionOptions};
+    use crate::core::{ConnectRequest, DisconnectKind, SubscribeRequest};
+
+    fn request(client_id: &str, clean: bool) -> ConnectRequest {
+        ConnectRequest {
+            client_id: ByteString::from(client_id.to_string()),
+            clean_start: clean,
+            expiry: if clean { Expiry::OnDisconnect } else { Expiry::Never },
+            will: None,
+            protocol: crate::core::types::ProtocolVersion::V3_1_1,
+            receive_max: u16::MAX,
+            username: None,
+            password: None,
+            peer: None,
+        }
+    }
+
+    #[test]
+    fn a_session_moves_with_its_subscriptions_and_queue() {
+        let a = Broker::new(BrokerConfig::default());
+        let b = Broker::new(BrokerConfig::default());
+        let connected = a.connect(request("dev-1", false)).expect("connect");
+        let sub = SubscribeRequest {
+            filter: ByteString::from_static("cmd/#"),
+            options: SubscriptionOptions::with_qos(QoS::AtLeastOnce),
+        };
+        let _ = a.subscribe(&connected.session, &[sub]);
+        a.disconnect(
+            &connected.session,
+            connected.generation,
+            DisconnectKind::Normal { publish_will: false, expiry: None },
+        );
+        for i in 0..3 {
+            let _ = a
+                .publish(Message::new(ByteString::from(format!("cmd/{i}")), "x", QoS::AtLeastOnce, false))
+                .expect("publish");
+        }
+
+        let loaded = a.export_session("dev-1").expect("exported");
+        assert!(a.session("dev-1").is_none(), "gone from the old node");
+        assert_eq!(a.subscription_count(), 0, "its routes too");
+        assert_eq!(loaded.deliveries.len(), 3);
+        assert!(a.export_session("dev-1").is_none());
+
+        b.import_session(loaded);
+        assert_eq!(b.subscription_count(), 1);
+        let resumed = b.connect(request("dev-1", false)).expect("resume");
+        assert!(resumed.session_present);
+        let mut batch = Vec::new();
+        b.next_batch(&resumed.session, resumed.generation, 10, &mut batch);
+        let topics: Vec<String> = batch
+            .iter()
+            .filter_map(|o| match o {
+                Outgoing::Publish { delivery, .. } => Some(delivery.message.topic.to_string()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(topics, ["cmd/0", "cmd/1", "cmd/2"], "queued messages follow, in order");
+        // New messages route to the new node's session.
+        let _ = b
+            .publish(Message::new(ByteString::from_static("cmd/3"), "y", QoS::AtLeastOnce, false))
+            .expect("publish");
+        assert_eq!(b.session("dev-1").expect("session").lock().queue_len(), 1);
+    }
+
+    #[test]
+    fn exporting_a_connected_session_takes_it_over() {
+        let a = Broker::new(BrokerConfig::default());
+        let connected = a.connect(request("dev-2", false)).expect("connect");
+        assert!(a.export_session("dev-2").is_some());
+        assert!(!a.is_connection_attached("dev-2", connected.generation));
+        assert!(a.export_session("$bridge/x").is_none());
+    }
+}
