@@ -252,16 +252,14 @@ pub async fn serve(
         sys::publish(&broker);
     }
     shutdown.await;
-    if let Some(cluster) = &cluster {
-        // Peers drop this node's routes at once instead of waiting for the failure detector.
-        cluster.stop().await;
-    }
     // Bridges first, while the store is open: their sessions detach like clients do.
     bridges.stop();
     tracing::info!(
         connections = broker.connected(),
         "shutting down: no new connections, disconnecting clients"
     );
+    // Established cluster links keep running: clients that reconnect to other nodes meanwhile
+    // take their sessions from here.
     server.pause().await;
     broker.begin_shutdown();
     let deadline = Instant::now() + config.server.shutdown_timeout;
@@ -270,6 +268,14 @@ pub async fn serve(
     }
     if broker.connected() > 0 {
         tracing::warn!(remaining = broker.connected(), "shutdown timeout: closing remaining connections");
+    }
+    if let Some(cluster) = &cluster {
+        // Drain: the sessions still here go to the other nodes (kept on disk when there are
+        // none); then leave, so peers drop this node's routes at once instead of waiting for
+        // the failure detector.
+        let bound = deadline.saturating_duration_since(Instant::now()).max(Duration::from_secs(2));
+        cluster.hand_over_all(&broker, bound).await;
+        cluster.stop().await;
     }
     server.stop(true).await;
     if let Err(err) = broker.store_flush().wait().await {

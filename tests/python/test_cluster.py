@@ -156,8 +156,10 @@ def cluster(tmp_path, start_broker):
         return cfg
 
     def make(n: int = 3, sys: bool = False, seed_host: str = "127.0.0.1", same_name: bool = False,
-             wait: bool = True, config: dict | None = None, **extra):
-        """`extra`: more keys of the cluster section; `config`: more top-level keys (every node)."""
+             wait: bool = True, config: dict | None = None, name_from_env: bool = True, **extra):
+        """`extra`: more keys of the cluster section; `config`: more top-level keys (every node);
+        `name_from_env`: node 3 takes its name from FLEETMQ_NODE_NAME (off: from the config,
+        so `Broker.restart()` keeps it)."""
         taken: set[int] = set()
         nodes = [Node(f"node-{i + 1}", taken) for i in range(n)]
         brokers = []
@@ -167,7 +169,7 @@ def cluster(tmp_path, start_broker):
                 env = {}
                 if same_name:
                     cfg["cluster"]["node_name"] = "twin"
-                elif i == 2:
+                elif i == 2 and name_from_env:
                     env["FLEETMQ_NODE_NAME"] = node.name
                 else:
                     cfg["cluster"]["node_name"] = node.name

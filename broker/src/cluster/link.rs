@@ -10,7 +10,7 @@ use ntex::service::{ServiceFactory, fn_service};
 use ntex::time::Seconds;
 use ntex::util::Bytes;
 use ntex_mqtt::v5;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use super::status::{LinkState, PeerStats};
 use super::table::Group;
@@ -25,8 +25,9 @@ const KEEP_ALIVE: Seconds = Seconds(15);
 /// User Name the link connects with (the secret is the password).
 pub const LINK_USER: &str = "fleetmq-cluster";
 
-/// A message for a peer, with the shared groups the peer serves for it.
-type Item = (Arc<Message>, Vec<Group>);
+/// A message for a peer, with the shared groups the peer serves for it, and who wants to
+/// know when the peer acknowledged it.
+type Item = (Arc<Message>, Vec<Group>, Option<oneshot::Sender<()>>);
 
 /// Sending side of a peer's queue, held in the route table.
 #[derive(Debug)]
@@ -41,9 +42,19 @@ pub struct PeerQueue {
 impl PeerQueue {
     /// Queues a message for the peer; a full queue drops it (newest dropped) and counts it.
     pub fn send(&self, message: &Arc<Message>, groups: Vec<Group>) {
-        if self.tx.try_send((message.clone(), groups)).is_err() {
+        if self.tx.try_send((message.clone(), groups, None)).is_err() {
             PeerStats::add(&self.stats.dropped, 1);
         }
+    }
+
+    /// Queues a message like [`PeerQueue::send`]; the receiver resolves once the peer
+    /// acknowledged it (and is dropped unresolved if it never is).
+    pub fn send_acked(&self, message: &Arc<Message>) -> oneshot::Receiver<()> {
+        let (tx, rx) = oneshot::channel();
+        if self.tx.try_send((message.clone(), Vec::new(), Some(tx))).is_err() {
+            PeerStats::add(&self.stats.dropped, 1);
+        }
+        rx
     }
 
     /// Messages waiting for the peer: queued plus sent and not yet acknowledged.
@@ -160,7 +171,7 @@ async fn run(
             if !sink.ready().await {
                 break false;
             }
-            let (message, groups) = match pending.take() {
+            let (message, groups, acked) = match pending.take() {
                 Some(message) => message,
                 None => {
                     tokio::select! {
@@ -179,7 +190,7 @@ async fn run(
                 }
             };
             if !sink.is_open() {
-                pending = Some((message, groups));
+                pending = Some((message, groups, acked));
                 break false;
             }
             let now = Instant::now();
@@ -197,8 +208,14 @@ async fn run(
             PeerStats::add(&stats.inflight, 1);
             ntex::rt::spawn(async move {
                 match ack.await {
-                    Ok(_) if forwarded => PeerStats::add(&stats.forwarded_out, 1),
-                    Ok(_) => {}
+                    Ok(_) => {
+                        if forwarded {
+                            PeerStats::add(&stats.forwarded_out, 1);
+                        }
+                        if let Some(acked) = acked {
+                            let _ = acked.send(());
+                        }
+                    }
                     Err(_) => PeerStats::add(&stats.dropped, 1),
                 }
                 stats.inflight.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);

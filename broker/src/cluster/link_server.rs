@@ -120,7 +120,7 @@ pub fn factory<F: ntex::io::Filter>(
                     let payload = publish.read_all().await.map_err(|e| LinkError(format!("{e:?}")))?;
                     let topic = publish.packet().topic.clone();
                     if topic.starts_with(super::takeover::CONTROL_PREFIX) {
-                        cluster.on_control(&broker, &from, &topic, &payload);
+                        cluster.on_control(&broker, &from, &topic, &payload).await;
                         return Ok::<_, LinkError>(publish.ack());
                     }
                     let (message, groups) = wire::message(publish.packet(), payload, Instant::now());

@@ -78,6 +78,10 @@ pub struct Cluster {
     stopped: Mutex<Option<oneshot::Receiver<()>>>,
     /// Session claims this node is waiting on.
     claims: takeover::Claims,
+    /// Client ids whose sessions this draining node pushed to a peer that has not
+    /// acknowledged them yet: claims for them are answered `Busy` (the client retries and
+    /// finds the session at its new node).
+    in_transit: Mutex<std::collections::HashSet<String>>,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -143,6 +147,7 @@ impl Cluster {
             stop,
             stopped: Mutex::new(None),
             claims: takeover::Claims::default(),
+            in_transit: Mutex::new(std::collections::HashSet::new()),
         })))
     }
 
@@ -205,28 +210,130 @@ impl Cluster {
         }
     }
 
+    /// How long a moved session's stand-in relays messages here to its new node: long enough
+    /// for gossip to spread the session's routes from there (a few rounds).
+    pub fn relay_grace(&self) -> std::time::Duration {
+        (self.config.gossip_interval * 5)
+            .clamp(std::time::Duration::from_millis(500), std::time::Duration::from_secs(10))
+    }
+
+    fn relay_to(self: &Arc<Self>, peer: &str) -> (crate::core::hooks::RelayTo, std::time::Duration) {
+        let relay = takeover::LinkRelay { cluster: Arc::downgrade(self), peer: peer.to_string() };
+        (crate::core::hooks::RelayTo(Arc::new(relay)), self.relay_grace())
+    }
+
+    /// Queues a control message for `peer` (dropped, and said so, when it is not a peer).
+    pub fn send_control(&self, peer: &str, control: takeover::Control) {
+        let table = self.table.read().unwrap_or_else(|p| p.into_inner());
+        match table.get(peer) {
+            Some(p) => p.handle.send(&Arc::new(control.to_message()), Vec::new()),
+            None => tracing::warn!(peer, "cluster: control message for an unknown peer dropped"),
+        }
+    }
+
+    /// Drain: hands every session still on this node to the peers (each to its
+    /// [`takeover::heir`]) and waits (at most `bound`) until the peers acknowledged them and
+    /// everything else queued for them. Call once clients were asked to leave and before
+    /// leaving the cluster; clients that reconnect anywhere get their session back by the
+    /// usual claim. Returns how many sessions were handed over. Without live peers nothing
+    /// moves (the sessions stay in this node's store).
+    pub async fn hand_over_all(self: &Arc<Self>, broker: &Broker, bound: std::time::Duration) -> usize {
+        let peers: Vec<String> = {
+            let table = self.table.read().unwrap_or_else(|p| p.into_inner());
+            table
+                .all()
+                .filter(|(_, peer)| matches!(peer.handle.stats.link(), LinkState::Connected))
+                .map(|(name, _)| name.clone())
+                .collect()
+        };
+        if peers.is_empty() {
+            return 0;
+        }
+        let mut moved = 0;
+        for client_id in broker.client_ids() {
+            if client_id.starts_with(crate::bridge::SESSION_PREFIX) {
+                continue;
+            }
+            let Some(heir) = takeover::heir(&client_id, &peers) else { break };
+            // Marked before it leaves, so a claim arriving meanwhile is told to retry.
+            self.transit(&client_id, true);
+            let relay = self.relay_to(heir);
+            let Some(session) = broker.export_session(&client_id, Some(relay)) else {
+                self.transit(&client_id, false);
+                continue;
+            };
+            let push = takeover::Control::Push { session: takeover::encode_within_limit(session).into() };
+            let acked = {
+                let table = self.table.read().unwrap_or_else(|p| p.into_inner());
+                table.get(heir).map(|peer| peer.handle.send_acked(&Arc::new(push.to_message())))
+            };
+            let Some(acked) = acked else {
+                self.transit(&client_id, false);
+                continue;
+            };
+            moved += 1;
+            let (cluster, id) = (self.clone(), client_id.to_string());
+            ntex::rt::spawn(async move {
+                // Stored at the heir (or the link gave up): claims go there from now on.
+                let _ = acked.await;
+                cluster.transit(&id, false);
+            });
+        }
+        let deadline = std::time::Instant::now() + bound;
+        self.drain(bound).await;
+        tracing::info!(
+            sessions = moved,
+            peers = peers.len(),
+            "cluster: sessions handed over to the other nodes"
+        );
+        // Stay a little longer: until gossip has spread the sessions' new routes, messages
+        // for them still arrive here and are relayed to their new nodes.
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        tokio::time::sleep(self.relay_grace().min(left)).await;
+        self.drain(deadline.saturating_duration_since(std::time::Instant::now())).await;
+        moved
+    }
+
+    fn transit(&self, client_id: &str, on: bool) {
+        let mut in_transit = self.in_transit.lock().unwrap_or_else(|p| p.into_inner());
+        if on {
+            in_transit.insert(client_id.to_string());
+        } else {
+            in_transit.remove(client_id);
+        }
+    }
+
     /// A control message from peer `from` (arrived on its link).
-    pub fn on_control(&self, broker: &Broker, from: &str, topic: &str, payload: &crate::core::types::Bytes) {
+    pub async fn on_control(
+        self: &Arc<Self>,
+        broker: &Broker,
+        from: &str,
+        topic: &str,
+        payload: &crate::core::types::Bytes,
+    ) {
         use takeover::Control;
         match Control::parse(topic, payload) {
             Some(Control::Claim { id, client_id }) => {
                 // Both nodes claim the same client id at once: the smaller node name wins, on
                 // both sides (the other side may not be claiming yet when this claim arrives
                 // there, so the larger one also gives up on its own).
-                // A claim here that is decided (its CONNECT going ahead) always wins.
-                let wins = match self.claims.state(&client_id) {
-                    Some(takeover::ClaimState::Decided) => true,
-                    Some(takeover::ClaimState::Waiting) if self.node.as_str() < from => true,
-                    Some(takeover::ClaimState::Waiting) => {
-                        self.claims.concede(&client_id);
-                        false
-                    }
-                    None => false,
-                };
+                // A claim here that is decided (its CONNECT going ahead) always wins; a session
+                // on its way to another node (drain) is not answered for until it arrived.
+                let moving = self.in_transit.lock().unwrap_or_else(|p| p.into_inner()).contains(&client_id);
+                let wins = moving
+                    || match self.claims.state(&client_id) {
+                        Some(takeover::ClaimState::Decided) => true,
+                        Some(takeover::ClaimState::Waiting) if self.node.as_str() < from => true,
+                        Some(takeover::ClaimState::Waiting) => {
+                            self.claims.concede(&client_id);
+                            false
+                        }
+                        None => false,
+                    };
                 let answer = if wins {
                     Control::Busy { id }
                 } else {
-                    match broker.export_session(&client_id) {
+                    match broker.export_session(&client_id, Some(self.relay_to(from))) {
                         Some(session) => {
                             Control::Handover { id, session: takeover::encode_within_limit(session).into() }
                         }
@@ -248,7 +355,7 @@ impl Cluster {
                     if let Some(late) =
                         self.claims.answer(id, from, takeover::Outcome::Session(Box::new(session)))
                     {
-                        takeover::late_handover(broker, late);
+                        let _ = takeover::late_handover(broker, late);
                     }
                 }
                 Err(err) => {
@@ -262,6 +369,44 @@ impl Cluster {
             Some(Control::Busy { id }) => {
                 self.claims.answer(id, from, takeover::Outcome::Lost);
             }
+            Some(Control::Deliver { client_id, delivery }) => {
+                match crate::store::decode_delivery(&delivery) {
+                    Ok(delivery) => match broker.deliver_relayed(&client_id, delivery) {
+                        Some(ticket) => {
+                            if let Err(err) = broker.durable(ticket).wait().await {
+                                tracing::error!(
+                                    peer = from,
+                                    client_id,
+                                    "cluster: storing a relayed message failed: {err}"
+                                );
+                            }
+                        }
+                        None => tracing::debug!(
+                            peer = from,
+                            client_id,
+                            "cluster: relayed message for a session not here, dropped"
+                        ),
+                    },
+                    Err(err) => tracing::error!(peer = from, "cluster: undecodable relayed message: {err}"),
+                }
+            }
+            // Acknowledged (by the link) only once stored here, so the draining node may go.
+            Some(Control::Push { session }) => match crate::store::decode_handover(&session) {
+                Ok(session) => {
+                    let client_id = session.record.client_id.to_string();
+                    let ticket = takeover::late_handover(broker, session);
+                    if let Err(err) = broker.durable(ticket).wait().await {
+                        tracing::error!(
+                            peer = from,
+                            client_id,
+                            "cluster: storing a session handed over by a draining node failed: {err}"
+                        );
+                    }
+                }
+                Err(err) => {
+                    tracing::error!(peer = from, "cluster: undecodable session from a draining node: {err}")
+                }
+            },
             None => tracing::warn!(peer = from, topic, "cluster: malformed control message ignored"),
         }
     }

@@ -25,6 +25,8 @@ const CLAIM: &str = "$cluster/claim";
 const HANDOVER: &str = "$cluster/handover";
 const NONE: &str = "$cluster/none";
 const BUSY: &str = "$cluster/busy";
+const PUSH: &str = "$cluster/push";
+const DELIVER: &str = "$cluster/deliver";
 /// How long a CONNECT waits for the peers' answers. A peer that does not answer in time is
 /// assumed not to have the session (logged): the client then starts or resumes what this node
 /// has.
@@ -115,6 +117,19 @@ pub enum Control {
         /// Claim id.
         id: u64,
     },
+    /// A draining node hands a session over unasked (encoded like `Handover`).
+    Push {
+        /// The encoded session.
+        session: Bytes,
+    },
+    /// A message for a session that moved to the receiving node, routed to the sender after
+    /// the move (see `core::hooks::Relay`).
+    Deliver {
+        /// Client identifier.
+        client_id: String,
+        /// The delivery, encoded as the store encodes queued messages.
+        delivery: Bytes,
+    },
     /// The answering node is claiming the same client id itself and wins the tie (the
     /// smaller node name): the claimer refuses its CONNECT, the client retries.
     Busy {
@@ -139,6 +154,18 @@ impl Control {
             }
             Control::None { id } => (NONE, id.to_be_bytes().to_vec()),
             Control::Busy { id } => (BUSY, id.to_be_bytes().to_vec()),
+            Control::Deliver { client_id, delivery } => {
+                // id field: the client id's length, then the client id, then the delivery.
+                let mut p = (client_id.len() as u64).to_be_bytes().to_vec();
+                p.extend_from_slice(client_id.as_bytes());
+                p.extend_from_slice(delivery);
+                (DELIVER, p)
+            }
+            Control::Push { session } => {
+                let mut p = 0u64.to_be_bytes().to_vec();
+                p.extend_from_slice(session);
+                (PUSH, p)
+            }
         };
         Message::new(ByteString::from_static(topic), Bytes::from(payload), QoS::AtLeastOnce, false)
     }
@@ -152,6 +179,12 @@ impl Control {
             HANDOVER => Some(Control::Handover { id, session: rest }),
             NONE => Some(Control::None { id }),
             BUSY => Some(Control::Busy { id }),
+            PUSH => Some(Control::Push { session: rest }),
+            DELIVER => {
+                let len = usize::try_from(id).ok().filter(|&n| n <= rest.len())?;
+                let client_id = String::from_utf8(rest.get(..len)?.to_vec()).ok()?;
+                Some(Control::Deliver { client_id, delivery: rest.slice(len..) })
+            }
             _ => None,
         }
     }
@@ -259,19 +292,53 @@ impl Drop for ClaimGuard {
     }
 }
 
-/// A handover that arrived with nobody waiting for it (the claim timed out): installed only
-/// if the client has no session here now, so a session that started meanwhile is not
-/// replaced; otherwise its messages are dropped, and said so.
-pub fn late_handover(broker: &Broker, session: LoadedSession) {
+/// Relays deliveries for a moved session to the node it moved to, over the link.
+pub struct LinkRelay {
+    pub(super) cluster: std::sync::Weak<super::Cluster>,
+    pub(super) peer: String,
+}
+
+impl crate::core::hooks::Relay for LinkRelay {
+    fn relay(&self, client_id: &str, delivery: &crate::core::types::Delivery) {
+        let Some(cluster) = self.cluster.upgrade() else { return };
+        let control = Control::Deliver {
+            client_id: client_id.to_string(),
+            delivery: crate::store::encode_delivery(delivery).into(),
+        };
+        cluster.send_control(&self.peer, control);
+    }
+}
+
+/// The peer a draining node gives `client_id`'s session to: rendezvous hashing over the
+/// peers' names, so sessions spread evenly and the choice does not depend on the order peers
+/// are listed in.
+pub fn heir<'a>(client_id: &str, peers: &'a [String]) -> Option<&'a String> {
+    use std::hash::{Hash, Hasher};
+    peers.iter().max_by_key(|peer| {
+        // SipHash with fixed keys: well mixed, and the same on every node (one binary).
+        #[allow(deprecated)]
+        let mut h = std::hash::SipHasher::new();
+        peer.hash(&mut h);
+        client_id.hash(&mut h);
+        h.finish()
+    })
+}
+
+/// A session that arrived with nobody waiting for it (its claim timed out, or a draining node
+/// pushed it): installed only if the client has no session here now, so a session that
+/// started meanwhile is not replaced; otherwise its messages are dropped, and said so.
+/// Returns the store ticket of the installed session (0: none).
+pub fn late_handover(broker: &Broker, session: LoadedSession) -> u64 {
     let client_id = session.record.client_id.to_string();
     if broker.session(&client_id).is_none() {
-        broker.import_session(session);
+        broker.import_session(session)
     } else {
         tracing::warn!(
             client_id,
             messages = session.deliveries.len(),
-            "cluster: a session handed over after its claim timed out was dropped (the client already has a session here)"
+            "cluster: a session handed over unasked was dropped (the client already has a session here)"
         );
+        0
     }
 }
 
@@ -286,13 +353,31 @@ mod tests {
             Control::Handover { id: u64::MAX, session: Bytes::from_static(b"\x01abc") },
             Control::None { id: 0 },
             Control::Busy { id: 3 },
+            Control::Push { session: Bytes::from_static(b"\x01s") },
+            Control::Deliver { client_id: "dev-1".into(), delivery: Bytes::from_static(b"\x01d") },
         ] {
             let m = control.to_message();
             assert!(m.topic.starts_with(CONTROL_PREFIX));
             assert_eq!(Control::parse(&m.topic, &m.payload), Some(control));
         }
         assert_eq!(Control::parse(CLAIM, &Bytes::from_static(b"short")), None);
+        assert_eq!(Control::parse(DELIVER, &Bytes::from_static(&[0, 0, 0, 0, 0, 0, 0, 9, b'a'])), None);
         assert_eq!(Control::parse("$cluster/other", &Bytes::from_static(&[0; 8])), None);
+    }
+
+    #[test]
+    fn heirs_are_spread_and_stable() {
+        let peers: Vec<String> = ["node-1", "node-2", "node-3"].iter().map(|s| s.to_string()).collect();
+        let mut counts = std::collections::BTreeMap::new();
+        for i in 0..3000 {
+            let heir = heir(&format!("dev-{i}"), &peers).expect("a peer");
+            *counts.entry(heir.clone()).or_insert(0) += 1;
+        }
+        assert_eq!(counts.len(), 3);
+        assert!(counts.values().all(|&n| n > 800), "{counts:?}");
+        let reversed: Vec<String> = peers.iter().rev().cloned().collect();
+        assert_eq!(heir("dev-7", &peers), heir("dev-7", &reversed));
+        assert_eq!(heir("dev-7", &[]), None);
     }
 
     #[test]

@@ -262,6 +262,9 @@ struct Inner {
     started: Instant,
     /// Status of the configured bridges (filled by `bridge::Bridges::start`).
     bridges: crate::bridge::state::Board,
+    /// Stand-ins of sessions that moved to other cluster nodes, by client id (see
+    /// `handover`), so relayed messages that arrive after a session moved on follow it.
+    stand_ins: Mutex<FxHashMap<ByteString, Arc<Session>>>,
     /// Hands locally originated messages to the cluster (unset: clustering off).
     forwarder: OnceLock<Arc<dyn super::hooks::Forwarder>>,
 }
@@ -376,6 +379,7 @@ impl Broker {
                 started: Instant::now(),
                 bridges: crate::bridge::state::Board::default(),
                 forwarder: OnceLock::new(),
+                stand_ins: Mutex::new(FxHashMap::default()),
             }),
         }
     }
@@ -1023,6 +1027,10 @@ impl Broker {
         inner.router.route_with(&message, shared, |session, delivery| {
             matched += 1;
             let mut st = session.lock();
+            if let Some(relay) = &st.relay {
+                relay.0.relay(&session.client_id, &delivery);
+                return;
+            }
             let mut journal = self.journal(session, &st);
             let outcome = st.enqueue(delivery, conflate, &mut journal);
             ticket = ticket.max(journal.ticket);

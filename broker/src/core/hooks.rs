@@ -45,3 +45,21 @@ pub enum SharedMode {
     /// nodes serve the other groups).
     Only(Vec<(ByteString, ByteString)>),
 }
+
+/// Passes deliveries for a session that moved to another node on to that node, for a short
+/// while after the move: until the rest of the cluster has learned the session's new place,
+/// messages for it keep arriving here.
+pub trait Relay: Send + Sync {
+    /// A delivery for `client_id`'s session, which now lives elsewhere.
+    fn relay(&self, client_id: &str, delivery: &super::types::Delivery);
+}
+
+/// A session's relay, if it moved (see [`Relay`]).
+#[derive(Clone)]
+pub struct RelayTo(pub Arc<dyn Relay>);
+
+impl std::fmt::Debug for RelayTo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RelayTo")
+    }
+}

@@ -408,6 +408,9 @@ pub struct SessionState {
     next_seq: u64,
     /// Inbound QoS 2 packet ids received (PUBREC sent) and not yet released.
     inbound_qos2: FxHashSet<u16>,
+    /// Set on the stand-in left behind when the session moved to another cluster node: what
+    /// is routed to it goes there (see `core::hooks::Relay`).
+    pub relay: Option<super::hooks::RelayTo>,
     /// Offline conflation: topic → sequence number of its queued message.
     conflated: FxHashMap<ByteString, u64>,
 }
@@ -432,6 +435,7 @@ impl SessionState {
             sent_count: 0,
             next_seq: 0,
             inbound_qos2: FxHashSet::default(),
+            relay: None,
             conflated: FxHashMap::default(),
         }
     }

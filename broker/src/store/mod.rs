@@ -19,6 +19,16 @@ pub fn encode_handover(session: &LoadedSession) -> Vec<u8> {
     records::encode_handover(session, records::Clock::now())
 }
 
+/// Encodes a delivery relayed to another cluster node (as the store encodes queued messages).
+pub fn encode_delivery(delivery: &crate::core::types::Delivery) -> Vec<u8> {
+    records::encode_delivery(delivery, false, records::Clock::now())
+}
+
+/// Decodes [`encode_delivery`]'s output.
+pub fn decode_delivery(bytes: &[u8]) -> Result<crate::core::types::Delivery, String> {
+    records::decode_delivery(bytes, records::Clock::now()).map(|(delivery, _)| delivery)
+}
+
 /// Decodes [`encode_handover`]'s output; the error says what is wrong.
 pub fn decode_handover(bytes: &[u8]) -> Result<LoadedSession, String> {
     records::decode_handover(bytes, records::Clock::now())

@@ -5,10 +5,12 @@
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
-use super::{Broker, Expiry, Job, Kick, Restored, Session, topic};
+use super::{Broker, DropReason, Enqueued, Expiry, Job, Kick, Restored, Session, topic};
+use crate::core::hooks::RelayTo;
 use crate::core::session::{Journal as _, Phase};
+use crate::core::types::Delivery;
 use crate::store::{LoadedSession, SessionRecord};
 
 impl Broker {
@@ -17,7 +19,16 @@ impl Broker {
     /// on, so a delayed will is cancelled like on a reconnect), and the session ends here
     /// (subscriptions, queue and stored copy removed). `None` when there is no such session
     /// (or it is a bridge's).
-    pub fn export_session(&self, client_id: &str) -> Option<LoadedSession> {
+    ///
+    /// With `relay`, a stand-in keeps the session's subscriptions here for the given time and
+    /// passes what is routed to it to the relay (the node the session went to), so messages
+    /// routed here before the cluster learns the session's new place are not lost. It has no
+    /// client id entry, queue or stored copy, and ends by itself.
+    pub fn export_session(
+        &self,
+        client_id: &str,
+        relay: Option<(RelayTo, Duration)>,
+    ) -> Option<LoadedSession> {
         if client_id.starts_with(crate::bridge::SESSION_PREFIX) {
             return None;
         }
@@ -36,6 +47,11 @@ impl Broker {
                 None
             };
             let Restored { deliveries, inbound, floor } = st.take_for_handover();
+            // From here on, what is routed to the session (it stays subscribed until it ends
+            // below) goes to its new node instead of a queue nobody will read.
+            if let Some((to, _)) = &relay {
+                st.relay = Some(to.clone());
+            }
             let record = SessionRecord {
                 store_id: session.store_id,
                 client_id: session.client_id.clone(),
@@ -49,6 +65,11 @@ impl Broker {
         if let Some(will) = will_now {
             self.publish_will(will, &session);
         }
+        if let Some((relay, grace)) = relay {
+            // Subscribed before the session's own subscriptions go, so its routes never drop
+            // out of the cluster in between.
+            self.stand_in(&loaded.record, relay, grace);
+        }
         self.end_session(&session, None);
         tracing::info!(
             client_id,
@@ -57,6 +78,61 @@ impl Broker {
             "session handed over to another node"
         );
         Some(loaded)
+    }
+
+    fn stand_in(&self, record: &SessionRecord, relay: RelayTo, grace: Duration) {
+        let inner = &*self.inner;
+        let id = inner.session_ids.fetch_add(1, Ordering::Relaxed);
+        let store_id = inner.store_ids.fetch_add(1, Ordering::Relaxed);
+        let husk = Arc::new(Session::new(
+            id,
+            store_id,
+            record.client_id.clone(),
+            Expiry::OnDisconnect,
+            inner.settings.load().queue,
+        ));
+        {
+            let mut st = husk.lock();
+            st.relay = Some(relay);
+            for (raw, options) in &record.subscriptions {
+                st.subscriptions.insert(raw.clone(), *options);
+            }
+        }
+        for (raw, options) in &record.subscriptions {
+            if let Ok(filter) = topic::parse_subscription(raw, usize::MAX) {
+                inner.router.subscribe(&husk, &filter, *options);
+            }
+        }
+        inner
+            .scheduler
+            .schedule(Instant::now() + grace, Job::Expire { session: husk.clone(), generation: 0 });
+        let mut stand_ins = inner.stand_ins.lock().unwrap_or_else(|p| p.into_inner());
+        stand_ins.retain(|_, s| !s.lock().ended);
+        stand_ins.insert(record.client_id.clone(), husk);
+    }
+
+    /// Queues a delivery another node relayed for `client_id` (its session moved here while
+    /// the message was on its way). Returns the store ticket to wait for, or `None` when the
+    /// client has no session here (the message is dropped).
+    pub fn deliver_relayed(&self, client_id: &str, delivery: Delivery) -> Option<u64> {
+        let Some(session) = self.session(client_id) else {
+            // The session moved on again while the message travelled: pass it along too.
+            let husk =
+                self.inner.stand_ins.lock().unwrap_or_else(|p| p.into_inner()).get(client_id).cloned()?;
+            let st = husk.lock();
+            let relay = st.relay.as_ref().filter(|_| !st.ended)?;
+            relay.0.relay(client_id, &delivery);
+            return Some(0);
+        };
+        let mut st = session.lock();
+        if st.ended {
+            return None;
+        }
+        let mut journal = self.journal(&session, &st);
+        if let Enqueued::Overflow { queued, evicted } = st.enqueue(delivery, false, &mut journal) {
+            self.inner.metrics.dropped(DropReason::QueueFull, u64::from(evicted) + u64::from(!queued));
+        }
+        Some(journal.ticket)
     }
 
     /// Installs a session exported by another node, replacing any local one of the same
@@ -173,11 +249,11 @@ mod tests {
                 .expect("publish");
         }
 
-        let loaded = a.export_session("dev-1").expect("exported");
+        let loaded = a.export_session("dev-1", None).expect("exported");
         assert!(a.session("dev-1").is_none(), "gone from the old node");
         assert_eq!(a.subscription_count(), 0, "its routes too");
         assert_eq!(loaded.deliveries.len(), 3);
-        assert!(a.export_session("dev-1").is_none());
+        assert!(a.export_session("dev-1", None).is_none());
 
         b.import_session(loaded);
         assert_eq!(b.subscription_count(), 1);
@@ -204,8 +280,8 @@ mod tests {
     fn exporting_a_connected_session_takes_it_over() {
         let a = Broker::new(BrokerConfig::default());
         let connected = a.connect(request("dev-2", false)).expect("connect");
-        assert!(a.export_session("dev-2").is_some());
+        assert!(a.export_session("dev-2", None).is_some());
         assert!(!a.is_connection_attached("dev-2", connected.generation));
-        assert!(a.export_session("$bridge/x").is_none());
+        assert!(a.export_session("$bridge/x", None).is_none());
     }
 }
