@@ -364,6 +364,9 @@ pub fn client_service(broker: &MqttBroker) -> Service {
 /// Name of the container port of the broker's HTTP endpoint (`/healthz`, `/readyz`,
 /// `/metrics`); the Services' `metrics` port and the ServiceMonitor target it by this name.
 pub const HTTP_PORT_NAME: &str = "metrics";
+/// Seconds of termination grace beyond preStop and `shutdownTimeoutSeconds`: the cluster drain
+/// (handing sessions over, relaying, leaving the cluster).
+pub const DRAIN_MARGIN_SECONDS: i64 = 15;
 /// Name of the cluster gossip port (UDP) in the pod and the headless Service.
 pub const CLUSTER_GOSSIP_PORT_NAME: &str = "gossip";
 /// Name of the inter-node link port (TCP) in the pod and the headless Service.
@@ -605,8 +608,10 @@ pub fn stateful_set(broker: &MqttBroker, restart_hash: &str, options: &BuildOpti
         None
     };
     // SIGTERM arrives after the preStop sleep; the broker then has shutdown_timeout to send
-    // DISCONNECT (0x8B) to every client. Add a margin so the kubelet never SIGKILLs first.
-    let grace = PRE_STOP_SLEEP_SECONDS + i64::from(spec.shutdown_timeout_seconds) + 5;
+    // DISCONNECT (0x8B) to every client and hand its sessions to the other pods, then relays
+    // for a few gossip rounds (at most 5 s with the default 1 s rounds) and leaves the cluster
+    // (at most 6 s). The margin covers those so the kubelet never SIGKILLs a draining pod.
+    let grace = PRE_STOP_SLEEP_SECONDS + i64::from(spec.shutdown_timeout_seconds) + DRAIN_MARGIN_SECONDS;
 
     StatefulSet {
         metadata: meta(broker, name.clone()),

@@ -299,8 +299,8 @@ fn graceful_shutdown_fits_in_the_grace_period() {
     let p = plan(&inputs_for(broker("fleet")));
     let sts: StatefulSet = typed(&p, "StatefulSet");
     let pod = sts.spec.expect("spec").template.spec.expect("pod");
-    // preStop sleep 5 s + shutdown_timeout 10 s (from the example) + 5 s margin.
-    assert_eq!(pod.termination_grace_period_seconds, Some(20));
+    // preStop sleep 5 s + shutdown_timeout 10 s (from the example) + 15 s for the cluster drain.
+    assert_eq!(pod.termination_grace_period_seconds, Some(30));
     let pre_stop = pod.containers[0].lifecycle.clone().and_then(|l| l.pre_stop).expect("preStop");
     assert_eq!(pre_stop.sleep.map(|s| s.seconds), Some(5));
     assert_eq!(p.config.config.server.shutdown_timeout, std::time::Duration::from_secs(10));
