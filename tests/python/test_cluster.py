@@ -413,6 +413,12 @@ def test_observability_metrics_and_sys(cluster, clients):
     sys_sub.subscribe("$SYS/broker/cluster/members", 0)
     wait_until(lambda: any(m.payload == b"3" for m in sys_sub.messages), timeout=10,
                what="$SYS/broker/cluster/members = 3")
+    # Session move counters next to it (nothing moved yet).
+    sys_sub.subscribe("$SYS/broker/cluster/sessions/+", 0)
+    names = ["taken_over", "handed_over", "drained_out", "drained_in", "connects_refused"]
+    wait_until(lambda: {m.topic.rsplit("/", 1)[1] for m in sys_sub.messages if "/sessions/" in m.topic} == set(names),
+               timeout=10, what="$SYS/broker/cluster/sessions/*")
+    assert all(m.payload == b"0" for m in sys_sub.messages if "/sessions/" in m.topic)
     sub = clients(brokers[1], "m-sub")
     sub.connect()
     sub.subscribe("m/#", 0)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 
 from helpers import V5, V311, connect_props, wait_until
-from test_cluster import cluster, peer, wait_routes  # noqa: F401 (the `cluster` fixture)
+from test_cluster import api, cluster, metrics, peer, wait_routes  # noqa: F401 (the `cluster` fixture)
 
 
 def routes_of(broker, name: str) -> int:
@@ -44,6 +44,12 @@ def test_queued_qos1_messages_follow_the_session_to_another_node(cluster, client
                timeout=15, what="the session's route moved from node-1 to node-3")
     publisher.publish("cmd/dev-7/after", b"later", qos=1)
     assert back.wait_message("cmd/dev-7/after").payload == b"later"
+    # Counted where it happened: admin API and /metrics.
+    assert api(brokers[2], "cluster")["sessions"]["taken_over"] == 1
+    assert api(brokers[0], "cluster")["sessions"]["handed_over"] == 1
+    assert api(brokers[1], "cluster")["sessions"] == {
+        "taken_over": 0, "handed_over": 0, "drained_out": 0, "drained_in": 0, "connects_refused": 0}
+    assert 'fleetmq_cluster_sessions_total{event="taken_over"} 1' in metrics(brokers[2])
 
 
 def test_connecting_on_another_node_takes_the_connection_over(cluster, clients):  # noqa: F811

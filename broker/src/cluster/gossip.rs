@@ -27,6 +27,9 @@ const SEED_REFRESH: Duration = Duration::from_secs(3);
 
 /// `$SYS` topic with the number of alive members.
 pub const SYS_MEMBERS: &str = "$SYS/broker/cluster/members";
+/// `$SYS` topic prefix of the session move counters (`.../taken_over`, `.../handed_over`,
+/// `.../drained_out`, `.../drained_in`, `.../connects_refused`).
+pub const SYS_SESSIONS: &str = "$SYS/broker/cluster/sessions";
 
 /// What gossip says about one live peer.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -296,6 +299,17 @@ pub(super) async fn run(
                 };
                 if !sys.is_zero() && due {
                     broker.publish_internal(Message::new(SYS_MEMBERS, alive.to_string(), QoS::AtMostOnce, true));
+                    let moves = cluster.moves();
+                    for (name, n) in [
+                        ("taken_over", moves.taken_over),
+                        ("handed_over", moves.handed_over),
+                        ("drained_out", moves.drained_out),
+                        ("drained_in", moves.drained_in),
+                        ("connects_refused", moves.connects_refused),
+                    ] {
+                        let topic = format!("{SYS_SESSIONS}/{name}");
+                        broker.publish_internal(Message::new(topic, n.to_string(), QoS::AtMostOnce, true));
+                    }
                     last_sys = Some((Instant::now(), alive));
                 }
             }

@@ -82,6 +82,8 @@ pub struct Cluster {
     /// acknowledged them yet: claims for them are answered `Busy` (the client retries and
     /// finds the session at its new node).
     in_transit: Mutex<std::collections::HashSet<String>>,
+    /// Session moves, for metrics and the admin API.
+    moves: status::SessionMoves,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -148,6 +150,7 @@ impl Cluster {
             stopped: Mutex::new(None),
             claims: takeover::Claims::default(),
             in_transit: Mutex::new(std::collections::HashSet::new()),
+            moves: status::SessionMoves::default(),
         })))
     }
 
@@ -183,6 +186,7 @@ impl Cluster {
         }
         match tokio::time::timeout(takeover::CLAIM_TIMEOUT, answer).await {
             Ok(Ok(takeover::Outcome::Session(session))) => {
+                Self::bump(&self.moves.taken_over);
                 let ticket = broker.import_session(*session);
                 if let Err(err) = broker.durable(ticket).wait().await {
                     tracing::error!(client_id, "cluster: storing a handed-over session failed: {err}");
@@ -190,6 +194,7 @@ impl Cluster {
                 Some(guard)
             }
             Ok(Ok(takeover::Outcome::Lost)) => {
+                Self::bump(&self.moves.connects_refused);
                 tracing::info!(
                     client_id,
                     "cluster: the client connects on another node at the same time; refused here"
@@ -272,6 +277,7 @@ impl Cluster {
                 continue;
             };
             moved += 1;
+            Self::bump(&self.moves.drained_out);
             let (cluster, id) = (self.clone(), client_id.to_string());
             ntex::rt::spawn(async move {
                 // Stored at the heir (or the link gave up): claims go there from now on.
@@ -292,6 +298,15 @@ impl Cluster {
         tokio::time::sleep(self.relay_grace().min(left)).await;
         self.drain(deadline.saturating_duration_since(std::time::Instant::now())).await;
         moved
+    }
+
+    /// Session moves since start.
+    pub fn moves(&self) -> status::SessionMoveCounts {
+        self.moves.counts()
+    }
+
+    fn bump(counter: &std::sync::atomic::AtomicU64) {
+        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 
     fn transit(&self, client_id: &str, on: bool) {
@@ -335,6 +350,7 @@ impl Cluster {
                 } else {
                     match broker.export_session(&client_id, Some(self.relay_to(from))) {
                         Some(session) => {
+                            Self::bump(&self.moves.handed_over);
                             Control::Handover { id, session: takeover::encode_within_limit(session).into() }
                         }
                         None => Control::None { id },
@@ -394,6 +410,7 @@ impl Cluster {
             Some(Control::Push { session }) => match crate::store::decode_handover(&session) {
                 Ok(session) => {
                     let client_id = session.record.client_id.to_string();
+                    Self::bump(&self.moves.drained_in);
                     let ticket = takeover::late_handover(broker, session);
                     if let Err(err) = broker.durable(ticket).wait().await {
                         tracing::error!(
@@ -466,6 +483,7 @@ impl Cluster {
         }
         ClusterStatus {
             node: self.node.clone(),
+            sessions: self.moves.counts(),
             alive: members.iter().filter(|m| m.state == MemberState::Alive).count(),
             members,
         }

@@ -114,11 +114,58 @@ pub struct Member {
     pub queued: u64,
 }
 
+/// Sessions that moved between this node and its peers since it started.
+#[derive(Debug, Default)]
+pub struct SessionMoves {
+    /// Taken over from a peer when its client connected here.
+    pub taken_over: AtomicU64,
+    /// Handed to a peer whose client connected there.
+    pub handed_over: AtomicU64,
+    /// Pushed to a peer by this node's drain.
+    pub drained_out: AtomicU64,
+    /// Received from a draining peer.
+    pub drained_in: AtomicU64,
+    /// CONNECTs refused because the client id was connecting on another node at the same time
+    /// (or its session was on its way between nodes).
+    pub connects_refused: AtomicU64,
+}
+
+/// [`SessionMoves`] as numbers (admin API).
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct SessionMoveCounts {
+    /// Taken over from peers.
+    pub taken_over: u64,
+    /// Handed to peers.
+    pub handed_over: u64,
+    /// Pushed to peers on drain.
+    pub drained_out: u64,
+    /// Received from draining peers.
+    pub drained_in: u64,
+    /// CONNECTs refused (concurrent connect elsewhere, session in transit).
+    pub connects_refused: u64,
+}
+
+impl SessionMoves {
+    /// The current counts.
+    pub fn counts(&self) -> SessionMoveCounts {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        SessionMoveCounts {
+            taken_over: get(&self.taken_over),
+            handed_over: get(&self.handed_over),
+            drained_out: get(&self.drained_out),
+            drained_in: get(&self.drained_in),
+            connects_refused: get(&self.connects_refused),
+        }
+    }
+}
+
 /// `GET /api/v1/cluster`.
 #[derive(Debug, Clone, Serialize)]
 pub struct ClusterStatus {
     /// This node's name.
     pub node: String,
+    /// Sessions moved to and from peers.
+    pub sessions: SessionMoveCounts,
     /// Alive nodes, this one included.
     pub alive: usize,
     /// Every node gossip knows (alive, dead, left), by name.

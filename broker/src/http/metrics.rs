@@ -138,6 +138,12 @@ const CLUSTER_MESSAGES: Spec = counter(
     &["peer", "direction"],
 );
 
+const CLUSTER_SESSIONS: Spec = counter(
+    "fleetmq_cluster_sessions_total",
+    "Sessions moved between this node and its peers: taken_over (from a peer, its client connected here), handed_over (to a peer), drained_out / drained_in (a draining node's sessions), connects_refused (the client id was connecting on another node at the same time, or its session was in transit).",
+    &["event"],
+);
+
 const CLUSTER_QUEUE: Spec = gauge(
     "fleetmq_cluster_queue_depth",
     "Messages waiting for a live peer here (queued plus in flight on the link).",
@@ -185,6 +191,7 @@ const ALL: &[&Spec] = &[
     &CLUSTER_LINK_UP,
     &CLUSTER_MESSAGES,
     &CLUSTER_QUEUE,
+    &CLUSTER_SESSIONS,
 ];
 
 const QOS_LEVELS: [(QoS, &str); 3] =
@@ -347,6 +354,16 @@ impl Collector for BrokerCollector {
             }
             for (name, depth) in cluster.queue_depths() {
                 out.count(&CLUSTER_QUEUE, &[&name], depth);
+            }
+            let moves = cluster.moves();
+            for (event, n) in [
+                ("taken_over", moves.taken_over),
+                ("handed_over", moves.handed_over),
+                ("drained_out", moves.drained_out),
+                ("drained_in", moves.drained_in),
+                ("connects_refused", moves.connects_refused),
+            ] {
+                out.count(&CLUSTER_SESSIONS, &[event], n);
             }
         }
         out.0
