@@ -84,6 +84,8 @@ pub struct Cluster {
     in_transit: Mutex<std::collections::HashSet<String>>,
     /// Session moves, for metrics and the admin API.
     moves: status::SessionMoves,
+    /// This node's retained sync with a peer after it joined.
+    retained_sync: Mutex<takeover::RetainedSync>,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -151,6 +153,7 @@ impl Cluster {
             claims: takeover::Claims::default(),
             in_transit: Mutex::new(std::collections::HashSet::new()),
             moves: status::SessionMoves::default(),
+            retained_sync: Mutex::new(takeover::RetainedSync::default()),
         })))
     }
 
@@ -318,6 +321,39 @@ impl Cluster {
         }
     }
 
+    /// After start: asks the first peer whose link comes up for its retained messages, so a
+    /// joining (or restarted) node has the cluster's retained state, not only what is
+    /// published after it joined. Nothing happens when no peer shows up within a while (the
+    /// first node of a cluster keeps its own stored retained messages).
+    async fn sync_retained_once(self: Arc<Self>) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        let mut stop = self.stop.subscribe();
+        let peer = loop {
+            let first = {
+                let table = self.table.read().unwrap_or_else(|p| p.into_inner());
+                table
+                    .all()
+                    .find(|(_, peer)| matches!(peer.handle.stats.link(), LinkState::Connected))
+                    .map(|(name, _)| name.clone())
+            };
+            if let Some(peer) = first {
+                break peer;
+            }
+            if std::time::Instant::now() >= deadline || *stop.borrow_and_update() {
+                return;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(std::time::Duration::from_millis(100)) => {}
+                _ = stop.changed() => return,
+            }
+        };
+        let id = self.generation;
+        *self.retained_sync.lock().unwrap_or_else(|p| p.into_inner()) =
+            takeover::RetainedSync { asked: Some((id, peer.clone())), ..Default::default() };
+        tracing::info!(peer, "cluster: asking a peer for its retained messages");
+        self.send_control(&peer, takeover::Control::RetainedSync { id });
+    }
+
     /// A control message from peer `from` (arrived on its link).
     pub async fn on_control(
         self: &Arc<Self>,
@@ -405,6 +441,63 @@ impl Cluster {
                     },
                     Err(err) => tracing::error!(peer = from, "cluster: undecodable relayed message: {err}"),
                 }
+            }
+            Some(Control::RetainedSync { id }) => {
+                let all = broker.retained_for_sync();
+                tracing::info!(
+                    peer = from,
+                    messages = all.len(),
+                    "cluster: sending retained messages to a joining node"
+                );
+                for chunk in takeover::retained_chunks(id, &all) {
+                    self.send_control(from, chunk);
+                }
+            }
+            Some(Control::Retained { id, total, messages, .. }) => {
+                let done = {
+                    let mut sync = self.retained_sync.lock().unwrap_or_else(|p| p.into_inner());
+                    if sync.asked.as_ref().is_none_or(|(asked, peer)| *asked != id || peer != from) {
+                        return;
+                    }
+                    sync.chunks += 1;
+                    for bytes in messages {
+                        match crate::store::decode_message(&bytes) {
+                            Ok(message) => sync.messages.push(message),
+                            Err(err) => {
+                                tracing::warn!(
+                                    peer = from,
+                                    "cluster: undecodable retained message skipped: {err}"
+                                )
+                            }
+                        }
+                    }
+                    total.map(|total| {
+                        sync.asked = None;
+                        (std::mem::take(&mut sync.messages), sync.chunks == total)
+                    })
+                };
+                let Some((received, complete)) = done else { return };
+                let count = received.len();
+                let ticket = if complete {
+                    broker.replace_retained(received)
+                } else {
+                    // Chunks went missing (the link's queue was full): keep what arrived, clear
+                    // nothing.
+                    tracing::warn!(
+                        peer = from,
+                        "cluster: retained sync incomplete; only the messages received were applied"
+                    );
+                    received.into_iter().map(|m| broker.replace_retained_one(m)).max().unwrap_or(0)
+                };
+                if let Err(err) = broker.durable(ticket).wait().await {
+                    tracing::error!("cluster: storing synced retained messages failed: {err}");
+                }
+                tracing::info!(
+                    peer = from,
+                    messages = count,
+                    complete,
+                    "cluster: retained messages taken from a peer"
+                );
             }
             // Acknowledged (by the link) only once stored here, so the draining node may go.
             Some(Control::Push { session }) => match crate::store::decode_handover(&session) {
@@ -542,6 +635,7 @@ impl Cluster {
         let (done, stopped) = oneshot::channel();
         *self.stopped.lock().unwrap_or_else(|p| p.into_inner()) = Some(stopped);
         ntex::rt::spawn(gossip::run(self.clone(), broker, self.stop.subscribe(), done));
+        ntex::rt::spawn(self.clone().sync_retained_once());
     }
 
     /// Sends what is queued for connected peers (up to 2 s), announces that this node leaves,

@@ -27,6 +27,10 @@ const NONE: &str = "$cluster/none";
 const BUSY: &str = "$cluster/busy";
 const PUSH: &str = "$cluster/push";
 const DELIVER: &str = "$cluster/deliver";
+const RETAINED_SYNC: &str = "$cluster/retained-sync";
+const RETAINED: &str = "$cluster/retained";
+/// Retained messages per `$cluster/retained` chunk, by encoded size.
+pub const RETAINED_CHUNK: usize = 512 * 1024;
 /// How long a CONNECT waits for the peers' answers. A peer that does not answer in time is
 /// assumed not to have the session (logged): the client then starts or resumes what this node
 /// has.
@@ -130,6 +134,23 @@ pub enum Control {
         /// The delivery, encoded as the store encodes queued messages.
         delivery: Bytes,
     },
+    /// A joining node asks for the peer's retained messages (sync `id`).
+    RetainedSync {
+        /// Sync id (the joiner's).
+        id: u64,
+    },
+    /// One chunk of a peer's retained messages for sync `id`: `index` counts from 0; the
+    /// last chunk says how many there are.
+    Retained {
+        /// Sync id.
+        id: u64,
+        /// Chunk number.
+        index: u32,
+        /// On the last chunk: the number of chunks.
+        total: Option<u32>,
+        /// Messages, each encoded as the store encodes retained messages.
+        messages: Vec<Bytes>,
+    },
     /// The answering node is claiming the same client id itself and wins the tie (the
     /// smaller node name): the claimer refuses its CONNECT, the client retries.
     Busy {
@@ -161,6 +182,17 @@ impl Control {
                 p.extend_from_slice(delivery);
                 (DELIVER, p)
             }
+            Control::RetainedSync { id } => (RETAINED_SYNC, id.to_be_bytes().to_vec()),
+            Control::Retained { id, index, total, messages } => {
+                let mut p = id.to_be_bytes().to_vec();
+                p.extend_from_slice(&index.to_be_bytes());
+                p.extend_from_slice(&total.map_or(0, |t| t + 1).to_be_bytes());
+                for m in messages {
+                    p.extend_from_slice(&(m.len() as u32).to_be_bytes());
+                    p.extend_from_slice(m);
+                }
+                (RETAINED, p)
+            }
             Control::Push { session } => {
                 let mut p = 0u64.to_be_bytes().to_vec();
                 p.extend_from_slice(session);
@@ -180,6 +212,20 @@ impl Control {
             NONE => Some(Control::None { id }),
             BUSY => Some(Control::Busy { id }),
             PUSH => Some(Control::Push { session: rest }),
+            RETAINED_SYNC => Some(Control::RetainedSync { id }),
+            RETAINED => {
+                let index = u32::from_be_bytes(rest.get(..4)?.try_into().ok()?);
+                let total = u32::from_be_bytes(rest.get(4..8)?.try_into().ok()?).checked_sub(1);
+                let mut messages = Vec::new();
+                let mut at = 8;
+                while at < rest.len() {
+                    let len = u32::from_be_bytes(rest.get(at..at + 4)?.try_into().ok()?) as usize;
+                    messages
+                        .push(rest.slice(at + 4..at.checked_add(4 + len).filter(|&end| end <= rest.len())?));
+                    at += 4 + len;
+                }
+                Some(Control::Retained { id, index, total, messages })
+            }
             DELIVER => {
                 let len = usize::try_from(id).ok().filter(|&n| n <= rest.len())?;
                 let client_id = String::from_utf8(rest.get(..len)?.to_vec()).ok()?;
@@ -309,6 +355,44 @@ impl crate::core::hooks::Relay for LinkRelay {
     }
 }
 
+/// Splits retained messages into `$cluster/retained` chunks for sync `id` (at least one, so
+/// the last chunk always says how many there are).
+pub fn retained_chunks(id: u64, messages: &[std::sync::Arc<Message>]) -> Vec<Control> {
+    let mut chunks: Vec<Vec<Bytes>> = vec![Vec::new()];
+    let mut size = 0;
+    for m in messages {
+        let bytes = Bytes::from(crate::store::encode_message(m));
+        if size + bytes.len() > RETAINED_CHUNK && !chunks.last().is_some_and(Vec::is_empty) {
+            chunks.push(Vec::new());
+            size = 0;
+        }
+        size += bytes.len();
+        if let Some(chunk) = chunks.last_mut() {
+            chunk.push(bytes);
+        }
+    }
+    let total = chunks.len() as u32;
+    chunks
+        .into_iter()
+        .enumerate()
+        .map(|(i, messages)| {
+            let index = i as u32;
+            Control::Retained { id, index, total: (index + 1 == total).then_some(total), messages }
+        })
+        .collect()
+}
+
+/// A retained sync in progress on a joining node.
+#[derive(Default)]
+pub struct RetainedSync {
+    /// Sync id and the peer asked.
+    pub asked: Option<(u64, String)>,
+    /// Chunks received.
+    pub chunks: u32,
+    /// Messages received.
+    pub messages: Vec<Message>,
+}
+
 /// The peer a draining node gives `client_id`'s session to: rendezvous hashing over the
 /// peers' names, so sessions spread evenly and the choice does not depend on the order peers
 /// are listed in.
@@ -355,6 +439,9 @@ mod tests {
             Control::Busy { id: 3 },
             Control::Push { session: Bytes::from_static(b"\x01s") },
             Control::Deliver { client_id: "dev-1".into(), delivery: Bytes::from_static(b"\x01d") },
+            Control::RetainedSync { id: 5 },
+            Control::Retained { id: 5, index: 0, total: None, messages: vec![Bytes::from_static(b"ab")] },
+            Control::Retained { id: 5, index: 1, total: Some(2), messages: vec![] },
         ] {
             let m = control.to_message();
             assert!(m.topic.starts_with(CONTROL_PREFIX));

@@ -29,6 +29,16 @@ pub fn decode_delivery(bytes: &[u8]) -> Result<crate::core::types::Delivery, Str
     records::decode_delivery(bytes, records::Clock::now()).map(|(delivery, _)| delivery)
 }
 
+/// Encodes a retained message sent to a joining cluster node (as the store encodes it).
+pub fn encode_message(message: &crate::core::types::Message) -> Vec<u8> {
+    records::encode_message(message, records::Clock::now())
+}
+
+/// Decodes [`encode_message`]'s output.
+pub fn decode_message(bytes: &[u8]) -> Result<crate::core::types::Message, String> {
+    records::decode_message(bytes, records::Clock::now())
+}
+
 /// Decodes [`encode_handover`]'s output; the error says what is wrong.
 pub fn decode_handover(bytes: &[u8]) -> Result<LoadedSession, String> {
     records::decode_handover(bytes, records::Clock::now())

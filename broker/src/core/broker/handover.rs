@@ -1,7 +1,8 @@
 //! Moving a session between cluster nodes: [`Broker::export_session`] takes it out of this
 //! node (closing its connection), [`Broker::import_session`] installs it on another. The moved
 //! state has the shape the store loads at start ([`LoadedSession`]), so importing is recovery
-//! of one session, and the importing node writes it to its own store.
+//! of one session, and the importing node writes it to its own store. A joining node also
+//! takes over the retained messages of a peer ([`Broker::replace_retained`]).
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -10,8 +11,8 @@ use std::time::{Duration, Instant, SystemTime};
 use super::{Broker, DropReason, Enqueued, Expiry, Job, Kick, Restored, Session, topic};
 use crate::core::hooks::RelayTo;
 use crate::core::session::{Journal as _, Phase};
-use crate::core::types::Delivery;
-use crate::store::{LoadedSession, SessionRecord};
+use crate::core::types::{ByteString, Bytes, Delivery, Message, QoS};
+use crate::store::{LoadedSession, Op, SessionRecord};
 
 impl Broker {
     /// Takes session `client_id` out of this node for another node: its connection (if any) is
@@ -133,6 +134,49 @@ impl Broker {
             self.inner.metrics.dropped(DropReason::QueueFull, u64::from(evicted) + u64::from(!queued));
         }
         Some(journal.ticket)
+    }
+
+    /// Every retained message here except `$` topics (per node), for a joining cluster node.
+    pub fn retained_for_sync(&self) -> Vec<Arc<Message>> {
+        let mut all = self.inner.retained.all();
+        all.retain(|m| !m.topic.starts_with('$'));
+        all
+    }
+
+    /// Makes this node's retained state (except `$` topics) exactly `messages`, the set a
+    /// peer had: each is stored (not routed: nobody is told, like a restore) and topics the
+    /// peer does not have are cleared. Returns the store ticket to wait for.
+    pub fn replace_retained(&self, messages: Vec<Message>) -> u64 {
+        let inner = &*self.inner;
+        let keep: rustc_hash::FxHashSet<ByteString> = messages.iter().map(|m| m.topic.clone()).collect();
+        let mut ticket = 0;
+        for stale in self.retained_for_sync().into_iter().filter(|m| !keep.contains(&m.topic)) {
+            let empty = Arc::new(Message::new(stale.topic.clone(), Bytes::new(), QoS::AtMostOnce, true));
+            if inner.retained.set(empty) && inner.store.is_persistent() {
+                ticket = inner.store.submit(Op::RetainedClear(stale.topic.clone()));
+            }
+        }
+        for message in messages {
+            let message = Arc::new(message);
+            if inner.retained.set(message.clone()) && inner.store.is_persistent() {
+                ticket = inner.store.submit(Op::RetainedSet(message));
+            }
+        }
+        ticket
+    }
+
+    /// Stores one retained message from a peer (not routed). Returns the store ticket.
+    pub fn replace_retained_one(&self, message: Message) -> u64 {
+        let inner = &*self.inner;
+        let message = Arc::new(message);
+        if inner.retained.set(message.clone()) && inner.store.is_persistent() {
+            return inner.store.submit(if message.payload.is_empty() {
+                Op::RetainedClear(message.topic.clone())
+            } else {
+                Op::RetainedSet(message)
+            });
+        }
+        0
     }
 
     /// Installs a session exported by another node, replacing any local one of the same
