@@ -188,6 +188,15 @@ impl Cluster {
             }
         }
         match tokio::time::timeout(takeover::CLAIM_TIMEOUT, answer).await {
+            Ok(Ok(takeover::Outcome::Session(session))) if broker.has_newer_session(&session) => {
+                // A node that came back from a crash offered the session the client had before
+                // it started a newer one here: keep the newer one.
+                tracing::warn!(
+                    client_id,
+                    "cluster: an older copy of the session handed over by a peer was dropped (this node's is newer)"
+                );
+                Some(guard)
+            }
             Ok(Ok(takeover::Outcome::Session(session))) => {
                 Self::bump(&self.moves.taken_over);
                 let ticket = broker.import_session(*session);

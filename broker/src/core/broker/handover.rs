@@ -136,6 +136,18 @@ impl Broker {
         Some(journal.ticket)
     }
 
+    /// Whether this node has a session for `other`'s client that is newer than `other`: both
+    /// disconnected, this one more recently. (Two copies exist when a node that crashed comes
+    /// back with the session its client had before starting a new one elsewhere.)
+    pub fn has_newer_session(&self, other: &LoadedSession) -> bool {
+        let Some(local) = self.session(&other.record.client_id) else { return false };
+        let st = local.lock();
+        match (st.disconnected_at, other.record.disconnected_at) {
+            (Some(here), Some(there)) => here > there,
+            _ => false,
+        }
+    }
+
     /// Every retained message here except `$` topics (per node), for a joining cluster node.
     pub fn retained_for_sync(&self) -> Vec<Arc<Message>> {
         let mut all = self.inner.retained.all();
@@ -318,6 +330,21 @@ mod tests {
             .publish(Message::new(ByteString::from_static("cmd/3"), "y", QoS::AtLeastOnce, false))
             .expect("publish");
         assert_eq!(b.session("dev-1").expect("session").lock().queue_len(), 1);
+    }
+
+    #[test]
+    fn a_newer_local_session_is_preferred_to_an_older_copy() {
+        let a = Broker::new(BrokerConfig::default());
+        let b = Broker::new(BrokerConfig::default());
+        let old = a.connect(request("dev-3", false)).expect("connect");
+        a.disconnect(&old.session, old.generation, DisconnectKind::Normal { publish_will: false, expiry: None });
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        let new = b.connect(request("dev-3", false)).expect("connect");
+        let copy = a.export_session("dev-3", None).expect("exported");
+        assert!(!b.has_newer_session(&copy), "connected here: not comparable, the copy is taken");
+        b.disconnect(&new.session, new.generation, DisconnectKind::Normal { publish_will: false, expiry: None });
+        assert!(b.has_newer_session(&copy));
+        assert!(!a.has_newer_session(&copy), "no session on a any more");
     }
 
     #[test]
