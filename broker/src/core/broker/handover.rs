@@ -337,12 +337,20 @@ mod tests {
         let a = Broker::new(BrokerConfig::default());
         let b = Broker::new(BrokerConfig::default());
         let old = a.connect(request("dev-3", false)).expect("connect");
-        a.disconnect(&old.session, old.generation, DisconnectKind::Normal { publish_will: false, expiry: None });
+        a.disconnect(
+            &old.session,
+            old.generation,
+            DisconnectKind::Normal { publish_will: false, expiry: None },
+        );
         std::thread::sleep(std::time::Duration::from_millis(5));
         let new = b.connect(request("dev-3", false)).expect("connect");
         let copy = a.export_session("dev-3", None).expect("exported");
         assert!(!b.has_newer_session(&copy), "connected here: not comparable, the copy is taken");
-        b.disconnect(&new.session, new.generation, DisconnectKind::Normal { publish_will: false, expiry: None });
+        b.disconnect(
+            &new.session,
+            new.generation,
+            DisconnectKind::Normal { publish_will: false, expiry: None },
+        );
         assert!(b.has_newer_session(&copy));
         assert!(!a.has_newer_session(&copy), "no session on a any more");
     }
