@@ -40,6 +40,8 @@ pub struct BoundListeners {
     http: Option<TcpListener>,
     /// The cluster link listener (`cluster.link_bind`), when clustering is on.
     cluster_link: Option<TcpListener>,
+    /// Its certificate (`cluster.tls`).
+    cluster_tls: Option<crate::transport::tls::TlsHandle>,
 }
 
 impl BoundListeners {
@@ -81,7 +83,24 @@ impl BoundListeners {
                 Some(socket)
             }
         };
-        Ok(BoundListeners { sockets, stacks, tls: handles, http, cluster_link })
+        let cluster_tls = match config.cluster.as_ref().and_then(|c| c.tls.as_ref()) {
+            Some(tls) => {
+                let server = fleetmq_config::Tls {
+                    cert_file: tls.cert_file.clone(),
+                    key_file: tls.key_file.clone(),
+                    ca_file: None,
+                    min_version: fleetmq_config::TlsVersion::V1_2,
+                    require_certificate: false,
+                    use_identity_as_username: false,
+                };
+                Some(crate::transport::tls::TlsHandle::new(crate::transport::tls::server_config_at(
+                    "cluster.tls",
+                    &server,
+                )?))
+            }
+            None => None,
+        };
+        Ok(BoundListeners { sockets, stacks, tls: handles, http, cluster_link, cluster_tls })
     }
 
     /// Actual address of the HTTP endpoint (resolves port 0), when it is enabled.
@@ -209,11 +228,20 @@ pub async fn serve(
         tracing::info!(node = cluster.node(), "cluster link listening on {}", socket.local_addr()?);
         let (cluster, core) = (cluster.clone(), broker.clone());
         let name = crate::cluster::link_server::SERVICE_NAME;
-        builder = builder
-            .listen(name, socket, async move |_| {
+        builder = match listeners.cluster_tls.clone() {
+            None => builder.listen(name, socket, async move |_| {
                 crate::cluster::link_server::factory(cluster.clone(), core.clone())
-            })?
-            .config(name, crate::cluster::link_server::config(&config));
+            })?,
+            Some(handle) => builder.listen(name, socket, async move |_| {
+                chain_factory(crate::transport::tls::TlsAccept(handle.clone()))
+                    .map_err(|err| {
+                        tracing::debug!("cluster link: TLS handshake failed: {err}");
+                        MqttError::Service(crate::cluster::link_server::LinkError::new(format!("TLS: {err}")))
+                    })
+                    .and_then(crate::cluster::link_server::factory(cluster.clone(), core.clone()))
+            })?,
+        }
+        .config(name, crate::cluster::link_server::config(&config));
     }
     let server = builder.run();
     if let Some(cluster) = &cluster {

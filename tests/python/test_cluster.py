@@ -481,6 +481,16 @@ def test_bad_cluster_config_names_the_key(launch, tmp_path):
     b = launch(["--config", str(cfg), "--check-config", "--cluster-node-name", "bad name"])
     assert b.proc.wait(timeout=10) != 0
     assert "cluster.node_name" in b.log()
+    # cluster.tls: a missing file is named with its key; a missing key is named too.
+    cfg.write_text(f"cluster:\n  gossip_bind: 127.0.0.1:{free_port()}\n  link_bind: 127.0.0.1:0\n  node_name: n1\n"
+                   f"  tls: {{cert_file: {tmp_path}/nope.crt, key_file: {tmp_path}/nope.key, ca_file: {tmp_path}/ca.crt}}\n")
+    b = launch(["--config", str(cfg)])
+    assert b.proc.wait(timeout=10) != 0
+    assert "cluster.tls.ca_file" in b.log() or "cluster.tls.cert_file" in b.log(), b.log()[-2000:]
+    cfg.write_text("cluster:\n  gossip_bind: 127.0.0.1:7946\n  link_bind: 127.0.0.1:7947\n  tls: {cert_file: /x}\n")
+    b = launch(["--config", str(cfg)])
+    assert b.proc.wait(timeout=10) != 0
+    assert "key_file" in b.log(), b.log()[-2000:]
 
 
 def test_seeds_by_dns_name(cluster, clients):

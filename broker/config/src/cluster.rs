@@ -52,6 +52,23 @@ pub struct Cluster {
     /// Messages waiting per peer while its link is slow or down; beyond it new messages for
     /// that peer are dropped (and counted).
     pub forward_queue: u32,
+    /// TLS on the inter-node link: this node serves `cert_file`/`key_file` and verifies its
+    /// peers' certificates against `ca_file` for their advertised host. Absent: plain TCP.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<ClusterTls>,
+}
+
+/// `cluster.tls`: certificates of the inter-node link. Read at start.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterTls {
+    /// PEM certificate chain this node serves on the link (leaf first); it must be valid for
+    /// the node's `advertise_host`.
+    pub cert_file: PathBuf,
+    /// PEM private key of `cert_file`.
+    pub key_file: PathBuf,
+    /// PEM CA bundle the peers' link certificates must chain to.
+    pub ca_file: PathBuf,
 }
 
 impl Default for Cluster {
@@ -65,6 +82,7 @@ impl Default for Cluster {
             secret_file: None,
             gossip_interval: Duration::from_secs(1),
             forward_queue: 10_000,
+            tls: None,
         }
     }
 }

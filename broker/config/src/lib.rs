@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 pub use bridge::{
     Backoff, Bridge, BridgeProtocol, BridgeQueue, BridgeTls, BridgeTopic, Direction, Notifications, Overflow,
 };
-pub use cluster::Cluster;
+pub use cluster::{Cluster, ClusterTls};
 pub use units::{ByteSize, byte_size, duration, opt_duration};
 
 /// The largest packet MQTT can encode: a 4-byte remaining length of 268,435,455 plus the

@@ -16,7 +16,12 @@ use crate::transport::tls::{TlsError, certificates, read};
 /// Builds the client config of bridge `index` (files are read now, so rotated files apply
 /// at the next connect).
 pub fn client_config(index: usize, tls: &BridgeTls) -> Result<Arc<ClientConfig>, TlsError> {
-    let base = format!("bridges[{index}].tls");
+    client_config_at(&format!("bridges[{index}].tls"), tls)
+}
+
+/// Builds a client config from the `tls` block at config key `base` (named in errors).
+pub fn client_config_at(base: &str, tls: &BridgeTls) -> Result<Arc<ClientConfig>, TlsError> {
+    let base = base.to_string();
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()

@@ -82,6 +82,8 @@ pub struct Identity {
     pub node: String,
     /// The cluster secret (the link's password).
     pub secret: Option<String>,
+    /// TLS towards the peers (`cluster.tls`); the peer's advertised host is the name checked.
+    pub tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 /// Starts the link to `peer` at `addr` on the current ntex arbiter; returns its queue.
@@ -108,11 +110,24 @@ async fn connect(identity: &Identity, addr: &str) -> Result<v5::client::Client, 
     if let Some(secret) = &identity.secret {
         req = req.password(Bytes::copy_from_slice(secret.as_bytes()));
     }
-    let connector = v5::client::MqttConnector::new()
-        .pipeline(SharedCfg::default())
-        .await
-        .map_err(|err| format!("cannot create the connector: {err:?}"))?;
-    match tokio::time::timeout(CONNECT_TIMEOUT, connector.call(req)).await {
+    let result = match &identity.tls {
+        None => {
+            let connector = v5::client::MqttConnector::new()
+                .pipeline(SharedCfg::default())
+                .await
+                .map_err(|err| format!("cannot create the connector: {err:?}"))?;
+            tokio::time::timeout(CONNECT_TIMEOUT, connector.call(req)).await
+        }
+        Some(tls) => {
+            let connector = v5::client::MqttConnector::new()
+                .connector(ntex_tls::rustls::TlsConnector::from(tls.clone()))
+                .pipeline(SharedCfg::default())
+                .await
+                .map_err(|err| format!("cannot create the connector: {err:?}"))?;
+            tokio::time::timeout(CONNECT_TIMEOUT, connector.call(req)).await
+        }
+    };
+    match result {
         Ok(Ok(client)) => Ok(client),
         Ok(Err(ntex_mqtt::error::ClientError::Ack(ack))) => {
             Err(format!("refused by the peer: {:?}", ack.reason_code))

@@ -26,6 +26,13 @@ pub const SERVICE_NAME: &str = "cluster-link";
 #[derive(Debug)]
 pub struct LinkError(#[expect(dead_code, reason = "read through Debug in connection errors")] String);
 
+impl LinkError {
+    /// An error saying `why`.
+    pub fn new(why: impl Into<String>) -> Self {
+        LinkError(why.into())
+    }
+}
+
 impl From<()> for LinkError {
     fn from(_: ()) -> Self {
         LinkError(String::new())

@@ -54,12 +54,17 @@ pub enum ClusterError {
         /// Why.
         reason: String,
     },
+    /// `cluster.tls` cannot be used (the error names the key and file).
+    #[error(transparent)]
+    Tls(#[from] crate::transport::tls::TlsError),
 }
 
 /// This node's cluster membership and forwarding. Shared by the core (as its route watcher
 /// and forwarder), the link listener, the gossip task and the HTTP endpoint.
 pub struct Cluster {
     config: fleetmq_config::Cluster,
+    /// TLS towards peers' links (`cluster.tls`).
+    link_tls: Option<Arc<rustls::ClientConfig>>,
     node: String,
     advertise_host: String,
     secret: Option<String>,
@@ -132,6 +137,19 @@ impl Cluster {
             None => hostname().map_err(ClusterError::NoNodeName)?,
         };
         let secret = c.secret_file.as_ref().map(read_secret).transpose()?;
+        let link_tls = match &c.tls {
+            Some(tls) => Some(crate::bridge::tls::client_config_at(
+                "cluster.tls",
+                &fleetmq_config::BridgeTls {
+                    ca_file: Some(tls.ca_file.clone()),
+                    cert_file: None,
+                    key_file: None,
+                    server_name: None,
+                    insecure_skip_verify: false,
+                },
+            )?),
+            None => None,
+        };
         let generation = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
@@ -140,6 +158,7 @@ impl Cluster {
         Ok(Some(Arc::new(Cluster {
             advertise_host: c.advertise_host.clone().unwrap_or_else(|| node.clone()),
             config: c.clone(),
+            link_tls,
             node,
             secret,
             generation,
@@ -548,7 +567,7 @@ impl Cluster {
 
     /// How this node presents itself on links.
     pub fn identity(&self) -> Identity {
-        Identity { node: self.node.clone(), secret: self.secret.clone() }
+        Identity { node: self.node.clone(), secret: self.secret.clone(), tls: self.link_tls.clone() }
     }
 
     /// Counters of peer `name` (created on first use).

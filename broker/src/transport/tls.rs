@@ -96,7 +96,12 @@ pub(crate) fn certificates(key: &str, path: &Path) -> Result<Vec<CertificateDer<
 
 /// Builds the rustls config of listener `index` from its `tls` block.
 pub fn server_config(index: usize, tls: &Tls) -> Result<Arc<ServerConfig>, TlsError> {
-    let base = format!("listeners[{index}].tls");
+    server_config_at(&format!("listeners[{index}].tls"), tls)
+}
+
+/// Builds a rustls server config from the `tls` block at config key `base` (named in errors).
+pub fn server_config_at(base: &str, tls: &Tls) -> Result<Arc<ServerConfig>, TlsError> {
+    let base = base.to_string();
     let cert_key = format!("{base}.cert_file");
     let key_key = format!("{base}.key_file");
     let chain = certificates(&cert_key, &tls.cert_file)?;
