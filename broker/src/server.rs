@@ -162,8 +162,9 @@ pub(crate) fn mqtt_service<F: Filter>(
     )
 }
 
-/// Serves until `shutdown` resolves, then shuts down gracefully: stop accepting, ask clients
-/// to leave (v5: DISCONNECT 0x8B), wait up to `server.shutdown_timeout`, stop.
+/// Serves until `shutdown` resolves (or `POST /api/v1/drain`), then shuts down gracefully: stop
+/// accepting, ask clients to leave (v5: DISCONNECT 0x8B), wait up to `server.shutdown_timeout`,
+/// hand the remaining sessions to the cluster's other nodes, stop.
 pub async fn serve(
     broker: Broker,
     listeners: BoundListeners,
@@ -213,12 +214,19 @@ pub async fn serve(
             .listen(name.clone(), socket, async move |_| stack.factory(ctx.clone()))?
             .config(name, mqtt_config(&config));
     }
+    // POST /api/v1/drain does what SIGTERM does.
+    let (drain_tx, mut drain_rx) = tokio::sync::watch::channel(false);
     if let Some(socket) = listeners.http {
         // POST /api/v1/reload does what SIGHUP does.
         let hook_reloader = reloader.clone();
         let hook: crate::http::ReloadHook =
             Arc::new(move || hook_reloader.lock().unwrap_or_else(|p| p.into_inner()).check(true));
-        let endpoint = crate::http::Endpoint::new(broker.clone(), Some(hook))?.with_listeners(summaries);
+        let drain: crate::http::DrainHook = Arc::new(move || {
+            let _ = drain_tx.send(true);
+        });
+        let endpoint = crate::http::Endpoint::new(broker.clone(), Some(hook))?
+            .with_listeners(summaries)
+            .with_drain(drain);
         builder = crate::http::listen(builder, socket, endpoint)?;
     }
     let cluster = crate::cluster::Cluster::of(&broker);
@@ -279,7 +287,10 @@ pub async fn serve(
     if !interval.is_zero() {
         sys::publish(&broker);
     }
-    shutdown.await;
+    tokio::select! {
+        _ = shutdown => {}
+        Ok(()) = drain_rx.changed() => tracing::info!("drain requested through the admin API"),
+    }
     // Bridges first, while the store is open: their sessions detach like clients do.
     bridges.stop();
     tracing::info!(

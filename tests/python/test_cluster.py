@@ -419,6 +419,12 @@ def test_observability_metrics_and_sys(cluster, clients):
     wait_until(lambda: {m.topic.rsplit("/", 1)[1] for m in sys_sub.messages if "/sessions/" in m.topic} == set(names),
                timeout=10, what="$SYS/broker/cluster/sessions/*")
     assert all(m.payload == b"0" for m in sys_sub.messages if "/sessions/" in m.topic)
+    # Each peer's link state and counters.
+    sys_sub.subscribe("$SYS/broker/cluster/peers/+/link", 0)
+    wait_until(lambda: {(m.topic, m.payload) for m in sys_sub.messages if m.topic.endswith("/link")}
+               >= {("$SYS/broker/cluster/peers/node-2/link", b"connected"),
+                   ("$SYS/broker/cluster/peers/node-3/link", b"connected")},
+               timeout=10, what="$SYS link states of node-2 and node-3")
     sub = clients(brokers[1], "m-sub")
     sub.connect()
     sub.subscribe("m/#", 0)

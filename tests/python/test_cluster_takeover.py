@@ -124,3 +124,35 @@ def test_concurrent_connects_on_two_nodes_leave_one_winner(cluster, clients):  #
         raise AssertionError("the losing node still has a session")
     except urllib.error.HTTPError as err:
         assert err.code == 404
+
+
+def test_drain_through_the_admin_api_hands_sessions_over_and_exits(cluster, clients):  # noqa: F811
+    import json
+    import urllib.request
+
+    from test_cluster import TOKEN, http_addr
+
+    _, brokers = cluster()
+    device = clients(brokers[0], "dev-drain", clean_session=False)
+    device.connect(clean_start=False, properties=connect_props(SessionExpiryInterval=3600))
+    device.subscribe("drain/#", 1)
+    device.disconnect()
+    wait_routes(brokers[1], "node-1", 1)
+    pub = clients(brokers[1], "drain-pub")
+    pub.connect()
+    pub.publish("drain/1", b"queued", qos=1)
+    wait_until(lambda: peer(brokers[1], "node-1")["forwarded_out"] >= 1, timeout=10, what="forwarded to node-1")
+
+    req = urllib.request.Request(f"http://{http_addr(brokers[0])}/api/v1/drain", method="POST",
+                                 headers={"Authorization": f"Bearer {TOKEN}"})
+    with urllib.request.urlopen(req, timeout=5) as resp:
+        assert resp.status == 202, resp.status
+        assert "draining" in json.loads(resp.read())["result"]
+    assert brokers[0].proc.wait(timeout=30) == 0
+    # The session went to one of the others (drained in there), with its queued message.
+    drained = [api(b, "cluster")["sessions"]["drained_in"] for b in brokers[1:]]
+    assert sorted(drained) == [0, 1], drained
+    back = clients(brokers[2], "dev-drain", clean_session=False)
+    _, present, _ = back.connect(clean_start=False, properties=connect_props(SessionExpiryInterval=3600))
+    assert present
+    assert back.wait_message("drain/1").payload == b"queued"

@@ -30,6 +30,9 @@ pub const SYS_MEMBERS: &str = "$SYS/broker/cluster/members";
 /// `$SYS` topic prefix of the session move counters (`.../taken_over`, `.../handed_over`,
 /// `.../drained_out`, `.../drained_in`, `.../connects_refused`).
 pub const SYS_SESSIONS: &str = "$SYS/broker/cluster/sessions";
+/// `$SYS` topic prefix of each peer's link state and counters (`.../<peer>/link`,
+/// `.../<peer>/forwarded/out`, `.../forwarded/in`, `.../dropped`).
+pub const SYS_PEERS: &str = "$SYS/broker/cluster/peers";
 
 /// What gossip says about one live peer.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -309,6 +312,19 @@ pub(super) async fn run(
                     ] {
                         let topic = format!("{SYS_SESSIONS}/{name}");
                         broker.publish_internal(Message::new(topic, n.to_string(), QoS::AtMostOnce, true));
+                    }
+                    for (peer, stats) in cluster.peer_stats() {
+                        use super::status::PeerStats;
+                        let base = format!("{SYS_PEERS}/{peer}");
+                        for (leaf, value) in [
+                            ("link", stats.link().as_str().to_string()),
+                            ("forwarded/out", PeerStats::get(&stats.forwarded_out).to_string()),
+                            ("forwarded/in", PeerStats::get(&stats.forwarded_in).to_string()),
+                            ("dropped", PeerStats::get(&stats.dropped).to_string()),
+                        ] {
+                            let message = Message::new(format!("{base}/{leaf}"), value, QoS::AtMostOnce, true);
+                            broker.publish_internal(message);
+                        }
                     }
                     last_sys = Some((Instant::now(), alive));
                 }

@@ -19,6 +19,18 @@ pub enum LinkState {
     Closed,
 }
 
+impl LinkState {
+    /// `connecting`, `connected`, `down` or `closed` (as in the admin API).
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            LinkState::Connecting => "connecting",
+            LinkState::Connected => "connected",
+            LinkState::Down(_) => "down",
+            LinkState::Closed => "closed",
+        }
+    }
+}
+
 /// Per-peer counters, kept after the peer goes (Prometheus counters never go back).
 #[derive(Debug)]
 pub struct PeerStats {

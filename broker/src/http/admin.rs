@@ -168,6 +168,19 @@ async fn route(endpoint: &Arc<Endpoint>, req: &Request, _body: Bytes) -> ApiResu
             query.only(&[]).map_err(ApiError::bad_request)?;
             reload(endpoint).await
         }
+        ("drain", None) => {
+            allow(method, &[Method::POST], "POST")?;
+            query.only(&[]).map_err(ApiError::bad_request)?;
+            let Some(drain) = endpoint.drain.clone() else {
+                return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "drain not available"));
+            };
+            tracing::info!("drain requested through the admin API: shutting down gracefully");
+            drain();
+            Ok(json(
+                StatusCode::ACCEPTED,
+                &Reloaded { result: "draining: the broker hands its sessions over and exits".into() },
+            ))
+        }
         _ => Err(ApiError::not_found(format!("no such resource: {path}"))),
     }
 }

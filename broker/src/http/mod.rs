@@ -39,6 +39,9 @@ pub const MAX_BODY: usize = 64 * 1024;
 /// changed, or why nothing could be applied. Called on the blocking pool.
 pub type ReloadHook = Arc<dyn Fn() -> Result<String, String> + Send + Sync>;
 
+/// Starts the graceful shutdown (`POST /api/v1/drain`), as SIGTERM does.
+pub type DrainHook = Arc<dyn Fn() + Send + Sync>;
+
 /// Why the endpoint could not be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum HttpError {
@@ -67,6 +70,7 @@ pub struct Endpoint {
     metrics: metrics::Exporter,
     admin: Option<token::AdminToken>,
     reload: Option<ReloadHook>,
+    drain: Option<DrainHook>,
     listeners: Vec<ListenerSummary>,
 }
 
@@ -84,13 +88,19 @@ impl Endpoint {
     pub fn new(broker: Broker, reload: Option<ReloadHook>) -> Result<Self, HttpError> {
         let admin = broker.config().http.admin_token_file.as_deref().map(token::AdminToken::new);
         let metrics = metrics::Exporter::new(broker.clone())?;
-        Ok(Endpoint { broker, metrics, admin, reload, listeners: Vec::new() })
+        Ok(Endpoint { broker, metrics, admin, reload, drain: None, listeners: Vec::new() })
     }
 
     /// Sets the listeners the stats report (the server knows their bound addresses; the
     /// configuration may say port 0).
     pub fn with_listeners(mut self, listeners: Vec<ListenerSummary>) -> Self {
         self.listeners = listeners;
+        self
+    }
+
+    /// Enables `POST /api/v1/drain`.
+    pub fn with_drain(mut self, drain: DrainHook) -> Self {
+        self.drain = Some(drain);
         self
     }
 
