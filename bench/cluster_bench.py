@@ -18,15 +18,13 @@ import argparse
 import datetime as dt
 import json
 import pathlib
-import resource
-import socket
 import statistics
 import subprocess
 import tempfile
 import time
 import urllib.request
 
-from benchlib import ROOT, cpu_seconds, free_port, target_dir
+from benchlib import ROOT, cpu_seconds, free_port, raise_nofile, stop, target_dir, wait_listening
 
 TOKEN = "cluster-bench"
 # (name, fleetmq-load arguments, messages per publisher)
@@ -36,11 +34,6 @@ WORKLOADS = [
     ("pairs 300 QoS1", ["--workload", "pairs", "--publishers", "300", "--qos", "1"], 500),
     ("fan-out 1→99 QoS0", ["--workload", "fanout", "--subscribers", "99", "--qos", "0"], 2000),
 ]
-
-
-def raise_nofile():
-    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 class Node:
@@ -69,16 +62,7 @@ class Node:
         with open(self.log, "w") as log:
             self.proc = subprocess.Popen([str(bin_dir / "fleetmq-broker"), "--config", str(path)], stdout=log,
                                          stderr=subprocess.STDOUT, preexec_fn=raise_nofile)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"{name} exited: {self.log.read_text()[-2000:]}")
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
-                    return
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError(f"{name} did not start")
+        wait_listening(self.proc, self.port, self.log, name, timeout=30)
 
     def alive(self) -> int:
         req = urllib.request.Request(f"http://127.0.0.1:{self.http}/api/v1/cluster",
@@ -87,12 +71,7 @@ class Node:
             return json.loads(resp.read())["alive"]
 
     def stop(self):
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        stop(self.proc)
 
 
 def start(work: pathlib.Path, bin_dir: pathlib.Path, n: int, tag: str) -> list[Node]:

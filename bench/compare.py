@@ -20,15 +20,13 @@ import os
 import pathlib
 import platform
 import re
-import resource
 import shutil
-import socket
 import statistics
 import subprocess
 import tempfile
 import time
 
-from benchlib import ROOT, cpu_seconds, free_port, pinned, target_dir
+from benchlib import ROOT, cpu_seconds, free_port, pinned, raise_nofile, stop, target_dir, wait_listening
 INFLIGHT = 100  # broker in-flight window and the load generator's window, both brokers
 
 # (name, fleetmq-load arguments, messages per publisher for 64 B, for 1 KiB). Counts are sized
@@ -47,12 +45,6 @@ LATENCY = [
 ]
 
 
-def raise_nofile():
-    """In the child: open-file soft limit up to the hard limit (10,000 idle connections)."""
-    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-
-
 def mosquitto_binary() -> str | None:
     return shutil.which("mosquitto") or next((p for p in ("/usr/sbin/mosquitto",) if os.access(p, os.X_OK)), None)
 
@@ -69,16 +61,7 @@ class Broker:
         with open(self.log, "w") as log:
             self.proc = subprocess.Popen(pinned(0) + self.command(work, tag), stdout=log, stderr=subprocess.STDOUT,
                                          preexec_fn=raise_nofile)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.name} exited: {self.log.read_text()[-2000:]}")
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
-                    return
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError(f"{self.name} did not start")
+        wait_listening(self.proc, self.port, self.log, self.name)
 
     def command(self, work: pathlib.Path, tag: str) -> list[str]:
         raise NotImplementedError
@@ -91,12 +74,7 @@ class Broker:
         return int(re.search(r"VmRSS:\s+(\d+) kB", status).group(1))
 
     def stop(self):
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        stop(self.proc)
 
 
 class FleetMQ(Broker):
