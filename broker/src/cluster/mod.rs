@@ -207,18 +207,7 @@ impl Cluster {
             }
         }
         match tokio::time::timeout(takeover::CLAIM_TIMEOUT, answer).await {
-            Ok(Ok(takeover::Outcome::Session(session))) if broker.has_newer_session(&session) => {
-                // A node that came back from a crash offered the session the client had before
-                // it started a newer one here: keep the newer one.
-                tracing::warn!(
-                    client_id,
-                    "cluster: an older copy of the session handed over by a peer was dropped (this node's is newer)"
-                );
-                Some(guard)
-            }
-            Ok(Ok(takeover::Outcome::Session(session))) => {
-                Self::bump(&self.moves.taken_over);
-                let ticket = broker.import_session(*session);
+            Ok(Ok(takeover::Outcome::Imported(ticket))) => {
                 if let Err(err) = broker.durable(ticket).wait().await {
                     tracing::error!(client_id, "cluster: storing a handed-over session failed: {err}");
                 }
@@ -246,16 +235,32 @@ impl Cluster {
         }
     }
 
-    /// How long a moved session's stand-in relays messages here to its new node: long enough
-    /// for gossip to spread the session's routes from there (a few rounds).
+    /// How long a moved session's stand-in relays messages here to its new node: well past
+    /// the time gossip needs to spread the session's routes from there (usually a few rounds;
+    /// the stand-in costs only its subscriptions, so it errs long).
     pub fn relay_grace(&self) -> std::time::Duration {
+        (self.config.gossip_interval * 20)
+            .clamp(std::time::Duration::from_secs(2), std::time::Duration::from_secs(30))
+    }
+
+    /// How long a draining node stays after handing its sessions over, relaying, before it
+    /// announces that it leaves (a few gossip rounds; bounded by the drain's deadline).
+    fn drain_linger(&self) -> std::time::Duration {
         (self.config.gossip_interval * 5)
             .clamp(std::time::Duration::from_millis(500), std::time::Duration::from_secs(10))
     }
 
     fn relay_to(self: &Arc<Self>, peer: &str) -> (crate::core::hooks::RelayTo, std::time::Duration) {
+        self.relay_for(peer, self.relay_grace())
+    }
+
+    fn relay_for(
+        self: &Arc<Self>,
+        peer: &str,
+        grace: std::time::Duration,
+    ) -> (crate::core::hooks::RelayTo, std::time::Duration) {
         let relay = takeover::LinkRelay { cluster: Arc::downgrade(self), peer: peer.to_string() };
-        (crate::core::hooks::RelayTo(Arc::new(relay)), self.relay_grace())
+        (crate::core::hooks::RelayTo(Arc::new(relay)), grace)
     }
 
     /// Queues a control message for `peer` (dropped, and said so, when it is not a peer).
@@ -293,7 +298,9 @@ impl Cluster {
             let Some(heir) = takeover::heir(&client_id, &peers) else { break };
             // Marked before it leaves, so a claim arriving meanwhile is told to retry.
             self.transit(&client_id, true);
-            let relay = self.relay_to(heir);
+            // A draining node's stand-ins relay until it is gone: peers keep routing here
+            // until they learn that it left, which it announces last.
+            let relay = self.relay_for(heir, std::time::Duration::from_secs(3600));
             let Some(session) = broker.export_session(&client_id, Some(relay)) else {
                 self.transit(&client_id, false);
                 continue;
@@ -326,7 +333,7 @@ impl Cluster {
         // Stay a little longer: until gossip has spread the sessions' new routes, messages
         // for them still arrive here and are relayed to their new nodes.
         let left = deadline.saturating_duration_since(std::time::Instant::now());
-        tokio::time::sleep(self.relay_grace().min(left)).await;
+        tokio::time::sleep(self.drain_linger().min(left)).await;
         self.drain(deadline.saturating_duration_since(std::time::Instant::now())).await;
         moved
     }
@@ -431,12 +438,24 @@ impl Cluster {
                 }
             }
             Some(Control::Handover { id, session }) => match crate::store::decode_handover(&session) {
+                // Installed right here, not by the waiting CONNECT: messages the old node
+                // relays for the session follow on this same link and must find it.
+                Ok(session) if !self.claims.waiting(id) => {
+                    let _ = takeover::late_handover(broker, session);
+                }
+                Ok(session) if broker.has_newer_session(&session) => {
+                    // A node that came back from a crash offered the session the client had
+                    // before it started a newer one here: keep the newer one.
+                    tracing::warn!(
+                        client_id = %session.record.client_id,
+                        "cluster: an older copy of the session handed over by a peer was dropped (this node's is newer)"
+                    );
+                    self.claims.answer(id, from, takeover::Outcome::Nothing);
+                }
                 Ok(session) => {
-                    if let Some(late) =
-                        self.claims.answer(id, from, takeover::Outcome::Session(Box::new(session)))
-                    {
-                        let _ = takeover::late_handover(broker, late);
-                    }
+                    Self::bump(&self.moves.taken_over);
+                    let ticket = broker.import_session(session);
+                    self.claims.answer(id, from, takeover::Outcome::Imported(ticket));
                 }
                 Err(err) => {
                     tracing::error!(peer = from, "cluster: undecodable session handover: {err}");

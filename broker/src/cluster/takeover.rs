@@ -91,8 +91,8 @@ pub enum ClaimState {
 /// How a claim ended.
 #[derive(Debug)]
 pub enum Outcome {
-    /// A peer handed the session over.
-    Session(Box<LoadedSession>),
+    /// A peer handed the session over and it is installed here (the store ticket to wait for).
+    Imported(u64),
     /// No peer has it.
     Nothing,
     /// A peer claims the same client id at the same moment and wins.
@@ -264,30 +264,21 @@ impl Claims {
         self.lock().get(&id).map(|p| p.waiting.clone()).unwrap_or_default()
     }
 
-    /// `from` answered claim `id`. Returns a handed-over session back when the claim is no
-    /// longer waiting for it (timed out, or already decided), so the caller can decide what to
-    /// do with it.
-    pub fn answer(&self, id: u64, from: &str, outcome: Outcome) -> Option<LoadedSession> {
+    /// Whether claim `id` still waits for its answer (not decided, not timed out).
+    pub fn waiting(&self, id: u64) -> bool {
+        self.lock().get(&id).is_some_and(|p| p.done.is_some())
+    }
+
+    /// `from` answered claim `id`.
+    pub fn answer(&self, id: u64, from: &str, outcome: Outcome) {
         let mut pending = self.lock();
-        let Some(claim) = pending.get_mut(&id) else {
-            return match outcome {
-                Outcome::Session(session) => Some(*session),
-                _ => None,
-            };
-        };
+        let Some(claim) = pending.get_mut(&id) else { return };
         claim.waiting.remove(from);
-        match outcome {
-            Outcome::Nothing if !claim.waiting.is_empty() => None,
-            outcome => match claim.done.take() {
-                Some(done) => match done.send(outcome) {
-                    Err(Outcome::Session(session)) => Some(*session),
-                    _ => None,
-                },
-                None => match outcome {
-                    Outcome::Session(session) => Some(*session),
-                    _ => None,
-                },
-            },
+        if matches!(outcome, Outcome::Nothing) && !claim.waiting.is_empty() {
+            return;
+        }
+        if let Some(done) = claim.done.take() {
+            let _ = done.send(outcome);
         }
     }
 
@@ -472,9 +463,9 @@ mod tests {
         let claims = Claims::default();
         let (id, mut rx) = claims.start("c", ["a".to_string(), "b".to_string()].into());
         assert!(claims.claiming("c"));
-        assert!(claims.answer(id, "a", Outcome::Nothing).is_none());
+        claims.answer(id, "a", Outcome::Nothing);
         assert!(rx.try_recv().is_err(), "still waiting for b");
-        assert!(claims.answer(id, "b", Outcome::Nothing).is_none());
+        claims.answer(id, "b", Outcome::Nothing);
         assert!(matches!(rx.try_recv(), Ok(Outcome::Nothing)));
         assert!(claims.finish(id).is_empty());
 
