@@ -181,7 +181,8 @@ def cluster(tmp_path, start_broker):
                     # process (or a sibling's link port 0) may take one meanwhile. Only that
                     # is retried, with fresh client and HTTP ports (the gossip port is in
                     # every sibling's seeds).
-                    log = sorted(tmp_path.glob("broker-*.log"), key=lambda p: p.stat().st_mtime)[-1].read_text()
+                    # This node's own log (the others keep writing theirs, so "newest" is not it).
+                    log = (tmp_path / f"broker-{node.mqtt}.log").read_text()
                     if attempt == 2 or "Address already in use" not in log:
                         raise
                     node.mqtt, node.http = free_port(), free_port()
