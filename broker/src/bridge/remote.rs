@@ -74,17 +74,6 @@ fn properties_out(props: &mut v5::codec::PublishProperties, out: &Outbound) {
     props.message_expiry_interval = out.expiry_interval.and_then(std::num::NonZeroU32::new);
 }
 
-fn properties_in(p: &v5::codec::PublishProperties) -> Option<Box<Properties>> {
-    let props = Properties {
-        payload_is_utf8: p.is_utf8_payload,
-        content_type: p.content_type.clone(),
-        response_topic: p.response_topic.clone(),
-        correlation_data: p.correlation_data.clone(),
-        user_properties: p.user_properties.clone(),
-    };
-    (!props.is_empty()).then(|| Box::new(props))
-}
-
 /// The bridge's will on the remote (`notifications.remote`): a retained `0` on the state
 /// topic, published by the remote when the link dies without DISCONNECT.
 fn will_topic(config: &Bridge) -> Option<ByteString> {
@@ -318,7 +307,7 @@ impl Client {
                         let v5::client::ProtocolMessage::Publish(publish) = msg else { return Ok(msg.ack()) };
                         let pkt = publish.packet();
                         let (topic, qos, retain) = (pkt.topic.to_string(), qos_from(pkt.qos), pkt.retain);
-                        let properties = properties_in(&pkt.properties);
+                        let properties = crate::frontend::v5::properties_in(&pkt.properties);
                         let expiry_interval =
                             pkt.properties.message_expiry_interval.map(std::num::NonZeroU32::get);
                         let payload = publish.read_all().await.map_err(|e| InboundError(format!("{e:?}")))?;

@@ -88,7 +88,9 @@ fn keepalive(requested: u16, max: u16) -> (u16, Option<u16>) {
     (effective.saturating_add(effective.div_ceil(2)), (effective != requested).then_some(effective))
 }
 
-fn properties_in(p: &codec::PublishProperties) -> Option<Box<Properties>> {
+/// The application properties of an MQTT 5 PUBLISH as the core keeps them (`None` when it has
+/// none). Also used by the bridge for what its v5 remote sends.
+pub(crate) fn properties_in(p: &codec::PublishProperties) -> Option<Box<Properties>> {
     let props = Properties {
         payload_is_utf8: p.is_utf8_payload,
         content_type: p.content_type.clone(),
