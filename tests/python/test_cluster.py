@@ -363,6 +363,45 @@ def test_kill9_node_others_keep_serving_and_restart_rejoins(cluster, clients):
     assert sub3.wait_message("k/3").payload == b"from-2"
 
 
+def readyz(broker) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(f"http://{http_addr(broker)}/readyz", timeout=5) as resp:
+            return resp.status, resp.read().decode()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read().decode()
+
+
+def test_a_restarted_node_admits_clients_once_it_knows_the_cluster(cluster, clients):
+    # A node binds its listeners before gossip has told it its peers and their routes. A
+    # client admitted in between published into a node that forwarded to nobody: acknowledged
+    # ("no matching subscribers") and lost for the other nodes' subscribers. Its CONNECT now
+    # waits until the node knows the cluster.
+    nodes, brokers = cluster(n=2)
+    sub = clients(brokers[0], "sub-1")
+    sub.connect()
+    sub.subscribe("j/#", 1)
+    assert brokers[1].stop() == 0
+    restarted = brokers[1].restart()  # returns once the MQTT port accepts TCP connections
+    pub = clients(restarted, "pub")
+    pub.connect(timeout=10)
+    rc, _ = pub.publish("j/1", b"first", qos=1, wait=True)
+    assert rc == 0, f"PUBACK reason {rc:#x}: the restarted node did not know node-1's subscriber"
+    assert sub.wait_message("j/1").payload == b"first"
+    assert "cluster: joined" in restarted.log()
+    assert readyz(restarted) == (200, "ready\n")
+
+
+def test_a_lone_node_admits_clients_after_the_join_timeout(cluster, clients):
+    # Nobody to learn from (the first node of a cluster, a single replica): it waits the join
+    # timeout (5 gossip intervals, 2-5 s), not ready meanwhile, then admits clients.
+    nodes, brokers = cluster(n=1, gossip_interval="1s")
+    assert readyz(brokers[0]) == (503, "joining the cluster\n")
+    c = clients(brokers[0], "early")
+    c.connect(timeout=10)  # held until the timeout, then accepted
+    assert readyz(brokers[0]) == (200, "ready\n")
+    assert "no peer found within 5s; admitting clients as the only node" in brokers[0].log()
+
+
 def test_a_stalled_peer_fills_its_bounded_queue_and_drops_the_newest(cluster, clients):
     # Slow gossip so the frozen node is not declared dead during the test.
     nodes, brokers = cluster(n=2, forward_queue=5, gossip_interval="500ms")

@@ -9,8 +9,6 @@ from __future__ import annotations
 import threading
 import time
 
-import pytest
-
 from helpers import V5, Client, connect_props, wait_until
 from test_cluster import cluster, wait_alive  # noqa: F401 (the `cluster` fixture)
 
@@ -61,9 +59,6 @@ class Roaming:
         return self.client is not None and self.client.paho.is_connected()
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "known defect (issue 9, open): in about 1 run of 6 a subscriber that moves during a drain misses 1-15 "
-    "acknowledged messages; the window is not found yet. The test runs every time and reports XPASS/XFAIL."))
 def test_rolling_restart_under_qos1_traffic_loses_nothing_acknowledged(cluster, clients):  # noqa: F811
     nodes, brokers = cluster(3, name_from_env=False)
     ports = [b.port for b in brokers]

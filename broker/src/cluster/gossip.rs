@@ -276,15 +276,22 @@ pub(super) async fn run(
                 cluster.apply(peers);
             }
             _ = tick.tick() => {
-                let (members, twin) = {
+                let (members, twin, known) = {
                     let chitchat = chitchat.lock().await;
                     // A live, newer incarnation of our name elsewhere: two nodes share a name
                     // (each would ignore the other), or this process is a stale copy.
                     let twin = chitchat.live_nodes().find(|id| {
                         *id.node_id == *cluster.node && id.generation_id > cluster.generation
                     }).map(|id| id.gossip_advertise_addr);
-                    (members(&chitchat, &cluster.node), twin)
+                    let members = members(&chitchat, &cluster.node);
+                    let known = members
+                        .iter()
+                        .filter(|m| !m.is_self && m.state != MemberState::Left)
+                        .map(|m| m.name.clone())
+                        .collect::<BTreeSet<String>>();
+                    (members, twin, known)
                 };
+                cluster.check_joined(&known);
                 if twin.is_some() && !warned_twin {
                     tracing::error!(
                         node = %cluster.node,

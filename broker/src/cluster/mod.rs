@@ -91,6 +91,10 @@ pub struct Cluster {
     moves: status::SessionMoves,
     /// This node's retained sync with a peer after it joined.
     retained_sync: Mutex<takeover::RetainedSync>,
+    /// Whether this node knows the cluster (see [`Cluster::joined`]); latched.
+    joined: watch::Sender<bool>,
+    /// When this node started; the join timeout counts from here.
+    started: std::time::Instant,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -173,6 +177,8 @@ impl Cluster {
             in_transit: Mutex::new(std::collections::HashSet::new()),
             moves: status::SessionMoves::default(),
             retained_sync: Mutex::new(takeover::RetainedSync::default()),
+            joined: watch::channel(false).0,
+            started: std::time::Instant::now(),
         })))
     }
 
@@ -183,6 +189,7 @@ impl Cluster {
     /// concurrent claim from a peer loses meanwhile. `None`: another node is connecting the
     /// same client id at this moment and wins; refuse this CONNECT (the client retries).
     pub async fn claim(self: &Arc<Self>, broker: &Broker, client_id: &str) -> Option<takeover::ClaimGuard> {
+        self.joined().await;
         let peers: BTreeSet<String> = {
             let table = self.table.read().unwrap_or_else(|p| p.into_inner());
             table
@@ -235,6 +242,70 @@ impl Cluster {
         }
     }
 
+    /// Waits until this node knows the cluster: a (re)started node learns its peers and
+    /// their routes by gossip a few rounds after its listeners are bound, and a client it
+    /// admitted before that would publish into a node that forwards to nobody (acknowledged,
+    /// delivered to no other node) and claim its session from nobody (a fresh session while
+    /// its own is on a peer). So CONNECTs wait here, at most [`Cluster::join_timeout`].
+    pub async fn joined(&self) {
+        let mut joined = self.joined.subscribe();
+        let _ = tokio::time::timeout(self.join_timeout(), joined.wait_for(|j| *j)).await;
+    }
+
+    /// Whether this node knows the cluster (for `/readyz`).
+    pub fn is_joined(&self) -> bool {
+        *self.joined.borrow()
+    }
+
+    /// How long after start a node admits clients without knowing every peer: the first node
+    /// of a cluster (or a single replica) has nobody to learn from, and a peer that is down
+    /// must not keep the others' restarts waiting.
+    pub fn join_timeout(&self) -> std::time::Duration {
+        (self.config.gossip_interval * 5)
+            .clamp(std::time::Duration::from_secs(2), std::time::Duration::from_secs(5))
+    }
+
+    /// Decides whether this node knows the cluster now: every peer gossip knows of (`known`,
+    /// by name; left ones excluded) is live here with its routes and a connected link, or
+    /// the join timeout passed.
+    fn check_joined(&self, known: &BTreeSet<String>) {
+        if self.is_joined() {
+            return;
+        }
+        let missing: Vec<String> = {
+            let table = self.table.read().unwrap_or_else(|p| p.into_inner());
+            known
+                .iter()
+                .filter(|name| {
+                    !table.get(name).is_some_and(|p| matches!(p.handle.stats.link(), LinkState::Connected))
+                })
+                .cloned()
+                .collect()
+        };
+        if !known.is_empty() && missing.is_empty() {
+            tracing::info!(
+                peers = known.len(),
+                "cluster: joined (every peer's routes known, links up); admitting clients"
+            );
+        } else if self.started.elapsed() >= self.join_timeout() {
+            if known.is_empty() {
+                tracing::info!(
+                    "cluster: no peer found within {:?}; admitting clients as the only node",
+                    self.join_timeout()
+                );
+            } else {
+                tracing::warn!(
+                    unreachable = ?missing,
+                    "cluster: admitting clients after {:?} without these peers (down, or not reachable yet)",
+                    self.join_timeout()
+                );
+            }
+        } else {
+            return;
+        }
+        self.joined.send_replace(true);
+    }
+
     /// How long a moved session's stand-in relays messages here to its new node: well past
     /// the time gossip needs to spread the session's routes from there (usually a few rounds;
     /// the stand-in costs only its subscriptions, so it errs long).
@@ -250,17 +321,24 @@ impl Cluster {
             .clamp(std::time::Duration::from_millis(500), std::time::Duration::from_secs(10))
     }
 
-    fn relay_to(self: &Arc<Self>, peer: &str) -> (crate::core::hooks::RelayTo, std::time::Duration) {
+    fn relay_to(self: &Arc<Self>, peer: &str) -> (Arc<takeover::LinkRelay>, std::time::Duration) {
         self.relay_for(peer, self.relay_grace())
     }
 
+    /// A closed relay to `peer` for a session about to move there (see
+    /// [`takeover::LinkRelay`]), and how long its stand-in lives.
     fn relay_for(
         self: &Arc<Self>,
         peer: &str,
         grace: std::time::Duration,
+    ) -> (Arc<takeover::LinkRelay>, std::time::Duration) {
+        (Arc::new(takeover::LinkRelay::new(Arc::downgrade(self), peer.to_string())), grace)
+    }
+
+    fn relay_hook(
+        relay: &(Arc<takeover::LinkRelay>, std::time::Duration),
     ) -> (crate::core::hooks::RelayTo, std::time::Duration) {
-        let relay = takeover::LinkRelay { cluster: Arc::downgrade(self), peer: peer.to_string() };
-        (crate::core::hooks::RelayTo(Arc::new(relay)), grace)
+        (crate::core::hooks::RelayTo(relay.0.clone()), relay.1)
     }
 
     /// Queues a control message for `peer` (dropped, and said so, when it is not a peer).
@@ -301,7 +379,7 @@ impl Cluster {
             // A draining node's stand-ins relay until it is gone: peers keep routing here
             // until they learn that it left, which it announces last.
             let relay = self.relay_for(heir, std::time::Duration::from_secs(3600));
-            let Some(session) = broker.export_session(&client_id, Some(relay)) else {
+            let Some(session) = broker.export_session(&client_id, Some(Self::relay_hook(&relay))) else {
                 self.transit(&client_id, false);
                 continue;
             };
@@ -310,6 +388,7 @@ impl Cluster {
                 let table = self.table.read().unwrap_or_else(|p| p.into_inner());
                 table.get(heir).map(|peer| peer.handle.send_acked(&Arc::new(push.to_message())))
             };
+            relay.0.open();
             let Some(acked) = acked else {
                 self.transit(&client_id, false);
                 continue;
@@ -416,10 +495,11 @@ impl Cluster {
                         }
                         None => false,
                     };
+                let relay = self.relay_to(from);
                 let answer = if wins {
                     Control::Busy { id }
                 } else {
-                    match broker.export_session(&client_id, Some(self.relay_to(from))) {
+                    match broker.export_session(&client_id, Some(Self::relay_hook(&relay))) {
                         Some(session) => {
                             Self::bump(&self.moves.handed_over);
                             Control::Handover { id, session: takeover::encode_within_limit(session).into() }
@@ -436,6 +516,8 @@ impl Cluster {
                         "cluster: cannot answer a session claim (peer unknown here)"
                     ),
                 }
+                drop(table);
+                relay.0.open();
             }
             Some(Control::Handover { id, session }) => match crate::store::decode_handover(&session) {
                 // Installed right here, not by the waiting CONNECT: messages the old node

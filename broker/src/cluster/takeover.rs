@@ -330,19 +330,79 @@ impl Drop for ClaimGuard {
 }
 
 /// Relays deliveries for a moved session to the node it moved to, over the link.
+///
+/// A relay starts closed: the session's handover (or push) must be on the link before the
+/// first relayed delivery, or the new node gets a delivery for a session it does not have
+/// yet and drops it. Publishers on other threads relay as soon as the export has set the
+/// relay, which is before the handover is encoded and queued, so deliveries wait here until
+/// [`LinkRelay::open`] (called right after queueing the handover) sends them, in order.
 pub struct LinkRelay {
-    pub(super) cluster: std::sync::Weak<super::Cluster>,
-    pub(super) peer: String,
+    cluster: std::sync::Weak<super::Cluster>,
+    peer: String,
+    gate: Gate<Control>,
+}
+
+impl LinkRelay {
+    /// A closed relay to `peer`.
+    pub fn new(cluster: std::sync::Weak<super::Cluster>, peer: String) -> Self {
+        LinkRelay { cluster, peer, gate: Gate::default() }
+    }
+
+    /// The handover is queued on the link: sends what was held and relays directly from now
+    /// on.
+    pub fn open(&self) {
+        let cluster = self.cluster.upgrade();
+        self.gate.open(|control| {
+            if let Some(cluster) = &cluster {
+                cluster.send_control(&self.peer, control);
+            }
+        });
+    }
 }
 
 impl crate::core::hooks::Relay for LinkRelay {
     fn relay(&self, client_id: &str, delivery: &crate::core::types::Delivery) {
-        let Some(cluster) = self.cluster.upgrade() else { return };
         let control = Control::Deliver {
             client_id: client_id.to_string(),
             delivery: crate::store::encode_delivery(delivery).into(),
         };
-        cluster.send_control(&self.peer, control);
+        self.gate.pass(control, |control| {
+            if let Some(cluster) = self.cluster.upgrade() {
+                cluster.send_control(&self.peer, control);
+            }
+        });
+    }
+}
+
+/// Holds items until opened, then lets them through in the order they came.
+struct Gate<T> {
+    /// `Some`: closed, with what came so far; `None`: open.
+    held: Mutex<Option<Vec<T>>>,
+}
+
+impl<T> Default for Gate<T> {
+    fn default() -> Self {
+        Gate { held: Mutex::new(Some(Vec::new())) }
+    }
+}
+
+impl<T> Gate<T> {
+    /// Sends `item` now if open, else holds it.
+    fn pass(&self, item: T, send: impl FnOnce(T)) {
+        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        match held.as_mut() {
+            Some(waiting) => waiting.push(item),
+            // Under the lock, so it cannot overtake items `open` is still sending.
+            None => send(item),
+        }
+    }
+
+    /// Sends what is held, in order, and opens.
+    fn open(&self, mut send: impl FnMut(T)) {
+        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        for item in held.take().unwrap_or_default() {
+            send(item);
+        }
     }
 }
 
@@ -441,6 +501,20 @@ mod tests {
         assert_eq!(Control::parse(CLAIM, &Bytes::from_static(b"short")), None);
         assert_eq!(Control::parse(DELIVER, &Bytes::from_static(&[0, 0, 0, 0, 0, 0, 0, 9, b'a'])), None);
         assert_eq!(Control::parse("$cluster/other", &Bytes::from_static(&[0; 8])), None);
+    }
+
+    #[test]
+    fn a_gate_holds_until_opened_and_keeps_the_order() {
+        let gate = Gate::default();
+        let sent = Mutex::new(Vec::new());
+        let send = |n: u32| sent.lock().expect("lock").push(n);
+        gate.pass(1, send);
+        gate.pass(2, send);
+        assert!(sent.lock().expect("lock").is_empty(), "closed: held");
+        gate.open(send);
+        gate.pass(3, send);
+        gate.open(send);
+        assert_eq!(*sent.lock().expect("lock"), [1, 2, 3]);
     }
 
     #[test]

@@ -215,6 +215,7 @@ async fn connect(
     };
     // In a cluster, the client's session may live on another node: take it over first.
     // Held until the CONNECT is done, so a peer claiming the same client id meanwhile loses.
+    // Either way, a node that has just started admits clients once it knows the cluster.
     let _claim = match crate::cluster::Cluster::of(broker) {
         Some(cluster) if !client_id.is_empty() => match cluster.claim(broker, &client_id).await {
             Some(guard) => Some(guard),
@@ -224,7 +225,11 @@ async fn connect(
                 return Ok(refuse(h, codec::ConnectAckReason::ServerBusy, reason.to_string()));
             }
         },
-        _ => None,
+        Some(cluster) => {
+            cluster.joined().await;
+            None
+        }
+        None => None,
     };
     // A listener slot first (per-listener max_connections), then the broker's own checks.
     let (connected, slot) = match ctx.slot().and_then(|slot| broker.connect(request).map(|c| (c, slot))) {

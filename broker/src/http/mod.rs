@@ -142,9 +142,13 @@ impl Endpoint {
         match path {
             "/healthz" => text(StatusCode::OK, "ok\n"),
             // The endpoint is served by the same server as the MQTT listeners, so answering
-            // at all means they are bound and the store is open; only shutdown remains.
+            // at all means they are bound and the store is open; what remains is a cluster
+            // node still learning its peers (CONNECTs wait meanwhile) and shutdown.
             "/readyz" if self.broker.is_shutting_down() => {
                 text(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n")
+            }
+            "/readyz" if crate::cluster::Cluster::of(&self.broker).is_some_and(|c| !c.is_joined()) => {
+                text(StatusCode::SERVICE_UNAVAILABLE, "joining the cluster\n")
             }
             "/readyz" => text(StatusCode::OK, "ready\n"),
             _ => {
