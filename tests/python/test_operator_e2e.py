@@ -16,13 +16,14 @@ import shutil
 import socket
 import ssl
 import subprocess
+import urllib.error
 import urllib.request
 
 import pytest
 import yaml
 
 from conftest import ROOT, free_port, operator_binary, wait_for_port
-from helpers import V5, V311
+from helpers import V5, V311, wait_until
 from test_bridges import mosquitto  # noqa: F401 (fixture)
 from test_transports import Pki
 
@@ -151,8 +152,20 @@ def render_examples(work: pathlib.Path, examples: pathlib.Path) -> dict:
 
 
 def http_get(port: int, path: str) -> tuple[int, str]:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as resp:
-        return resp.status, resp.read().decode()
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as resp:
+            return resp.status, resp.read().decode()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read().decode()
+
+
+def wait_ready(port: int) -> None:
+    """Every rendered broker is a cluster node, also with one replica: /readyz says 503
+    "joining the cluster" until it knows its peers, here (nobody else) until the join timeout
+    (5 gossip intervals at most 5 s), then 200, as the readiness probe sees it."""
+    first = http_get(port, "/readyz")
+    assert first in ((503, "joining the cluster\n"), (200, "ready\n")), first
+    wait_until(lambda: http_get(port, "/readyz") == (200, "ready\n"), timeout=15, what="/readyz 200")
 
 
 def login(clients, running: Running, listener: str, client_id: str, user: tuple[str, str] | None,
@@ -175,7 +188,7 @@ def test_rendered_users_passwords_and_acls_are_enforced_on_every_listener(render
 
     # The probes' endpoints.
     assert http_get(running.http, "/healthz") == (200, "ok\n")
-    assert http_get(running.http, "/readyz") == (200, "ready\n")
+    wait_ready(running.http)
 
     # Passwords: right ones log in, wrong or unknown ones get 0x86, anonymous clients 0x87
     # (allowAnonymous: false).
@@ -226,7 +239,7 @@ def test_minimal_example_lets_anonymous_clients_use_every_topic(rendered, run_re
     config_text, auth_files = rendered["minimal"]
     running = run_rendered(config_text, auth_files)
     assert sorted(running.ports) == ["mqtt"]
-    assert http_get(running.http, "/readyz") == (200, "ready\n")
+    wait_ready(running.http)
     sub, _ = login(clients, running, "mqtt", "anon-sub", None)
     pub, _ = login(clients, running, "mqtt", "anon-pub", None)
     assert sub.subscribe("any/#", 1) == [1]
