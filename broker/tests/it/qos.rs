@@ -163,8 +163,15 @@ async fn unacked_resent_on_reconnect(v5: bool) {
         first.push(p);
     }
     assert_eq!(first.iter().map(|p| p.topic.as_str()).collect::<Vec<_>>(), ["rs/0", "rs/1", "rs/2"]);
-    // No acknowledgement at all; the connection drops. One more message arrives meanwhile.
+    // No acknowledgement at all; the connection drops. One more message arrives meanwhile,
+    // once the broker has seen the drop (before that it would still be sent on the dropped
+    // connection, and so be a retransmission too).
     drop(sub);
+    let deadline = tokio::time::Instant::now() + common::WAIT;
+    while broker.broker.connected() > 1 {
+        assert!(tokio::time::Instant::now() < deadline, "the broker did not see the subscriber go");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
     for _ in 0..3 {
         publisher.expect_ack().await;
     }
