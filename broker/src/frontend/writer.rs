@@ -77,7 +77,9 @@ pub(crate) struct Writer<W: Wire> {
 pub(crate) async fn run<W: Wire>(writer: Writer<W>) {
     let Writer { mut wire, broker, session, generation, signal, acks } = writer;
     let mut watermark = broker.store_watermark();
-    let mut batch = Vec::with_capacity(BATCH);
+    // Allocated while there is something to send and given back when the writer goes idle:
+    // 64 items of 48 bytes held by every idle connection were 3 KiB of its ~16 KiB.
+    let mut batch = Vec::new();
     let mut ready_acks = Vec::new();
     loop {
         if let Some(kick) = signal.kicked() {
@@ -107,11 +109,15 @@ pub(crate) async fn run<W: Wire>(writer: Writer<W>) {
             }
             continue;
         }
+        if batch.capacity() == 0 {
+            batch.reserve_exact(BATCH);
+        }
         let stats = broker.next_batch(&session, generation, BATCH, &mut batch);
         if stats.expired > 0 {
             broker.metrics().dropped(DropReason::Expired, u64::from(stats.expired));
         }
         if batch.is_empty() {
+            batch = Vec::new();
             match watermark.as_mut() {
                 Some(progress) if acks_waiting => {
                     tokio::select! {
