@@ -269,7 +269,15 @@ pub async fn serve(
     );
     ntex::rt::spawn(Reloader::run(reloader, hangup));
     let timers = broker.clone();
-    ntex::rt::spawn(async move { timers.run_timers().await });
+    ntex::rt::spawn(async move {
+        // Delayed publishes and wills that came due while the node was down fire at once:
+        // in a cluster, only once the node knows its peers' routes, or they would reach this
+        // node's subscribers only.
+        if let Some(cluster) = crate::cluster::Cluster::of(&timers) {
+            cluster.joined().await;
+        }
+        timers.run_timers().await
+    });
     let periodic = broker.clone();
     let interval = config.sys.interval;
     ntex::rt::spawn(async move {

@@ -391,6 +391,23 @@ def test_a_restarted_node_admits_clients_once_it_knows_the_cluster(cluster, clie
     assert readyz(restarted) == (200, "ready\n")
 
 
+def test_a_delayed_publish_due_during_a_restart_reaches_the_other_nodes(cluster, clients):
+    # It is in the node's store and due at once when the node starts again: fired before the
+    # node knew its peers' routes it reached nobody on the other nodes.
+    nodes, brokers = cluster(n=2)
+    sub = clients(brokers[1], "sub-2")
+    sub.connect()
+    sub.subscribe("d/#", 1)
+    wait_routes(brokers[0], "node-2", 1)
+    pub = clients(brokers[0], "pub-1")
+    pub.connect()
+    assert pub.publish("$delayed/2/d/x", b"late", qos=1, wait=True)[0] == 0
+    assert brokers[0].stop() == 0
+    time.sleep(2.5)  # due while node-1 is down
+    brokers[0].restart()
+    assert sub.wait_message("d/x", timeout=10).payload == b"late"
+
+
 def test_a_lone_node_admits_clients_after_the_join_timeout(cluster, clients):
     # Nobody to learn from (the first node of a cluster, a single replica): it waits the join
     # timeout (5 gossip intervals, 2-5 s), not ready meanwhile, then admits clients.
