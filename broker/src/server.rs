@@ -324,7 +324,11 @@ pub async fn serve(
         cluster.hand_over_all(&broker, bound).await;
         cluster.stop().await;
     }
-    server.stop(true).await;
+    // Not ntex's graceful stop: the graceful part (no new connections, clients asked to leave
+    // and waited for up to `shutdown_timeout`, the cluster drained) is done above. ntex-server
+    // 3.11's graceful stop also sometimes misses a stopped worker's completion and then waits
+    // the whole `shutdown_timeout` more with no connection left (1 stop in 40 here).
+    server.stop(false).await;
     if let Err(err) = broker.store_flush().wait().await {
         tracing::error!("final store sync failed: {err}");
     }

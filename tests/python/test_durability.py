@@ -225,22 +225,25 @@ def test_restart_keeps_delayed_publishes_and_delayed_wills(start_broker, clients
 
 
 def test_session_expiry_continues_across_a_restart(start_broker, clients):
+    # Long enough for a graceful stop, a restart and a CONNECT of a debug build on a loaded CI
+    # machine (3 s was not, once), short enough to wait out below.
+    EXPIRY = 8
     broker = start_broker(STORE)
     c = clients(broker, "short", V5)
-    c.connect(clean_start=True, properties=connect_props(SessionExpiryInterval=3))
+    c.connect(clean_start=True, properties=connect_props(SessionExpiryInterval=EXPIRY))
     c.subscribe("short/t", 1)
     c.disconnect()
     assert broker.stop() == 0
     broker = broker.restart()
     c2 = clients(broker, "short", V5)
-    _, present, _ = c2.connect(clean_start=False, properties=connect_props(SessionExpiryInterval=3))
+    _, present, _ = c2.connect(clean_start=False, properties=connect_props(SessionExpiryInterval=EXPIRY))
     assert present, "within its expiry the session is resumed after a restart"
     c2.disconnect()
     assert broker.stop() == 0
-    time.sleep(3.5)
+    time.sleep(EXPIRY + 0.5)
     broker = broker.restart()
     c3 = clients(broker, "short", V5)
-    _, present, _ = c3.connect(clean_start=False, properties=connect_props(SessionExpiryInterval=3))
+    _, present, _ = c3.connect(clean_start=False, properties=connect_props(SessionExpiryInterval=EXPIRY))
     assert not present, "expired while the broker was down: dropped at recovery"
 
 
