@@ -225,8 +225,9 @@ def test_restart_keeps_delayed_publishes_and_delayed_wills(start_broker, clients
 
 
 def test_session_expiry_continues_across_a_restart(start_broker, clients):
-    # Long enough for a graceful stop, a restart and a CONNECT of a debug build on a loaded CI
-    # machine (3 s was not, once), short enough to wait out below.
+    # Long enough for a stop, a restart and a CONNECT of a debug build on a loaded CI machine
+    # (3 s was not, once, when a stop hit ntex's missed-worker wait, see server.rs), short
+    # enough to wait out below.
     EXPIRY = 8
     broker = start_broker(STORE)
     c = clients(broker, "short", V5)
