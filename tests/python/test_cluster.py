@@ -195,6 +195,18 @@ def cluster(tmp_path, start_broker):
     return make
 
 
+def remote_pair(clients, brokers, topic_filter: str, sub_id: str = "sub", pub_id: str = "pub"):
+    """A QoS 1 subscriber to `topic_filter` on node 2 whose route node 1 knows, and a connected
+    publisher on node 1: every message the publisher sends crosses the link."""
+    sub = clients(brokers[1], sub_id)
+    sub.connect()
+    sub.subscribe(topic_filter, 1)
+    wait_routes(brokers[0], "node-2", 1)
+    pub = clients(brokers[0], pub_id)
+    pub.connect()
+    return sub, pub
+
+
 def subscribe_all(clients, brokers, topic: str, qos: int) -> list:
     subs = []
     for i, b in enumerate(brokers):
@@ -295,12 +307,7 @@ def test_shared_group_gets_each_message_once_across_the_cluster(cluster, clients
 
 def test_v5_publisher_sees_remote_subscribers_as_matching(cluster, clients):
     nodes, brokers = cluster()
-    sub = clients(brokers[1], "remote-only")
-    sub.connect()
-    sub.subscribe("only/remote", 1)
-    wait_routes(brokers[0], "node-2", 1)
-    pub = clients(brokers[0], "pub")
-    pub.connect()
+    sub, pub = remote_pair(clients, brokers, "only/remote", "remote-only")
     rc, _ = pub.publish("only/remote", b"x", qos=1)
     assert rc == 0, f"PUBACK {rc:#x}: a subscriber on another node is a match"
     rc, _ = pub.publish("nobody/anywhere", b"x", qos=1)
@@ -395,12 +402,7 @@ def test_a_delayed_publish_due_during_a_restart_reaches_the_other_nodes(cluster,
     # It is in the node's store and due at once when the node starts again: fired before the
     # node knew its peers' routes it reached nobody on the other nodes.
     nodes, brokers = cluster(n=2)
-    sub = clients(brokers[1], "sub-2")
-    sub.connect()
-    sub.subscribe("d/#", 1)
-    wait_routes(brokers[0], "node-2", 1)
-    pub = clients(brokers[0], "pub-1")
-    pub.connect()
+    sub, pub = remote_pair(clients, brokers, "d/#", "sub-2", "pub-1")
     assert pub.publish("$delayed/2/d/x", b"late", qos=1, wait=True)[0] == 0
     assert brokers[0].stop() == 0
     time.sleep(2.5)  # due while node-1 is down
@@ -558,12 +560,7 @@ def test_bad_cluster_config_names_the_key(launch, tmp_path):
 
 def test_seeds_by_dns_name(cluster, clients):
     nodes, brokers = cluster(n=2, seed_host="localhost")
-    sub = clients(brokers[1], "named")
-    sub.connect()
-    sub.subscribe("dns/#", 1)
-    wait_routes(brokers[0], "node-2", 1)
-    pub = clients(brokers[0], "pub")
-    pub.connect()
+    sub, pub = remote_pair(clients, brokers, "dns/#", "named")
     pub.publish("dns/1", b"x", qos=1)
     assert sub.wait_message("dns/1").payload == b"x"
 

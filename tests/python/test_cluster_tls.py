@@ -9,7 +9,7 @@ import re
 import socket
 
 from helpers import wait_until
-from test_cluster import cluster, peer, wait_routes  # noqa: F401 (the `cluster` fixture)
+from test_cluster import cluster, peer, remote_pair  # noqa: F401 (the `cluster` fixture)
 from test_transports import Pki, pki  # noqa: F401 (the `pki` fixture)
 
 
@@ -19,12 +19,7 @@ def link_tls(pki, ca: str = "ca.crt") -> dict:
 
 def test_messages_cross_a_tls_link(cluster, clients, pki):  # noqa: F811
     _, brokers = cluster(2, tls=link_tls(pki))
-    sub = clients(brokers[1], "tls-sub")
-    sub.connect()
-    sub.subscribe("secure/#", 1)
-    wait_routes(brokers[0], "node-2", 1)
-    pub = clients(brokers[0], "tls-pub")
-    pub.connect()
+    sub, pub = remote_pair(clients, brokers, "secure/#", "tls-sub", "tls-pub")
     pub.publish("secure/1", b"over tls", qos=1)
     assert sub.wait_message("secure/1").payload == b"over tls"
 

@@ -190,14 +190,7 @@ impl Cluster {
     /// same client id at this moment and wins; refuse this CONNECT (the client retries).
     pub async fn claim(self: &Arc<Self>, broker: &Broker, client_id: &str) -> Option<takeover::ClaimGuard> {
         self.joined().await;
-        let peers: BTreeSet<String> = {
-            let table = self.table.read().unwrap_or_else(|p| p.into_inner());
-            table
-                .all()
-                .filter(|(_, peer)| matches!(peer.handle.stats.link(), LinkState::Connected))
-                .map(|(name, _)| name.clone())
-                .collect()
-        };
+        let peers = self.connected_peers();
         let (id, answer) = self.claims.start(client_id, peers.clone());
         let guard = takeover::ClaimGuard { cluster: self.clone(), id };
         if peers.is_empty() {
@@ -242,6 +235,16 @@ impl Cluster {
         }
     }
 
+    /// The live peers (with routes in the table) whose link is connected, by name.
+    fn connected_peers(&self) -> BTreeSet<String> {
+        let table = self.table.read().unwrap_or_else(|p| p.into_inner());
+        table
+            .all()
+            .filter(|(_, peer)| matches!(peer.handle.stats.link(), LinkState::Connected))
+            .map(|(name, _)| name.clone())
+            .collect()
+    }
+
     /// Waits until this node knows the cluster: a (re)started node learns its peers and
     /// their routes by gossip a few rounds after its listeners are bound, and a client it
     /// admitted before that would publish into a node that forwards to nobody (acknowledged,
@@ -272,16 +275,8 @@ impl Cluster {
         if self.is_joined() {
             return;
         }
-        let missing: Vec<String> = {
-            let table = self.table.read().unwrap_or_else(|p| p.into_inner());
-            known
-                .iter()
-                .filter(|name| {
-                    !table.get(name).is_some_and(|p| matches!(p.handle.stats.link(), LinkState::Connected))
-                })
-                .cloned()
-                .collect()
-        };
+        let connected = self.connected_peers();
+        let missing: Vec<&String> = known.difference(&connected).collect();
         if !known.is_empty() && missing.is_empty() {
             tracing::info!(
                 peers = known.len(),
@@ -357,14 +352,7 @@ impl Cluster {
     /// usual claim. Returns how many sessions were handed over. Without live peers nothing
     /// moves (the sessions stay in this node's store).
     pub async fn hand_over_all(self: &Arc<Self>, broker: &Broker, bound: std::time::Duration) -> usize {
-        let peers: Vec<String> = {
-            let table = self.table.read().unwrap_or_else(|p| p.into_inner());
-            table
-                .all()
-                .filter(|(_, peer)| matches!(peer.handle.stats.link(), LinkState::Connected))
-                .map(|(name, _)| name.clone())
-                .collect()
-        };
+        let peers: Vec<String> = self.connected_peers().into_iter().collect();
         if peers.is_empty() {
             return 0;
         }
@@ -443,13 +431,7 @@ impl Cluster {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
         let mut stop = self.stop.subscribe();
         let peer = loop {
-            let first = {
-                let table = self.table.read().unwrap_or_else(|p| p.into_inner());
-                table
-                    .all()
-                    .find(|(_, peer)| matches!(peer.handle.stats.link(), LinkState::Connected))
-                    .map(|(name, _)| name.clone())
-            };
+            let first = self.connected_peers().into_iter().next();
             if let Some(peer) = first {
                 break peer;
             }
