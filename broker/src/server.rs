@@ -3,30 +3,22 @@
 use std::future::Future;
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
-use std::rc::Rc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use fleetmq_config::{BrokerConfig, ListenerProtocol};
-use ntex::io::{Filter, Io};
-use ntex::service::cfg::SharedCfg;
-use ntex::service::{ServiceFactory, chain_factory, fn_service};
-use ntex::time::Seconds;
-use ntex_mqtt::error::{HandshakeError, MqttError};
-use ntex_mqtt::{MqttServer, MqttServiceConfig, QoS, v3, v5};
+use ntex::service::chain_factory;
+use ntex_mqtt::error::MqttError;
 
 use crate::auth::AuthState;
 use crate::core::Broker;
 use crate::core::sys;
-use crate::frontend::{FrontendError, ListenerContext, preamble};
+use crate::frontend::ListenerContext;
 use crate::reload::{ConfigSource, Reloader, SharedReloader};
 use crate::store::disk::DiskStore;
 use crate::transport::ListenerStack;
 use crate::transport::tls::{self, TlsHandle};
-
-/// How long a new connection may take to send CONNECT.
-const CONNECT_TIMEOUT: Seconds = Seconds(10);
 
 /// Sockets bound for the configured listeners, in config order, with their transport
 /// stacks (TLS certificates are loaded at bind time, so a bad file stops the start).
@@ -114,54 +106,6 @@ impl BoundListeners {
     }
 }
 
-fn mqtt_config(config: &BrokerConfig) -> SharedCfg {
-    let limits = &config.limits;
-    let max_packet = u32::try_from(limits.max_packet_size.as_u64()).unwrap_or(u32::MAX);
-    SharedCfg::new("mqtt")
-        .add(
-            MqttServiceConfig::new()
-                .set_max_qos(QoS::ExactlyOnce)
-                // CONNECT may be larger so the handshake can refuse it by name (CONNACK 0x95);
-                // the connection's limit is set to `max_packet` once CONNECT is accepted.
-                .set_max_size(max_packet.saturating_mul(2))
-                // Payloads that arrive in pieces are reassembled by the front ends; big
-                // chunks keep the pieces few.
-                .set_min_chunk_size(max_packet)
-                .set_max_receive(limits.max_inflight)
-                .set_max_send(limits.max_inflight)
-                .set_max_receive_size((max_packet as usize).saturating_mul(2).max(64 * 1024))
-                .set_max_topic_alias(limits.max_topic_alias)
-                .set_connect_timeout(CONNECT_TIMEOUT),
-        )
-        .into()
-}
-
-/// The service stack for one listener: connection preamble (MQTT 3.1, empty client ids), then ntex-mqtt with our v3
-/// and v5 front ends.
-pub(crate) fn mqtt_service<F: Filter>(
-    ctx: ListenerContext,
-) -> impl ServiceFactory<Io<F>, SharedCfg, Response = (), Error = MqttError<FrontendError>, InitError = ()> {
-    let ctx = Rc::new(ctx);
-    let (ctx3, ctx5) = (ctx.clone(), ctx);
-    chain_factory(fn_service(async |io: Io<F>| match preamble::normalize(&io).await {
-        Ok(()) => Ok(io),
-        Err(err) => Err(MqttError::Handshake(HandshakeError::Disconnected(Some(err)))),
-    }))
-    .and_then(
-        MqttServer::new()
-            .v3(v3::MqttServer::new(move |h| crate::frontend::v3::handshake(h, ctx3.clone()))
-                .middleware(crate::frontend::v3::Inbound)
-                .protocol(crate::frontend::v3::protocol())
-                .control(crate::frontend::v3::control())
-                .publish(crate::frontend::v3::publish_unused()))
-            .v5(v5::MqttServer::new(move |h| crate::frontend::v5::handshake(h, ctx5.clone()))
-                .middleware(crate::frontend::v5::Inbound)
-                .protocol(crate::frontend::v5::protocol())
-                .control(crate::frontend::v5::control())
-                .publish(crate::frontend::v5::publish_unused())),
-    )
-}
-
 /// Serves until `shutdown` resolves (or `POST /api/v1/drain`), then shuts down gracefully: stop
 /// accepting, ask clients to leave (v5: DISCONNECT 0x8B), wait up to `server.shutdown_timeout`,
 /// hand the remaining sessions to the cluster's other nodes, stop.
@@ -210,9 +154,7 @@ pub async fn serve(
             slots: stack.slots(),
             identity_as_username: stack.identity_as_username(),
         };
-        builder = builder
-            .listen(name.clone(), socket, async move |_| stack.factory(ctx.clone()))?
-            .config(name, mqtt_config(&config));
+        builder = builder.listen(name.clone(), socket, async move |_| stack.factory(ctx.clone()))?;
     }
     // POST /api/v1/drain does what SIGTERM does.
     let (drain_tx, mut drain_rx) = tokio::sync::watch::channel(false);

@@ -1,17 +1,17 @@
-//! Front ends: ntex-mqtt's v3 (3.1/3.1.1) and v5 servers, translating packets into core
-//! calls and core deliveries into packets.
+//! Front ends: MQTT 3.1/3.1.1 ([`v3`]) and 5.0 ([`v5`]) connections, translating packets into
+//! core calls and core deliveries into packets.
 //!
-//! ntex-mqtt does the codec, framing, version detection, CONNECT/CONNACK, keep-alive, PING
-//! and DISCONNECT. Inbound PUBLISH, the acknowledgements of both directions and
-//! SUBSCRIBE/UNSUBSCRIBE are handled by our middleware ([`v3::Inbound`], [`v5::Inbound`]) in
-//! front of ntex-mqtt's dispatcher, and outbound PUBLISH/PUBREL are encoded with
-//! ntex-mqtt's codec by the connection's writer ([`writer`]). Why not ntex-mqtt's own
-//! publish service and sink bookkeeping: in 8.2.1 a v5 QoS 2 packet id is never released
-//! after PUBREL (a reused id gets PUBACK 0x91 and the message is lost), acknowledgements out
-//! of order close the connection, a PUBREL cannot be resent after a reconnect, and a second
-//! CONNECT is ignored. Sessions need their own in-flight record anyway (it outlives the
-//! connection), so the core owns it and the sink only closes connections.
+//! A connection is one task ([`connection`]): the [`preamble`] picks the protocol, the
+//! protocol module runs the CONNECT handshake, then its read side handles the client's
+//! packets while the [`writer`] moves the session's deliveries onto the socket. ntex-mqtt
+//! provides the codecs only. Why not its server and sink: in 8.2.1 a v5 QoS 2 packet id is
+//! never released after PUBREL (a reused id gets PUBACK 0x91 and the message is lost),
+//! acknowledgements out of order close the connection, a PUBREL cannot be resent after a
+//! reconnect, a second CONNECT is ignored, and its per-connection pipeline was most of an
+//! idle connection's memory. Sessions need their own in-flight record anyway (it outlives
+//! the connection), so the core owns it.
 
+pub mod connection;
 pub mod preamble;
 pub mod v3;
 pub mod v5;
@@ -27,26 +27,6 @@ use crate::core::broker::{Broker, ConnectError, Credentials, DisconnectKind, Pub
 use crate::core::session::{ConnSignal, Kick, Session};
 use crate::core::types::{ByteString, Bytes, Message, Properties, ProtocolVersion, QoS, expiry_deadline};
 use crate::store::Durable;
-
-/// Error type of the MQTT services. Connection problems are logged where they happen; this
-/// only has to satisfy ntex-mqtt's service signatures.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("connection closed by the broker")]
-pub struct FrontendError;
-
-impl From<()> for FrontendError {
-    fn from((): ()) -> Self {
-        FrontendError
-    }
-}
-
-impl TryFrom<FrontendError> for ntex_mqtt::v5::PublishAck {
-    type Error = FrontendError;
-
-    fn try_from(err: FrontendError) -> Result<Self, Self::Error> {
-        Err(err)
-    }
-}
 
 /// Settings shared by all connections of a listener.
 #[derive(Debug, Clone)]
@@ -135,9 +115,8 @@ impl ListenerContext {
     }
 }
 
-/// Per-connection state, shared by ntex-mqtt's services for one connection (it is the `St`
-/// of `Session<St>`). Dropping it is the end of the connection: the session is detached and
-/// the will handled.
+/// Per-connection state, owned by the connection's read side. Dropping it is the end of the
+/// connection: the session is detached and the will handled.
 pub struct ConnState {
     pub(crate) broker: Broker,
     pub(crate) session: Arc<Session>,
@@ -238,8 +217,8 @@ impl<A> PendingAcks<A> {
 }
 
 /// `limits.max_publish_rate` for one connection: a token bucket (one second's worth of
-/// burst) that may go into debt; while in debt the connection's service is not ready, so
-/// ntex stops reading from the socket and TCP slows the client down. Nothing is refused.
+/// burst) that may go into debt; while in debt the connection stops reading from the socket,
+/// so TCP slows the client down. Nothing is refused.
 #[derive(Debug)]
 pub(crate) struct PublishRate {
     rate: f64,
@@ -291,7 +270,8 @@ impl PublishRate {
 /// `PayloadChunk`s. Core calls need the whole message, and MQTT allows one PUBLISH in progress
 /// at a time per connection, so one slot suffices.
 pub(crate) struct PayloadAssembly<P> {
-    pending: RefCell<Option<Partial<P>>>,
+    /// Boxed: a whole PUBLISH header would otherwise sit in every idle connection.
+    pending: RefCell<Option<Box<Partial<P>>>>,
 }
 
 struct Partial<P> {
@@ -322,7 +302,7 @@ impl<P> PayloadAssembly<P> {
         }
         let mut buf = ntex::util::BytesMut::with_capacity(expected);
         buf.extend_from_slice(&payload);
-        *self.pending.borrow_mut() = Some(Partial { packet, size, expected, payload: buf });
+        *self.pending.borrow_mut() = Some(Box::new(Partial { packet, size, expected, payload: buf }));
         None
     }
 
@@ -346,7 +326,7 @@ impl<P> PayloadAssembly<P> {
 }
 
 /// Size of a whole MQTT packet with this Remaining Length: the type byte, the variable-length
-/// Remaining Length itself, and the rest. ntex-mqtt limits and reports the Remaining Length;
+/// Remaining Length itself, and the rest. The codecs limit and report the Remaining Length;
 /// MQTT 5.0 §3.1.2.11.4 defines Maximum Packet Size as the whole packet.
 pub(crate) fn packet_size(remaining: u32) -> u64 {
     let length_bytes = match remaining {

@@ -1,4 +1,4 @@
-//! What happens to a new connection before ntex-mqtt reads its CONNECT.
+//! What happens to a new connection before its CONNECT is decoded.
 //!
 //! - MQTT 3.1, which ntex-mqtt does not understand: its CONNECT differs from 3.1.1's only in
 //!   the protocol name (`MQIsdp`, level 3 instead of `MQTT`, level 4), and every later packet
@@ -8,45 +8,36 @@
 //!   (MQTT 3.1.1 §3.1.3-8), but ntex-mqtt's decoder rejects it before any handshake code runs
 //!   and just closes the socket; so it is answered here.
 //!
+//! - The protocol level picks the codec: 3 and 4 the v3 one, 5 the v5 one; others get
+//!   CONNACK 0x01 (MQTT 3.1.1 §3.1.2.2).
+//!
 //! Only the fixed header, protocol name, flags and client-id length are read; no second codec.
 
-use std::cell::RefCell;
-use std::collections::VecDeque;
 use std::io;
 
-use ntex::io::{Filter, Id, Io, IoRef};
+use ntex::io::IoBoxed;
 use ntex::util::BytesMut;
 
-thread_local! {
-    /// Connections on this worker whose CONNECT was rewritten, until their handshake runs.
-    /// Bounded: a connection that fails before the handshake leaves its mark behind.
-    static MARKED: RefCell<VecDeque<Id>> = const { RefCell::new(VecDeque::new()) };
-}
-
-const MAX_MARKS: usize = 4096;
 const V31_NAME: &[u8] = b"\x00\x06MQIsdp\x03";
 const V311_NAME: &[u8] = b"\x00\x04MQTT\x04";
+const MQTT_NAME: &[u8] = b"\x00\x04MQTT";
 
-/// Whether the connection was a 3.1 client (and forgets the mark).
-pub fn take_mark(io: &IoRef) -> bool {
-    let id = io.id();
-    MARKED.with(|marks| {
-        let mut marks = marks.borrow_mut();
-        match marks.iter().position(|m| *m == id) {
-            Some(pos) => {
-                marks.remove(pos);
-                true
-            }
-            None => false,
-        }
-    })
+/// Which protocol a connection's CONNECT asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Preamble {
+    /// MQTT 3.1.1, or 3.1 (`v3_1`) rewritten to the 3.1.1 form.
+    V3 {
+        /// The client speaks MQTT 3.1.
+        v3_1: bool,
+    },
+    /// MQTT 5.0.
+    V5,
 }
 
-/// Waits for the start of the first packet, answers an empty-client-id CONNECT that ntex-mqtt
-/// cannot, and rewrites a 3.1 CONNECT to 3.1.1. Anything else is left for ntex-mqtt to
-/// accept or refuse. An error means the connection has been answered (or is gone) and must
-/// be closed.
-pub async fn normalize<F: Filter>(io: &Io<F>) -> io::Result<()> {
+/// Waits for the start of the first packet, answers an empty-client-id CONNECT that ntex-mqtt's
+/// decoder cannot, rewrites a 3.1 CONNECT to 3.1.1, and reads the protocol level. An error
+/// means the connection has been answered (or is gone) and must be closed.
+pub async fn normalize(io: &IoBoxed) -> io::Result<Preamble> {
     loop {
         if let Some(version) = io.with_read_buf(empty_id_with_session) {
             tracing::info!(
@@ -59,19 +50,20 @@ pub async fn normalize<F: Filter>(io: &Io<F>) -> io::Result<()> {
             let _ = io.flush(true).await;
             return Err(io::Error::new(io::ErrorKind::InvalidData, "empty client id with clean session 0"));
         }
-        match io.with_read_buf(rewrite_connect) {
-            Some(true) => {
-                let id = io.get_ref().id();
-                MARKED.with(|marks| {
-                    let mut marks = marks.borrow_mut();
-                    if marks.len() >= MAX_MARKS {
-                        marks.pop_front();
-                    }
-                    marks.push_back(id);
-                });
-                return Ok(());
+        let level = io.with_read_buf(|buf| rewrite_connect(buf).map(|v3_1| (v3_1, protocol_level(buf))));
+        match level.and_then(|(v3_1, level)| level.map(|level| (v3_1, level))) {
+            Some((v3_1, Ok(3 | 4))) => return Ok(Preamble::V3 { v3_1 }),
+            Some((_, Ok(5))) => return Ok(Preamble::V5),
+            Some((_, Ok(level))) => {
+                // MQTT 3.1.1 §3.1.2.2: CONNACK 0x01 (unacceptable protocol level), then close.
+                io.encode_slice(&[0x20, 0x02, 0x00, 0x01])?;
+                let _ = io.flush(true).await;
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("unsupported MQTT protocol level {level}"),
+                ));
             }
-            Some(false) => return Ok(()),
+            Some((_, Err(reason))) => return Err(io::Error::new(io::ErrorKind::InvalidData, reason)),
             None => {
                 if io.read_ready().await?.is_none() {
                     return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "closed before CONNECT"));
@@ -79,6 +71,20 @@ pub async fn normalize<F: Filter>(io: &Io<F>) -> io::Result<()> {
             }
         }
     }
+}
+
+/// The protocol level of the CONNECT at the start of `buf` (after any 3.1 rewrite); `None`
+/// when more bytes are needed.
+fn protocol_level(buf: &mut BytesMut) -> Option<Result<u8, &'static str>> {
+    if *buf.first()? != 0x10 {
+        return Some(Err("the first packet is not CONNECT [MQTT-3.1.0-1]"));
+    }
+    let header = connect_header(buf)?;
+    let name = buf.get(header..header + MQTT_NAME.len())?;
+    if name != MQTT_NAME {
+        return Some(Err("CONNECT protocol name is not MQTT"));
+    }
+    Some(Ok(*buf.get(header + MQTT_NAME.len())?))
 }
 
 /// Offset just past the Remaining Length of a CONNECT, or `None` if incomplete/not CONNECT.
@@ -233,6 +239,25 @@ mod tests {
         assert_eq!(empty_id_with_session(&mut v5), None, "v5 assigns an id instead");
         let mut short = BytesMut::from(&connect(V311_NAME, b"\x00\x00\x3c\x00\x00")[..6]);
         assert_eq!(empty_id_with_session(&mut short), None);
+    }
+
+    #[test]
+    fn reads_the_protocol_level() {
+        let v311 = connect(V311_NAME, b"\x02\x00\x3c\x00\x01a");
+        assert_eq!(protocol_level(&mut BytesMut::from(&v311[..])), Some(Ok(4)));
+        let v5 = connect(b"\x00\x04MQTT\x05", b"\x02\x00\x3c\x00\x00\x01a");
+        assert_eq!(protocol_level(&mut BytesMut::from(&v5[..])), Some(Ok(5)));
+        let mut v31 = BytesMut::from(&connect(V31_NAME, b"\x02\x00\x3c\x00\x01a")[..]);
+        assert_eq!(rewrite_connect(&mut v31), Some(true));
+        assert_eq!(protocol_level(&mut v31), Some(Ok(4)), "3.1 is read as 3.1.1 after the rewrite");
+        let future = connect(b"\x00\x04MQTT\x06", b"\x02\x00\x3c");
+        assert_eq!(protocol_level(&mut BytesMut::from(&future[..])), Some(Ok(6)));
+        for cut in 0..8 {
+            assert_eq!(protocol_level(&mut BytesMut::from(&v311[..cut])), None, "cut at {cut}");
+        }
+        assert!(matches!(protocol_level(&mut BytesMut::from(&b"GET / HTTP/1.1\r\n"[..])), Some(Err(_))));
+        let other_name = connect(b"\x00\x04MQTX\x04", b"\x02\x00\x3c");
+        assert!(matches!(protocol_level(&mut BytesMut::from(&other_name[..])), Some(Err(_))));
     }
 
     #[test]

@@ -1,51 +1,31 @@
-//! MQTT 3.1 / 3.1.1 front end.
+//! MQTT 3.1 / 3.1.1 front end: the handshake, the client's packets, and the encoding of
+//! deliveries, over ntex-mqtt's v3 codec.
 
 use std::cell::{Cell, RefCell};
-use std::future::Future;
-use std::num::{NonZeroU16, NonZeroU32};
+use std::future::{Future, poll_fn};
+use std::num::NonZeroU16;
 use std::rc::Rc;
 use std::time::{Duration, Instant, SystemTime};
 
 use tracing::Instrument as _;
 
-use ntex::io::IoRef;
+use ntex::io::IoBoxed;
 use ntex::io::types::PeerAddr;
-use ntex::service::cfg::SharedCfg;
-use ntex::service::{Middleware, Service, ServiceCtx, ServiceFactory, fn_factory_with_config, fn_service};
 use ntex::time::Seconds;
-use ntex_mqtt::Control;
-use ntex_mqtt::error::{DispatcherError, ProtocolError};
-use ntex_mqtt::v3::{self, codec};
+use ntex_mqtt::v3::codec;
+use ntex_mqtt::v5::codec::DisconnectReasonCode;
 
-use super::writer::{self, Sent, Wire, Writer};
+use super::connection::{self, Inbound, Reply, Stop};
+use super::writer::{Sent, Wire, Writer};
 use super::{
-    ConnState, FrontendError, InboundPublish, ListenerContext, PendingAcks, PublishOutcome, display_peer,
-    preamble,
+    ConnState, InboundPublish, ListenerContext, PendingAcks, PublishOutcome, PublishRate, display_peer,
 };
 use crate::core::admin::ConnectionInfo;
 use crate::core::broker::{ConnectError, ConnectRequest, DisconnectKind, SubscribeRequest};
 use crate::core::session::{Expiry, Kick, Outgoing, Will};
 use crate::core::topic;
 use crate::core::types::{ByteString, Message, ProtocolVersion, QoS, SubscriptionOptions};
-
-/// v3 connection state.
-pub struct ConnV3 {
-    pub(crate) common: ConnState,
-    pub(crate) io: IoRef,
-}
-
-impl std::ops::Deref for ConnV3 {
-    type Target = ConnState;
-    fn deref(&self) -> &ConnState {
-        &self.common
-    }
-}
-
-impl std::fmt::Debug for ConnV3 {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        self.common.fmt(f)
-    }
-}
+use crate::transport::TransportError;
 
 fn qos_in(qos: codec::QoS) -> QoS {
     match qos {
@@ -89,27 +69,101 @@ fn will_in(w: &codec::LastWill, max_levels: usize) -> Result<Will, String> {
     })
 }
 
-/// Handles CONNECT for MQTT 3.1 and 3.1.1.
-pub async fn handshake(
-    h: v3::Handshake,
-    ctx: Rc<ListenerContext>,
-) -> Result<v3::HandshakeAck<ConnV3>, FrontendError> {
-    let peer = h.io().query::<PeerAddr>().get().map(|p| p.0);
-    let span = super::connect_span(&h.packet().client_id, peer, &ctx.name);
-    connect(h, ctx).instrument(span).await
+/// Serves an MQTT 3.1 / 3.1.1 connection whose CONNECT is next in the read buffer (`v3_1`: it
+/// was a 3.1 CONNECT, rewritten by the preamble).
+pub(crate) async fn serve(io: IoBoxed, ctx: Rc<ListenerContext>, v3_1: bool) -> Result<(), TransportError> {
+    let protocol = if v3_1 { ProtocolVersion::V3_1 } else { ProtocolVersion::V3_1_1 };
+    let limits = &ctx.broker.config().limits;
+    let max_packet = u32::try_from(limits.max_packet_size.as_u64()).unwrap_or(u32::MAX);
+    let codec = codec::Codec::new();
+    // CONNECT may be larger so the handshake can refuse it by name; the connection's limit is
+    // set once CONNECT is accepted.
+    codec.set_max_size(max_packet.saturating_mul(2));
+    // Payloads that arrive in pieces are reassembled ([`super::PayloadAssembly`]); big chunks
+    // keep the pieces few.
+    codec.set_min_chunk_size(max_packet);
+    let (connect, size) = match connection::first_packet(&io, &codec).await? {
+        codec::Decoded::Packet(codec::Packet::Connect(connect), size) => (connect, size),
+        _ => return Err(TransportError::Mqtt("the first packet is not CONNECT [MQTT-3.1.0-1]".to_string())),
+    };
+    let peer = io.query::<PeerAddr>().get().map(|p| p.0);
+    let span = super::connect_span(&connect.client_id, peer, &ctx.name);
+    // Boxed: the handshake's futures are not kept for the connection's life.
+    let handshake = Box::pin(accept(&io, &ctx, protocol, *connect, size, peer).instrument(span)).await;
+    let (inbound, mut writer, keep_alive) = match handshake {
+        Err(code) => {
+            if let Some(return_code) = code {
+                let ack = codec::ConnectAck { session_present: false, return_code };
+                let _ = io.encode(codec::Encoded::Packet(codec::Packet::ConnectAck(ack)), &codec);
+            }
+            connection::close(&io).await;
+            return Ok(());
+        }
+        Ok((conn, session_present, keep_alive)) => {
+            let limit = super::remaining_limit(max_packet);
+            if limit > 0 {
+                codec.set_max_size(limit);
+            }
+            let ack = codec::ConnectAck {
+                session_present,
+                return_code: codec::ConnectAckReason::ConnectionAccepted,
+            };
+            if io.encode(codec::Encoded::Packet(codec::Packet::ConnectAck(ack)), &codec).is_err() {
+                return Ok(());
+            }
+            let (inbound, writer) = halves(&io, conn, codec, max_packet, limits.max_publish_rate);
+            (inbound, writer, keep_alive)
+        }
+    };
+    connection::run(&io, &inbound, &mut writer, keep_alive).await;
+    Ok(())
 }
 
-async fn connect(
-    h: v3::Handshake,
-    ctx: Rc<ListenerContext>,
-) -> Result<v3::HandshakeAck<ConnV3>, FrontendError> {
+/// The read side and the writer of an accepted connection.
+fn halves<'a>(
+    io: &'a IoBoxed,
+    conn: ConnState,
+    codec: codec::Codec,
+    max_packet: u32,
+    max_publish_rate: u32,
+) -> (Inbound3<'a>, Writer<Wire3<'a>>) {
+    let acks = Rc::new(PendingAcks::default());
+    let writer = Writer {
+        wire: Wire3 { client_id: conn.client_id.clone(), io, codec: codec::Codec::new() },
+        broker: conn.broker.clone(),
+        session: conn.session.clone(),
+        generation: conn.generation,
+        signal: conn.signal.clone(),
+        acks: acks.clone(),
+    };
+    let inbound = Inbound3 {
+        max_packet: u64::from(max_packet),
+        conn,
+        io,
+        codec,
+        assembly: super::PayloadAssembly::default(),
+        rate: PublishRate::new(max_publish_rate),
+        acks,
+    };
+    (inbound, writer)
+}
+
+/// The accepted connection (state, session present, idle timeout), or the CONNACK return
+/// code to refuse it with (`None`: close without CONNACK).
+type Accepted = Result<(ConnState, bool, Option<Seconds>), Option<codec::ConnectAckReason>>;
+
+async fn accept(
+    io: &IoBoxed,
+    ctx: &ListenerContext,
+    protocol: ProtocolVersion,
+    pkt: codec::Connect,
+    packet_size: u32,
+    peer: Option<std::net::SocketAddr>,
+) -> Accepted {
+    use codec::ConnectAckReason as Code;
     let broker = &ctx.broker;
     let config = broker.config();
     let limits = &config.limits;
-    let io = h.io().get_ref();
-    let protocol = if preamble::take_mark(&io) { ProtocolVersion::V3_1 } else { ProtocolVersion::V3_1_1 };
-    let pkt = h.packet();
-    let peer = h.io().query::<PeerAddr>().get().map(|p| p.0);
     let client_id = pkt.client_id.clone();
     let refused = |reason: &str| {
         super::record_connect(protocol, reason);
@@ -122,21 +176,21 @@ async fn connect(
         );
     };
     let max_packet = u32::try_from(limits.max_packet_size.as_u64()).unwrap_or(u32::MAX);
-    if super::packet_size(h.packet_size()) > u64::from(max_packet) {
+    if super::packet_size(packet_size) > u64::from(max_packet) {
         // v3 has no CONNACK code for this: close without one, as Mosquitto does.
         let reason = format!(
             "CONNECT of {} bytes exceeds limits.max_packet_size ({max_packet} bytes)",
-            super::packet_size(h.packet_size())
+            super::packet_size(packet_size)
         );
         tracing::warn!(client_id = %client_id, peer = %display_peer(peer), "{reason}");
         refused(&reason);
-        return Err(FrontendError);
+        return Err(None);
     }
     let timeout = match idle_timeout(pkt.keep_alive, limits.max_keepalive) {
         Ok(t) => t,
         Err(reason) => {
             refused(&reason);
-            return Ok(h.identifier_rejected());
+            return Err(Some(Code::IdentifierRejected));
         }
     };
     let will =
@@ -146,7 +200,7 @@ async fn connect(
                 // v3 has no "topic invalid" CONNACK code; "not authorized" is what Mosquitto's
                 // ACL check answers for a will it will not publish.
                 refused(&reason);
-                return Ok(h.not_authorized());
+                return Err(Some(Code::NotAuthorized));
             }
         };
     let expiry = if pkt.clean_session {
@@ -156,20 +210,20 @@ async fn connect(
     };
     let keep_alive = pkt.keep_alive;
     let (username, credentials) =
-        match ctx.credentials(&h.io().get_ref(), pkt.username.as_ref(), pkt.password.as_ref()) {
+        match ctx.credentials(&io.get_ref(), pkt.username.as_ref(), pkt.password.as_ref()) {
             Ok(found) => found,
             Err(reason) => {
                 broker.metrics().auth_failure();
                 refused(reason);
-                return Ok(h.not_authorized());
+                return Err(Some(Code::NotAuthorized));
             }
         };
     if let Err(err) = broker.authenticate(credentials).await {
         refused(&err.to_string());
-        return Ok(match err {
-            ConnectError::BadCredentials => h.bad_username_or_pwd(),
-            _ => h.not_authorized(),
-        });
+        return Err(Some(match err {
+            ConnectError::BadCredentials => Code::BadUserNameOrPassword,
+            _ => Code::NotAuthorized,
+        }));
     }
     let request = ConnectRequest {
         client_id: client_id.clone(),
@@ -190,7 +244,7 @@ async fn connect(
             Some(guard) => Some(guard),
             None => {
                 refused("the same client id is connecting on another node right now");
-                return Ok(h.service_unavailable());
+                return Err(Some(Code::ServiceUnavailable));
             }
         },
         Some(cluster) => {
@@ -204,12 +258,12 @@ async fn connect(
         Ok(pair) => pair,
         Err(err) => {
             refused(&err.to_string());
-            return Ok(match err {
-                ConnectError::NotAuthorized => h.not_authorized(),
-                ConnectError::BadCredentials => h.bad_username_or_pwd(),
-                ConnectError::ClientIdRejected => h.identifier_rejected(),
-                ConnectError::QuotaExceeded | ConnectError::ServerUnavailable => h.service_unavailable(),
-            });
+            return Err(Some(match err {
+                ConnectError::NotAuthorized => Code::NotAuthorized,
+                ConnectError::BadCredentials => Code::BadUserNameOrPassword,
+                ConnectError::ClientIdRejected => Code::IdentifierRejected,
+                ConnectError::QuotaExceeded | ConnectError::ServerUnavailable => Code::ServiceUnavailable,
+            }));
         }
     };
     let id = connected.assigned_client_id.clone().unwrap_or(client_id);
@@ -235,122 +289,34 @@ async fn connect(
         "client connected"
     );
     super::record_connect(protocol, "accepted");
-    let state = ConnV3 {
-        io,
-        common: ConnState {
-            broker: broker.clone(),
-            session: connected.session.clone(),
-            generation: connected.generation,
-            signal: connected.signal.clone(),
-            client_id: id,
-            protocol,
-            peer,
-            listener: ctx.name.clone(),
-            _slot: slot,
-            disconnect: Cell::new(None),
-            close_reason: RefCell::new(None),
-            connected_at: Instant::now(),
-        },
+    let state = ConnState {
+        broker: broker.clone(),
+        session: connected.session.clone(),
+        generation: connected.generation,
+        signal: connected.signal.clone(),
+        client_id: id,
+        protocol,
+        peer,
+        listener: ctx.name.clone(),
+        _slot: slot,
+        disconnect: Cell::new(None),
+        close_reason: RefCell::new(None),
+        connected_at: Instant::now(),
     };
-    let ack = h.ack(state, connected.session_present).idle_timeout(timeout);
-    Ok(match NonZeroU32::new(super::remaining_limit(max_packet)) {
-        Some(max) => ack.max_packet_size(max),
-        None => ack,
-    })
+    Ok((state, connected.session_present, (!timeout.is_zero()).then_some(timeout)))
 }
 
-/// Control service: records why a connection stops.
-pub fn control() -> impl ServiceFactory<
-    Control<FrontendError>,
-    v3::Session<ConnV3>,
-    Response = Option<codec::Encoded>,
-    Error = FrontendError,
-    InitError = FrontendError,
-> {
-    fn_factory_with_config(async |session: v3::Session<ConnV3>| {
-        Ok(fn_service(move |msg: Control<FrontendError>| {
-            if let Control::Stop(reason) = &msg {
-                session.set_close_reason(super::v5::stop_reason(reason, &session.client_id));
-            }
-            async { Ok(None) }
-        }))
-    })
-}
-
-/// PING and DISCONNECT acknowledgements (everything else is handled by [`Inbound`]).
-pub fn protocol() -> impl ServiceFactory<
-    v3::ProtocolMessage,
-    v3::Session<ConnV3>,
-    Response = v3::ProtocolMessageAck,
-    Error = FrontendError,
-    InitError = FrontendError,
-> {
-    fn_factory_with_config(async |_: v3::Session<ConnV3>| {
-        Ok(fn_service(async |msg: v3::ProtocolMessage| Ok(msg.ack())))
-    })
-}
-
-/// Never called: [`Inbound`] handles every PUBLISH before ntex-mqtt's dispatcher.
-pub fn publish_unused() -> impl ServiceFactory<
-    v3::Publish,
-    v3::Session<ConnV3>,
-    Response = (),
-    Error = FrontendError,
-    InitError = FrontendError,
-> {
-    fn_factory_with_config(async |_: v3::Session<ConnV3>| {
-        Ok(fn_service(async |_: v3::Publish| Err::<(), _>(FrontendError)))
-    })
-}
-
-/// Middleware in front of ntex-mqtt's v3 dispatcher (see [`super::v5::Inbound`]).
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Inbound;
-
-impl<S> Middleware<S, (SharedCfg, v3::Session<ConnV3>)> for Inbound {
-    type Service = InboundService<S>;
-
-    fn create(&self, inner: S, (_, session): (SharedCfg, v3::Session<ConnV3>)) -> Self::Service {
-        let conn: &ConnV3 = &session;
-        let wire = Wire3 {
-            client_id: conn.client_id.clone(),
-            io: conn.io.clone(),
-            sink: session.sink().clone(),
-            codec: codec::Codec::default(),
-        };
-        let acks = Rc::new(PendingAcks::default());
-        ntex::rt::spawn(writer::run(Writer {
-            wire,
-            broker: conn.broker.clone(),
-            session: conn.session.clone(),
-            generation: conn.generation,
-            signal: conn.signal.clone(),
-            acks: acks.clone(),
-        }));
-        let max_packet = conn.broker.config().limits.max_packet_size.as_u64();
-        let rate = super::PublishRate::new(conn.broker.config().limits.max_publish_rate);
-        InboundService {
-            inner,
-            session,
-            codec: codec::Codec::default(),
-            max_packet,
-            assembly: super::PayloadAssembly::default(),
-            rate,
-            acks,
-        }
-    }
-}
-
-/// Per-connection service created by [`Inbound`].
-pub struct InboundService<S> {
-    inner: S,
-    session: v3::Session<ConnV3>,
+/// The read side of a v3 connection.
+struct Inbound3<'a> {
+    conn: ConnState,
+    io: &'a IoBoxed,
     codec: codec::Codec,
+    /// `limits.max_packet_size`, checked on the whole packet.
     max_packet: u64,
     /// PUBLISH whose payload is still arriving.
     assembly: super::PayloadAssembly<codec::Publish>,
     /// `limits.max_publish_rate` of this connection.
-    rate: Option<super::PublishRate>,
+    rate: Option<PublishRate>,
     /// Acknowledgements waiting for the store (sent by the writer).
     acks: Rc<PendingAcks<Ack3>>,
 }
@@ -381,125 +347,134 @@ impl Ack3 {
     }
 }
 
-type Res<E> = Result<Option<codec::Encoded>, DispatcherError<E>>;
+type Handled<'a> = Result<Reply<'a, codec::Encoded>, Stop>;
 
-impl<S, E> Service<codec::Decoded> for InboundService<S>
-where
-    S: Service<codec::Decoded, Response = Option<codec::Encoded>, Error = DispatcherError<E>>,
-{
-    type Response = Option<codec::Encoded>;
-    type Error = DispatcherError<E>;
+impl Inbound for Inbound3<'_> {
+    type Codec = codec::Codec;
 
-    async fn ready(&self, ctx: ServiceCtx<'_, Self>) -> Result<(), Self::Error> {
-        // Over limits.max_publish_rate: not ready, so ntex stops reading this socket.
-        if let Some(rate) = &self.rate
-            && rate.wait().await
-        {
-            self.session.broker.metrics().publish_throttled();
-        }
-        ctx.ready(&self.inner).await
+    fn codec(&self) -> &codec::Codec {
+        &self.codec
     }
-    ntex::forward_poll!(inner);
-    ntex::forward_shutdown!(inner);
 
-    async fn call(&self, req: codec::Decoded, ctx: ServiceCtx<'_, Self>) -> Res<E> {
-        let conn = &*self.session;
-        if let codec::Decoded::Publish(_, _, size) | codec::Decoded::Packet(_, size) = &req
+    fn conn(&self) -> &ConnState {
+        &self.conn
+    }
+
+    fn rate(&self) -> Option<&PublishRate> {
+        self.rate.as_ref()
+    }
+
+    fn handle(&self, packet: codec::Decoded) -> Handled<'_> {
+        let conn = &self.conn;
+        if let codec::Decoded::Publish(_, _, size) | codec::Decoded::Packet(_, size) = &packet
             && super::packet_size(*size) > self.max_packet
         {
-            // ntex-mqtt bounds the Remaining Length; the limit is on the whole packet.
+            // The codec bounds the Remaining Length; the limit is on the whole packet.
             let reason = format!(
                 "packet of {} bytes exceeds limits.max_packet_size ({} bytes)",
                 super::packet_size(*size),
                 self.max_packet
             );
             tracing::warn!(client_id = %conn.client_id, "{reason}; disconnecting");
-            conn.set_close_reason(format!("packet too large: {reason}"));
-            self.session.sink().close();
-            return Ok(None);
+            return Err(Stop::violation(DisconnectReasonCode::PacketTooLarge, reason));
         }
-        match req {
+        match packet {
             codec::Decoded::Publish(pkt, payload, size) => {
                 if let Some(rate) = &self.rate {
                     rate.take();
                 }
                 let expected = pkt.payload_size as usize;
                 match self.assembly.start(pkt, payload, expected, size) {
-                    Some((pkt, payload, size)) => self.on_publish(pkt, payload, size),
-                    None => Ok(None),
+                    Some((pkt, payload, size)) => self.on_publish(pkt, payload, size).map(Reply::from),
+                    None => Ok(Reply::None),
                 }
             }
             codec::Decoded::PayloadChunk(chunk, eof) => match self.assembly.chunk(&chunk, eof) {
-                Ok(Some((pkt, payload, size))) => self.on_publish(pkt, payload, size),
-                Ok(None) => Ok(None),
-                Err(reason) => Err(ProtocolError::generic_violation(reason).into()),
+                Ok(Some((pkt, payload, size))) => self.on_publish(pkt, payload, size).map(Reply::from),
+                Ok(None) => Ok(Reply::None),
+                Err(reason) => Err(Stop::violation(DisconnectReasonCode::MalformedPacket, reason)),
             },
-            codec::Decoded::Packet(pkt, size) => match pkt {
+            codec::Decoded::Packet(pkt, _) => match pkt {
                 codec::Packet::PublishAck { packet_id } => {
                     conn.broker.puback(&conn.session, packet_id.get());
-                    Ok(None)
+                    Ok(Reply::None)
                 }
                 codec::Packet::PublishReceived { packet_id } => {
                     // v3 always releases, known id or not; after the release is stored, so a
                     // restart re-sends the PUBREL rather than the PUBLISH.
                     let (_, durable) = conn.broker.pubrec(&conn.session, packet_id.get(), conn.generation);
-                    Ok(self.ready_ack(durable, Ack3::Pubrel(packet_id)))
+                    Ok(self.ready_ack(durable, Ack3::Pubrel(packet_id)).into())
                 }
                 codec::Packet::PublishComplete { packet_id } => {
                     conn.broker.pubcomp(&conn.session, packet_id.get());
-                    Ok(None)
+                    Ok(Reply::None)
                 }
                 codec::Packet::PublishRelease { packet_id } => {
                     conn.broker.release_inbound_qos2(&conn.session, packet_id.get());
-                    Ok(Some(codec::Encoded::Packet(codec::Packet::PublishComplete { packet_id })))
+                    Ok(Reply::Send(codec::Encoded::Packet(codec::Packet::PublishComplete { packet_id })))
                 }
                 codec::Packet::Subscribe { packet_id, topic_filters } => {
-                    self.on_subscribe(packet_id, &topic_filters).await
+                    Ok(Reply::Wait(Box::pin(self.on_subscribe(packet_id, topic_filters))))
                 }
                 codec::Packet::Unsubscribe { packet_id, topic_filters } => {
                     conn.broker.unsubscribe(&conn.session, &topic_filters);
-                    Ok(Some(codec::Encoded::Packet(codec::Packet::UnsubscribeAck { packet_id })))
+                    Ok(Reply::Send(codec::Encoded::Packet(codec::Packet::UnsubscribeAck { packet_id })))
                 }
-                codec::Packet::Connect(_) => {
-                    conn.set_close_reason("protocol error: second CONNECT");
-                    Err(ProtocolError::generic_violation("second CONNECT on a connection [MQTT-3.1.0-2]")
-                        .into())
+                codec::Packet::PingRequest => {
+                    Ok(Reply::Send(codec::Encoded::Packet(codec::Packet::PingResponse)))
                 }
                 codec::Packet::Disconnect => {
                     conn.disconnect.set(Some(DisconnectKind::Normal { publish_will: false, expiry: None }));
-                    ctx.call(&self.inner, codec::Decoded::Packet(codec::Packet::Disconnect, size)).await
+                    Err(Stop::Disconnected)
                 }
-                other => ctx.call(&self.inner, codec::Decoded::Packet(other, size)).await,
+                codec::Packet::Connect(_) => Err(Stop::violation(
+                    DisconnectReasonCode::ProtocolError,
+                    "second CONNECT on a connection [MQTT-3.1.0-2]",
+                )),
+                other => Err(Stop::violation(
+                    DisconnectReasonCode::ProtocolError,
+                    format!("unexpected packet from a client: {other:?}"),
+                )),
             },
         }
     }
+
+    fn farewell(&self, _: &Stop) -> Option<codec::Encoded> {
+        // MQTT 3 has no server DISCONNECT: the socket just closes.
+        None
+    }
 }
 
-impl<S> InboundService<S> {
+impl Inbound3<'_> {
     /// The acknowledgement to answer with now, if its data is durable and none is held
     /// before it; otherwise the writer sends it later.
     fn ready_ack(&self, durable: crate::store::Durable, ack: Ack3) -> Option<codec::Encoded> {
-        let (ack, durable) = self.acks.offer(durable, ack, &self.session.signal)?;
+        let (ack, durable) = self.acks.offer(durable, ack, &self.conn.signal)?;
         if durable {
             return Some(codec::Encoded::Packet(ack.packet()));
         }
         if ack.confirms_publish() {
-            self.session.set_close_reason("message store unavailable");
+            self.conn.set_close_reason("message store unavailable");
         }
-        store_failed(&self.session.client_id, self.session.sink(), ack);
+        store_failed(&self.conn.client_id, self.io, ack);
         None
     }
 
-    fn on_publish<E>(&self, pkt: codec::Publish, payload: ntex::util::Bytes, size: u32) -> Res<E> {
-        let conn = &*self.session;
+    fn on_publish(
+        &self,
+        pkt: codec::Publish,
+        payload: ntex::util::Bytes,
+        size: u32,
+    ) -> Result<Option<codec::Encoded>, Stop> {
+        let conn = &self.conn;
         if pkt.payload_size as usize != payload.len() {
-            return Err(ProtocolError::generic_violation("incomplete PUBLISH payload").into());
+            return Err(Stop::violation(DisconnectReasonCode::MalformedPacket, "incomplete PUBLISH payload"));
         }
         if pkt.topic.is_empty() || pkt.topic.contains(['+', '#']) {
-            conn.set_close_reason("protocol error: invalid PUBLISH topic");
-            return Err(
-                ProtocolError::generic_violation("invalid topic name in PUBLISH [MQTT-3.3.2-2]").into()
-            );
+            return Err(Stop::violation(
+                DisconnectReasonCode::TopicNameInvalid,
+                "invalid PUBLISH topic [MQTT-3.3.2-2]",
+            ));
         }
         let qos = qos_in(pkt.qos);
         // v3 cannot refuse a PUBLISH: a refused one is still acknowledged and dropped, as
@@ -520,12 +495,12 @@ impl<S> InboundService<S> {
         Ok(self.ready_ack(durable, ack))
     }
 
-    async fn on_subscribe<E>(
+    async fn on_subscribe(
         &self,
         packet_id: NonZeroU16,
-        filters: &[(ntex::util::ByteString, codec::QoS)],
-    ) -> Res<E> {
-        let conn = &*self.session;
+        filters: Vec<(ntex::util::ByteString, codec::QoS)>,
+    ) -> Result<Option<codec::Encoded>, Stop> {
+        let conn = &self.conn;
         let requests: Vec<SubscribeRequest> = filters
             .iter()
             .map(|(filter, qos)| SubscribeRequest {
@@ -555,8 +530,8 @@ impl<S> InboundService<S> {
         }
         // Encode the SUBACK now so retained messages queued next can only follow it.
         let suback = codec::Packet::SubscribeAck { packet_id, status };
-        if conn.io.encode(codec::Encoded::Packet(suback), &self.codec).is_err() {
-            return Ok(None);
+        if self.io.encode(codec::Encoded::Packet(suback), &self.codec).is_err() {
+            return Err(Stop::PeerGone(None));
         }
         conn.broker.deliver_retained(&conn.session, retained);
         Ok(None)
@@ -566,29 +541,28 @@ impl<S> InboundService<S> {
 /// The store could not keep what `ack` would confirm. v3 has no negative acknowledgement:
 /// a PUBLISH is refused by closing the connection, so the client re-sends it later or
 /// elsewhere; a PUBREL is withheld (the client re-sends its PUBREC on reconnect).
-fn store_failed(client_id: &str, sink: &v3::MqttSink, ack: Ack3) {
+fn store_failed(client_id: &str, io: &IoBoxed, ack: Ack3) {
     if ack.confirms_publish() {
         tracing::error!(client_id, "PUBLISH not acknowledged, closing: message store unavailable");
-        sink.close();
+        io.close();
     } else {
         tracing::error!(client_id, "PUBREL withheld: message store unavailable");
     }
 }
 
 /// Encodes outgoing packets for a v3 client.
-struct Wire3 {
+struct Wire3<'a> {
     client_id: ByteString,
-    io: IoRef,
-    sink: v3::MqttSink,
+    io: &'a IoBoxed,
     codec: codec::Codec,
 }
 
-impl Wire for Wire3 {
+impl Wire for Wire3<'_> {
     type Ack = Ack3;
 
     fn send_ack(&mut self, ack: Ack3, durable: bool) -> Sent {
         if !durable {
-            store_failed(&self.client_id, &self.sink, ack);
+            store_failed(&self.client_id, self.io, ack);
             return if ack.confirms_publish() { Sent::Closed } else { Sent::Written(0) };
         }
         match self.io.encode(codec::Encoded::Packet(ack.packet()), &self.codec) {
@@ -628,16 +602,12 @@ impl Wire for Wire3 {
 
     fn close(&mut self, reason: Kick) {
         if reason != Kick::Detached {
-            self.sink.close();
+            self.io.close();
         }
     }
 
     fn is_closed(&self) -> bool {
         self.io.is_closed()
-    }
-
-    fn backpressure(&self) -> bool {
-        self.io.is_wr_backpressure()
     }
 
     fn send_now(&self) {
@@ -646,7 +616,7 @@ impl Wire for Wire3 {
     }
 
     fn ready(&self) -> impl Future<Output = bool> {
-        self.sink.ready()
+        poll_fn(|cx| self.io.poll_flush(cx, false).map(|r| r.is_ok()))
     }
 }
 

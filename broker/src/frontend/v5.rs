@@ -1,25 +1,25 @@
-//! MQTT 5.0 front end.
+//! MQTT 5.0 front end: the handshake, the client's packets, and the encoding of deliveries,
+//! over ntex-mqtt's v5 codec.
 
 use std::cell::{Cell, RefCell};
-use std::future::Future;
+use std::future::{Future, poll_fn};
 use std::num::{NonZeroU16, NonZeroU32};
 use std::rc::Rc;
 use std::time::{Duration, Instant, SystemTime};
 
 use tracing::Instrument as _;
 
-use ntex::io::IoRef;
+use ntex::io::IoBoxed;
 use ntex::io::types::PeerAddr;
-use ntex::service::cfg::SharedCfg;
-use ntex::service::{Middleware, Service, ServiceCtx, ServiceFactory, fn_factory_with_config, fn_service};
-use ntex_mqtt::error::{DispatcherError, ProtocolError};
-use ntex_mqtt::v5::{self, codec};
-use ntex_mqtt::{Control, Reason};
+use ntex::time::Seconds;
+use ntex_mqtt::v5::codec;
 use rustc_hash::FxHashMap;
 
-use super::PendingAcks;
-use super::writer::{self, Sent, Wire, Writer};
-use super::{ConnState, FrontendError, InboundPublish, ListenerContext, PublishOutcome, display_peer};
+use super::connection::{self, Inbound, Reply, Stop};
+use super::writer::{Sent, Wire, Writer};
+use super::{
+    ConnState, InboundPublish, ListenerContext, PendingAcks, PublishOutcome, PublishRate, display_peer,
+};
 use crate::core::admin::ConnectionInfo;
 use crate::core::broker::{ConnectError, ConnectRequest, PublishError, SubscribeError, SubscribeRequest};
 use crate::core::session::{Expiry, Kick, Outgoing, Will};
@@ -27,8 +27,9 @@ use crate::core::topic;
 use crate::core::types::{
     ByteString, Message, Properties, ProtocolVersion, QoS, RetainHandling, SubscriptionOptions,
 };
+use crate::transport::TransportError;
 
-/// Client limits from CONNECT that the writer honours.
+/// Client limits from CONNECT that the connection honours.
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct ClientLimits {
     /// Maximum Packet Size the client accepts.
@@ -37,26 +38,6 @@ pub(crate) struct ClientLimits {
     pub topic_alias_max: u16,
     /// Session Expiry Interval in CONNECT (DISCONNECT may not raise it from 0).
     pub connect_expiry: u32,
-}
-
-/// v5 state kept next to [`ConnState`].
-pub struct ConnV5 {
-    pub(crate) common: ConnState,
-    pub(crate) io: IoRef,
-    pub(crate) client: ClientLimits,
-}
-
-impl std::ops::Deref for ConnV5 {
-    type Target = ConnState;
-    fn deref(&self) -> &ConnState {
-        &self.common
-    }
-}
-
-impl std::fmt::Debug for ConnV5 {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        self.common.fmt(f)
-    }
 }
 
 pub(crate) fn qos_in(qos: codec::QoS) -> QoS {
@@ -75,17 +56,20 @@ pub(crate) fn qos_out(qos: QoS) -> codec::QoS {
     }
 }
 
-/// Keep-alive policy: returns (idle timeout in seconds, Server Keep Alive to announce).
-/// A client asking for none (0) or for more than `limits.max_keepalive` is told the maximum;
-/// with the default maximum (65535) a client asking for none gets no timeout at all.
-fn keepalive(requested: u16, max: u16) -> (u16, Option<u16>) {
+/// Keep-alive policy: returns (idle timeout, Server Keep Alive to announce). A client asking
+/// for none (0) or for more than `limits.max_keepalive` is told the maximum; with the default
+/// maximum (65535) a client asking for none gets no timeout at all.
+fn keepalive(requested: u16, max: u16) -> (Option<Seconds>, Option<u16>) {
     let effective = match requested {
-        0 if max == u16::MAX => return (u16::MAX, None),
+        0 if max == u16::MAX => return (None, None),
         0 => max,
         r => r.min(max),
     };
     // MQTT 5.0 §3.1.2.10: the server disconnects after one and a half keep-alive periods.
-    (effective.saturating_add(effective.div_ceil(2)), (effective != requested).then_some(effective))
+    (
+        Some(Seconds(effective.saturating_add(effective.div_ceil(2)))),
+        (effective != requested).then_some(effective),
+    )
 }
 
 /// The application properties of an MQTT 5 PUBLISH as the core keeps them (`None` when it has
@@ -122,32 +106,105 @@ fn will_in(w: &codec::LastWill, max_levels: usize) -> Result<Will, String> {
     })
 }
 
-fn refuse(h: v5::Handshake, code: codec::ConnectAckReason, reason: String) -> v5::HandshakeAck<ConnV5> {
-    h.fail_with(codec::ConnectAck {
+fn refusal(code: codec::ConnectAckReason, reason: String) -> Box<codec::ConnectAck> {
+    Box::new(codec::ConnectAck {
         reason_code: code,
         reason_string: Some(ByteString::from(reason)),
         ..codec::ConnectAck::default()
     })
 }
 
-/// Handles CONNECT: maps it to a [`ConnectRequest`] and answers with CONNACK.
-pub async fn handshake(
-    h: v5::Handshake,
-    ctx: Rc<ListenerContext>,
-) -> Result<v5::HandshakeAck<ConnV5>, FrontendError> {
-    let peer = h.io().query::<PeerAddr>().get().map(|p| p.0);
-    let span = super::connect_span(&h.packet().client_id, peer, &ctx.name);
-    connect(h, ctx).instrument(span).await
+/// Serves an MQTT 5.0 connection whose CONNECT is next in the read buffer.
+pub(crate) async fn serve(io: IoBoxed, ctx: Rc<ListenerContext>) -> Result<(), TransportError> {
+    let limits = &ctx.broker.config().limits;
+    let max_packet = u32::try_from(limits.max_packet_size.as_u64()).unwrap_or(u32::MAX);
+    let codec = codec::Codec::new();
+    // CONNECT may be larger so the handshake can refuse it by name (CONNACK 0x95); the
+    // connection's limit is set once CONNECT is accepted.
+    codec.set_max_inbound_size(max_packet.saturating_mul(2));
+    // Payloads that arrive in pieces are reassembled ([`super::PayloadAssembly`]); big chunks
+    // keep the pieces few.
+    codec.set_min_chunk_size(max_packet);
+    let (connect, size) = match connection::first_packet(&io, &codec).await? {
+        codec::Decoded::Packet(codec::Packet::Connect(connect), size) => (connect, size),
+        _ => return Err(TransportError::Mqtt("the first packet is not CONNECT [MQTT-3.1.0-1]".to_string())),
+    };
+    let peer = io.query::<PeerAddr>().get().map(|p| p.0);
+    let span = super::connect_span(&connect.client_id, peer, &ctx.name);
+    // Boxed: the handshake's futures are not kept for the connection's life.
+    let handshake = Box::pin(accept(&io, &ctx, *connect, size, peer).instrument(span)).await;
+    let (inbound, mut writer, keep_alive) = match handshake {
+        Err(ack) => {
+            let _ = io.encode(codec::Encoded::Packet(codec::Packet::ConnectAck(ack)), &codec);
+            connection::close(&io).await;
+            return Ok(());
+        }
+        Ok((conn, client, ack, keep_alive)) => {
+            codec.set_max_inbound_size(max_packet);
+            if io.encode(codec::Encoded::Packet(codec::Packet::ConnectAck(ack)), &codec).is_err() {
+                return Ok(());
+            }
+            let (inbound, writer) = halves(&io, conn, client, codec, limits);
+            (inbound, writer, keep_alive)
+        }
+    };
+    connection::run(&io, &inbound, &mut writer, keep_alive).await;
+    Ok(())
 }
 
-async fn connect(
-    h: v5::Handshake,
-    ctx: Rc<ListenerContext>,
-) -> Result<v5::HandshakeAck<ConnV5>, FrontendError> {
+/// The read side and the writer of an accepted connection.
+fn halves<'a>(
+    io: &'a IoBoxed,
+    conn: ConnState,
+    client: ClientLimits,
+    codec: codec::Codec,
+    limits: &fleetmq_config::Limits,
+) -> (Inbound5<'a>, Writer<Wire5<'a>>) {
+    let acks = Rc::new(PendingAcks::default());
+    let writer = Writer {
+        wire: Wire5 {
+            io,
+            codec: codec::Codec::new(),
+            max_packet_size: client.max_packet_size,
+            alias_max: client.topic_alias_max,
+            aliases: FxHashMap::default(),
+        },
+        broker: conn.broker.clone(),
+        session: conn.session.clone(),
+        generation: conn.generation,
+        signal: conn.signal.clone(),
+        acks: acks.clone(),
+    };
+    let inbound = Inbound5 {
+        max_packet: limits.max_packet_size.as_u64(),
+        max_inflight: limits.max_inflight,
+        max_topic_alias: limits.max_topic_alias,
+        conn,
+        client,
+        io,
+        codec,
+        aliases: RefCell::new(FxHashMap::default()),
+        assembly: super::PayloadAssembly::default(),
+        rate: PublishRate::new(limits.max_publish_rate),
+        acks,
+    };
+    (inbound, writer)
+}
+
+/// The accepted connection (state, client limits, CONNACK, idle timeout), or the CONNACK
+/// refusing it.
+type Accepted =
+    Result<(ConnState, ClientLimits, Box<codec::ConnectAck>, Option<Seconds>), Box<codec::ConnectAck>>;
+
+async fn accept(
+    io: &IoBoxed,
+    ctx: &ListenerContext,
+    pkt: codec::Connect,
+    packet_size: u32,
+    peer: Option<std::net::SocketAddr>,
+) -> Accepted {
     let broker = &ctx.broker;
     let limits = &broker.config().limits;
-    let pkt = h.packet();
-    let peer = h.io().query::<PeerAddr>().get().map(|p| p.0);
     let client_id = pkt.client_id.clone();
     let refused = |reason: &str| {
         super::record_connect(ProtocolVersion::V5, reason);
@@ -155,26 +212,26 @@ async fn connect(
         tracing::info!(client_id = %client_id, peer = %display_peer(peer), protocol = "5.0", "connection refused: {reason}");
     };
     let max_packet = u32::try_from(limits.max_packet_size.as_u64()).unwrap_or(u32::MAX);
-    if super::packet_size(h.packet_size()) > u64::from(max_packet) {
+    if super::packet_size(packet_size) > u64::from(max_packet) {
         let reason = format!(
             "CONNECT of {} bytes exceeds limits.max_packet_size ({max_packet} bytes)",
-            super::packet_size(h.packet_size())
+            super::packet_size(packet_size)
         );
         tracing::warn!(client_id = %client_id, peer = %display_peer(peer), "{reason}");
         refused(&reason);
-        return Ok(refuse(h, codec::ConnectAckReason::PacketTooLarge, reason));
+        return Err(refusal(codec::ConnectAckReason::PacketTooLarge, reason));
     }
     if let Some(method) = &pkt.auth_method {
         let reason = format!("authentication method {method:?} is not supported");
         refused(&reason);
-        return Ok(refuse(h, codec::ConnectAckReason::BadAuthenticationMethod, reason));
+        return Err(refusal(codec::ConnectAckReason::BadAuthenticationMethod, reason));
     }
     let will =
         match pkt.last_will.as_ref().map(|w| will_in(w, usize::from(limits.max_topic_levels))).transpose() {
             Ok(will) => will,
             Err(reason) => {
                 refused(&reason);
-                return Ok(refuse(h, codec::ConnectAckReason::TopicNameInvalid, reason));
+                return Err(refusal(codec::ConnectAckReason::TopicNameInvalid, reason));
             }
         };
     let (timeout, server_keepalive) = keepalive(pkt.keep_alive, limits.max_keepalive);
@@ -185,12 +242,12 @@ async fn connect(
     };
     let keep_alive = pkt.keep_alive;
     let (username, credentials) =
-        match ctx.credentials(&h.io().get_ref(), pkt.username.as_ref(), pkt.password.as_ref()) {
+        match ctx.credentials(&io.get_ref(), pkt.username.as_ref(), pkt.password.as_ref()) {
             Ok(found) => found,
             Err(reason) => {
                 broker.metrics().auth_failure();
                 refused(reason);
-                return Ok(refuse(h, codec::ConnectAckReason::NotAuthorized, reason.to_string()));
+                return Err(refusal(codec::ConnectAckReason::NotAuthorized, reason.to_string()));
             }
         };
     if let Err(err) = broker.authenticate(credentials).await {
@@ -200,7 +257,7 @@ async fn connect(
             _ => codec::ConnectAckReason::NotAuthorized,
         };
         // The reason string stays generic: which part was wrong is not for the client.
-        return Ok(refuse(h, code, err.to_string()));
+        return Err(refusal(code, err.to_string()));
     }
     let request = ConnectRequest {
         client_id: client_id.clone(),
@@ -222,7 +279,7 @@ async fn connect(
             None => {
                 let reason = "the same client id is connecting on another node right now";
                 refused(reason);
-                return Ok(refuse(h, codec::ConnectAckReason::ServerBusy, reason.to_string()));
+                return Err(refusal(codec::ConnectAckReason::ServerBusy, reason.to_string()));
             }
         },
         Some(cluster) => {
@@ -243,7 +300,7 @@ async fn connect(
                 ConnectError::QuotaExceeded => codec::ConnectAckReason::QuotaExceeded,
                 ConnectError::ServerUnavailable => codec::ConnectAckReason::ServerUnavailable,
             };
-            return Ok(refuse(h, code, err.to_string()));
+            return Err(refusal(code, err.to_string()));
         }
     };
     let id = connected.assigned_client_id.clone().unwrap_or(client_id);
@@ -269,197 +326,57 @@ async fn connect(
         "client connected"
     );
     super::record_connect(ProtocolVersion::V5, "accepted");
-    let state = ConnV5 {
-        io: h.io().get_ref(),
-        client,
-        common: ConnState {
-            broker: broker.clone(),
-            session: connected.session.clone(),
-            generation: connected.generation,
-            signal: connected.signal.clone(),
-            client_id: id,
-            protocol: ProtocolVersion::V5,
-            peer,
-            listener: ctx.name.clone(),
-            _slot: slot,
-            disconnect: Cell::new(None),
-            close_reason: RefCell::new(None),
-            connected_at: Instant::now(),
-        },
+    let state = ConnState {
+        broker: broker.clone(),
+        session: connected.session.clone(),
+        generation: connected.generation,
+        signal: connected.signal.clone(),
+        client_id: id,
+        protocol: ProtocolVersion::V5,
+        peer,
+        listener: ctx.name.clone(),
+        _slot: slot,
+        disconnect: Cell::new(None),
+        close_reason: RefCell::new(None),
+        connected_at: Instant::now(),
     };
     let granted_expiry = connected.expiry.as_interval();
-    let max_inflight = limits.max_inflight;
-    Ok(h.ack(state).keep_alive(timeout).with(|ack| {
-        ack.session_present = connected.session_present;
-        ack.assigned_client_id = connected.assigned_client_id;
-        if granted_expiry != client.connect_expiry {
-            ack.session_expiry_interval_secs = Some(granted_expiry);
-        }
-        ack.max_qos = codec::QoS::ExactlyOnce;
-        ack.receive_max = NonZeroU16::new(max_inflight).unwrap_or(NonZeroU16::MIN);
-        ack.retain_available = true;
-        ack.wildcard_subscription_available = true;
-        ack.subscription_identifiers_available = true;
-        ack.shared_subscription_available = true;
-        ack.server_keepalive_sec = server_keepalive;
-        ack.max_packet_size = Some(max_packet);
-    }))
-}
-
-/// Control service: records why a connection stops, for the disconnect log line.
-pub fn control() -> impl ServiceFactory<
-    Control<FrontendError>,
-    v5::Session<ConnV5>,
-    Response = Option<codec::Encoded>,
-    Error = FrontendError,
-    InitError = FrontendError,
-> {
-    fn_factory_with_config(async |session: v5::Session<ConnV5>| {
-        Ok(fn_service(move |msg: Control<FrontendError>| {
-            let reply = match &msg {
-                Control::Stop(reason) => {
-                    session.set_close_reason(stop_reason(reason, &session.client_id));
-                    protocol_error_disconnect(reason)
-                }
-                Control::WrBackpressure(_) => None,
-            };
-            async move { Ok(reply) }
-        }))
-    })
-}
-
-/// The DISCONNECT for a protocol error, with the spec's reason code and the error as reason
-/// string (ntex-mqtt's default answers most decode errors with 0x83).
-fn protocol_error_disconnect(reason: &Reason<FrontendError>) -> Option<codec::Encoded> {
-    use ntex_mqtt::error::DecodeError;
-    let Reason::Protocol(err) = reason else { return None };
-    let err = err.get_ref();
-    let code = match err {
-        ProtocolError::Decode(DecodeError::MaxSizeExceeded { .. }) => {
-            codec::DisconnectReasonCode::PacketTooLarge
-        }
-        ProtocolError::Decode(_) => codec::DisconnectReasonCode::MalformedPacket,
-        ProtocolError::KeepAliveTimeout => codec::DisconnectReasonCode::KeepAliveTimeout,
-        ProtocolError::ProtocolViolation(v) => v.reason(),
-        ProtocolError::Encode(_) | ProtocolError::ReadTimeout => {
-            codec::DisconnectReasonCode::ImplementationSpecificError
-        }
+    let ack = codec::ConnectAck {
+        session_present: connected.session_present,
+        assigned_client_id: connected.assigned_client_id,
+        session_expiry_interval_secs: (granted_expiry != client.connect_expiry).then_some(granted_expiry),
+        max_qos: codec::QoS::ExactlyOnce,
+        receive_max: NonZeroU16::new(limits.max_inflight).unwrap_or(NonZeroU16::MIN),
+        topic_alias_max: limits.max_topic_alias,
+        retain_available: true,
+        wildcard_subscription_available: true,
+        subscription_identifiers_available: true,
+        shared_subscription_available: true,
+        server_keepalive_sec: server_keepalive,
+        max_packet_size: Some(max_packet),
+        ..codec::ConnectAck::default()
     };
-    let disconnect = codec::Disconnect::new(code).reason_string(Some(ByteString::from(err.to_string())));
-    Some(codec::Encoded::Packet(codec::Packet::Disconnect(disconnect)))
+    Ok((state, client, Box::new(ack), timeout))
 }
 
-/// Human-readable reason for a stopped connection; oversized packets are logged as warnings.
-pub(crate) fn stop_reason(reason: &Reason<FrontendError>, client_id: &ByteString) -> String {
-    match reason {
-        Reason::Protocol(err) => match err.get_ref() {
-            ProtocolError::KeepAliveTimeout => "keep-alive timeout".to_string(),
-            ProtocolError::Decode(ntex_mqtt::error::DecodeError::MaxSizeExceeded { size, max_size }) => {
-                tracing::warn!(
-                    client_id = %client_id,
-                    "packet of {size} bytes exceeds limits.max_packet_size ({max_size} bytes); disconnecting"
-                );
-                format!("packet too large ({size} > {max_size} bytes)")
-            }
-            other => format!("protocol error: {other}"),
-        },
-        Reason::PeerGone(gone) => match gone.err() {
-            Some(err) => format!("network error: {err}"),
-            None => "connection closed by client without DISCONNECT".to_string(),
-        },
-        Reason::Error(_) => "closed by the broker".to_string(),
-    }
-}
-
-/// PING, DISCONNECT and AUTH (everything else is handled by [`Inbound`]). Enhanced
-/// authentication is not offered, so an AUTH packet ends the connection with 0x8C.
-pub fn protocol() -> impl ServiceFactory<
-    v5::ProtocolMessage,
-    v5::Session<ConnV5>,
-    Response = v5::ProtocolMessageAck,
-    Error = FrontendError,
-    InitError = FrontendError,
-> {
-    fn_factory_with_config(async |_: v5::Session<ConnV5>| {
-        Ok(fn_service(async |msg: v5::ProtocolMessage| {
-            Ok(match msg {
-                v5::ProtocolMessage::Auth(_) => msg.disconnect_with(codec::Disconnect::new(
-                    codec::DisconnectReasonCode::BadAuthenticationMethod,
-                )),
-                other => other.ack(),
-            })
-        }))
-    })
-}
-
-/// Never called: [`Inbound`] handles every PUBLISH before ntex-mqtt's dispatcher.
-pub fn publish_unused() -> impl ServiceFactory<
-    v5::Publish,
-    v5::Session<ConnV5>,
-    Response = v5::PublishAck,
-    Error = FrontendError,
-    InitError = FrontendError,
-> {
-    fn_factory_with_config(async |_: v5::Session<ConnV5>| {
-        Ok(fn_service(async |_: v5::Publish| Err::<v5::PublishAck, _>(FrontendError)))
-    })
-}
-
-/// Middleware in front of ntex-mqtt's v5 dispatcher: handles PUBLISH, the acknowledgement
-/// flows and SUBSCRIBE/UNSUBSCRIBE with the core, and starts the connection's writer.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Inbound;
-
-impl<S> Middleware<S, (SharedCfg, v5::Session<ConnV5>)> for Inbound {
-    type Service = InboundService<S>;
-
-    fn create(&self, inner: S, (_, session): (SharedCfg, v5::Session<ConnV5>)) -> Self::Service {
-        let conn: &ConnV5 = &session;
-        let wire = Wire5 {
-            io: conn.io.clone(),
-            sink: session.sink().clone(),
-            codec: codec::Codec::new(),
-            max_packet_size: conn.client.max_packet_size,
-            alias_max: conn.client.topic_alias_max,
-            aliases: FxHashMap::default(),
-        };
-        let acks = Rc::new(PendingAcks::default());
-        ntex::rt::spawn(writer::run(Writer {
-            wire,
-            broker: conn.broker.clone(),
-            session: conn.session.clone(),
-            generation: conn.generation,
-            signal: conn.signal.clone(),
-            acks: acks.clone(),
-        }));
-        let max_packet = conn.broker.config().limits.max_packet_size.as_u64();
-        let rate = super::PublishRate::new(conn.broker.config().limits.max_publish_rate);
-        InboundService {
-            inner,
-            session,
-            codec: codec::Codec::new(),
-            aliases: RefCell::new(FxHashMap::default()),
-            max_packet,
-            assembly: super::PayloadAssembly::default(),
-            rate,
-            acks,
-        }
-    }
-}
-
-/// Per-connection service created by [`Inbound`].
-pub struct InboundService<S> {
-    inner: S,
-    session: v5::Session<ConnV5>,
+/// The read side of a v5 connection.
+struct Inbound5<'a> {
+    conn: ConnState,
+    client: ClientLimits,
+    io: &'a IoBoxed,
     codec: codec::Codec,
     /// Topic aliases the client set (Topic Alias → topic).
     aliases: RefCell<FxHashMap<u16, ByteString>>,
     /// `limits.max_packet_size`, checked on the whole packet.
     max_packet: u64,
+    /// `limits.max_inflight`: the Receive Maximum announced in CONNACK.
+    max_inflight: u16,
+    /// `limits.max_topic_alias`: the Topic Alias Maximum announced in CONNACK.
+    max_topic_alias: u16,
     /// PUBLISH whose payload is still arriving.
     assembly: super::PayloadAssembly<codec::Publish>,
     /// `limits.max_publish_rate` of this connection.
-    rate: Option<super::PublishRate>,
+    rate: Option<PublishRate>,
     /// Acknowledgements waiting for the store (sent by the writer).
     acks: Rc<PendingAcks<Ack5>>,
 }
@@ -497,103 +414,117 @@ fn encode_ack(ack: Ack5, durable: bool) -> Option<codec::Encoded> {
     }
 }
 
-type Res<E> = Result<Option<codec::Encoded>, DispatcherError<E>>;
+type Handled = Result<Option<codec::Encoded>, Stop>;
+type Reply5<'a> = Result<Reply<'a, codec::Encoded>, Stop>;
 
-impl<S, E> Service<codec::Decoded> for InboundService<S>
-where
-    S: Service<codec::Decoded, Response = Option<codec::Encoded>, Error = DispatcherError<E>>,
-{
-    type Response = Option<codec::Encoded>;
-    type Error = DispatcherError<E>;
+impl Inbound for Inbound5<'_> {
+    type Codec = codec::Codec;
 
-    async fn ready(&self, ctx: ServiceCtx<'_, Self>) -> Result<(), Self::Error> {
-        // Over limits.max_publish_rate: not ready, so ntex stops reading this socket.
-        if let Some(rate) = &self.rate
-            && rate.wait().await
-        {
-            self.session.broker.metrics().publish_throttled();
-        }
-        ctx.ready(&self.inner).await
+    fn codec(&self) -> &codec::Codec {
+        &self.codec
     }
-    ntex::forward_poll!(inner);
-    ntex::forward_shutdown!(inner);
 
-    async fn call(&self, req: codec::Decoded, ctx: ServiceCtx<'_, Self>) -> Res<E> {
-        if let codec::Decoded::Publish(_, _, size) | codec::Decoded::Packet(_, size) = &req
+    fn conn(&self) -> &ConnState {
+        &self.conn
+    }
+
+    fn rate(&self) -> Option<&PublishRate> {
+        self.rate.as_ref()
+    }
+
+    fn handle(&self, packet: codec::Decoded) -> Reply5<'_> {
+        if let codec::Decoded::Publish(_, _, size) | codec::Decoded::Packet(_, size) = &packet
             && super::packet_size(*size) > self.max_packet
         {
-            // ntex-mqtt bounds the Remaining Length; Maximum Packet Size is the whole packet.
+            // The codec bounds the Remaining Length; Maximum Packet Size is the whole packet.
             let reason = format!(
                 "packet of {} bytes exceeds limits.max_packet_size ({} bytes)",
                 super::packet_size(*size),
                 self.max_packet
             );
-            tracing::warn!(client_id = %self.session.client_id, "{reason}; disconnecting");
-            return self.disconnect(codec::DisconnectReasonCode::PacketTooLarge, &reason);
+            tracing::warn!(client_id = %self.conn.client_id, "{reason}; disconnecting");
+            return self.disconnect(codec::DisconnectReasonCode::PacketTooLarge, &reason).map(Reply::from);
         }
-        match req {
+        match packet {
             codec::Decoded::Publish(pkt, payload, size) => {
                 if let Some(rate) = &self.rate {
                     rate.take();
                 }
                 let expected = pkt.payload_size as usize;
                 match self.assembly.start(pkt, payload, expected, size) {
-                    Some((pkt, payload, size)) => self.on_publish(pkt, payload, size),
-                    None => Ok(None),
+                    Some((pkt, payload, size)) => self.on_publish(pkt, payload, size).map(Reply::from),
+                    None => Ok(Reply::None),
                 }
             }
             codec::Decoded::PayloadChunk(chunk, eof) => match self.assembly.chunk(&chunk, eof) {
-                Ok(Some((pkt, payload, size))) => self.on_publish(pkt, payload, size),
-                Ok(None) => Ok(None),
-                Err(reason) => Err(ProtocolError::generic_violation(reason).into()),
+                Ok(Some((pkt, payload, size))) => self.on_publish(pkt, payload, size).map(Reply::from),
+                Ok(None) => Ok(Reply::None),
+                Err(reason) => {
+                    self.disconnect(codec::DisconnectReasonCode::MalformedPacket, reason).map(Reply::from)
+                }
             },
-            codec::Decoded::Packet(pkt, size) => match pkt {
+            codec::Decoded::Packet(pkt, _) => match pkt {
                 codec::Packet::PublishAck(ack) => {
-                    self.session.broker.puback(&self.session.session, ack.packet_id.get());
-                    Ok(None)
+                    self.conn.broker.puback(&self.conn.session, ack.packet_id.get());
+                    Ok(Reply::None)
                 }
-                codec::Packet::PublishReceived(ack) => Ok(self.on_pubrec(&ack)),
+                codec::Packet::PublishReceived(ack) => Ok(self.on_pubrec(&ack).into()),
                 codec::Packet::PublishComplete(ack) => {
-                    self.session.broker.pubcomp(&self.session.session, ack.packet_id.get());
-                    Ok(None)
+                    self.conn.broker.pubcomp(&self.conn.session, ack.packet_id.get());
+                    Ok(Reply::None)
                 }
-                codec::Packet::PublishRelease(rel) => Ok(Some(self.on_pubrel(&rel))),
-                codec::Packet::Subscribe(sub) => self.on_subscribe(sub).await,
-                codec::Packet::Unsubscribe(unsub) => Ok(Some(self.on_unsubscribe(&unsub))),
-                codec::Packet::Connect(_) => {
-                    self.session.set_close_reason("protocol error: second CONNECT");
-                    Err(ProtocolError::generic_violation("second CONNECT on a connection [MQTT-3.1.0-2]")
-                        .into())
+                codec::Packet::PublishRelease(rel) => Ok(Reply::Send(self.on_pubrel(&rel))),
+                codec::Packet::Subscribe(sub) => Ok(Reply::Wait(Box::pin(self.on_subscribe(sub)))),
+                codec::Packet::Unsubscribe(unsub) => Ok(Reply::Send(self.on_unsubscribe(&unsub))),
+                codec::Packet::PingRequest => {
+                    Ok(Reply::Send(codec::Encoded::Packet(codec::Packet::PingResponse)))
                 }
-                codec::Packet::Disconnect(d) => {
-                    self.on_disconnect(&d);
-                    ctx.call(&self.inner, codec::Decoded::Packet(codec::Packet::Disconnect(d), size)).await
-                }
-                other => ctx.call(&self.inner, codec::Decoded::Packet(other, size)).await,
+                codec::Packet::Disconnect(d) => self.on_disconnect(&d).map(Reply::from),
+                // Enhanced authentication is not offered.
+                codec::Packet::Auth(_) => self
+                    .disconnect(
+                        codec::DisconnectReasonCode::BadAuthenticationMethod,
+                        "enhanced authentication (AUTH) is not supported",
+                    )
+                    .map(Reply::from),
+                codec::Packet::Connect(_) => self
+                    .disconnect(
+                        codec::DisconnectReasonCode::ProtocolError,
+                        "second CONNECT on a connection [MQTT-3.1.0-2]",
+                    )
+                    .map(Reply::from),
+                other => self
+                    .disconnect(
+                        codec::DisconnectReasonCode::ProtocolError,
+                        &format!("unexpected packet from a client: {}", other.packet_type()),
+                    )
+                    .map(Reply::from),
             },
         }
+    }
+
+    fn farewell(&self, stop: &Stop) -> Option<codec::Encoded> {
+        let (code, reason) = stop.disconnect_code()?;
+        let disconnect = codec::Disconnect::new(code).reason_string(Some(ByteString::from(reason)));
+        Some(codec::Encoded::Packet(codec::Packet::Disconnect(disconnect)))
     }
 }
 
-impl<S> InboundService<S> {
-    /// Closes the connection with a DISCONNECT carrying `code` and `reason`.
-    fn disconnect<E>(&self, code: codec::DisconnectReasonCode, reason: &str) -> Res<E> {
-        tracing::info!(client_id = %self.session.client_id, "disconnecting client: {reason}");
-        self.session.set_close_reason(format!("protocol error: {reason}"));
-        self.session.sink().close_with_reason(
-            codec::Disconnect::new(code).reason_string(Some(ByteString::from(reason.to_string()))),
-        );
-        Ok(None)
+impl Inbound5<'_> {
+    /// Ends the connection with a DISCONNECT carrying `code` and `reason`.
+    fn disconnect(&self, code: codec::DisconnectReasonCode, reason: &str) -> Handled {
+        tracing::info!(client_id = %self.conn.client_id, "disconnecting client: {reason}");
+        Err(Stop::violation(code, reason))
     }
 
-    fn on_publish<E>(&self, mut pkt: codec::Publish, payload: ntex::util::Bytes, size: u32) -> Res<E> {
-        let conn = &*self.session;
-        let limits = &conn.broker.config().limits;
+    fn on_publish(&self, mut pkt: codec::Publish, payload: ntex::util::Bytes, size: u32) -> Handled {
+        let conn = &self.conn;
         if pkt.payload_size as usize != payload.len() {
-            return Err(ProtocolError::generic_violation("incomplete PUBLISH payload").into());
+            return self
+                .disconnect(codec::DisconnectReasonCode::MalformedPacket, "incomplete PUBLISH payload");
         }
         if let Some(alias) = pkt.properties.topic_alias {
-            if alias.get() > limits.max_topic_alias {
+            if alias.get() > self.max_topic_alias {
                 return self.disconnect(
                     codec::DisconnectReasonCode::TopicAliasInvalid,
                     "topic alias above Topic Alias Maximum",
@@ -622,8 +553,7 @@ impl<S> InboundService<S> {
         }
         let qos = qos_in(pkt.qos);
         let packet_id = pkt.packet_id.map(NonZeroU16::get);
-        if qos == QoS::ExactlyOnce
-            && conn.session.lock().inbound_qos2_len() >= usize::from(limits.max_inflight)
+        if qos == QoS::ExactlyOnce && conn.session.lock().inbound_qos2_len() >= usize::from(self.max_inflight)
         {
             return self
                 .disconnect(codec::DisconnectReasonCode::ReceiveMaximumExceeded, "Receive Maximum exceeded");
@@ -669,7 +599,7 @@ impl<S> InboundService<S> {
     }
 
     fn on_pubrec(&self, ack: &codec::PublishAck) -> Option<codec::Encoded> {
-        let conn = &*self.session;
+        let conn = &self.conn;
         let id = ack.packet_id.get();
         if u8::from(ack.reason_code) >= 0x80 {
             conn.broker.pubrec_failed(&conn.session, id);
@@ -694,7 +624,7 @@ impl<S> InboundService<S> {
     }
 
     fn on_pubrel(&self, rel: &codec::PublishAck2) -> codec::Encoded {
-        let known = self.session.broker.release_inbound_qos2(&self.session.session, rel.packet_id.get());
+        let known = self.conn.broker.release_inbound_qos2(&self.conn.session, rel.packet_id.get());
         codec::Encoded::Packet(codec::Packet::PublishComplete(codec::PublishAck2 {
             packet_id: rel.packet_id,
             reason_code: if known {
@@ -707,8 +637,8 @@ impl<S> InboundService<S> {
         }))
     }
 
-    async fn on_subscribe<E>(&self, sub: codec::Subscribe) -> Res<E> {
-        let conn = &*self.session;
+    async fn on_subscribe(&self, sub: codec::Subscribe) -> Handled {
+        let conn = &self.conn;
         let mut requests = Vec::with_capacity(sub.topic_filters.len());
         for (filter, opts) in &sub.topic_filters {
             if opts.no_local && (filter.starts_with("$share/") || filter.starts_with("$queue/")) {
@@ -768,15 +698,15 @@ impl<S> InboundService<S> {
         let suback =
             codec::SubscribeAck { packet_id: sub.packet_id, properties: Vec::new(), reason_string, status };
         // Encode the SUBACK now so retained messages queued next can only follow it.
-        if conn.io.encode(codec::Encoded::Packet(codec::Packet::SubscribeAck(suback)), &self.codec).is_err() {
-            return Ok(None);
+        if self.io.encode(codec::Encoded::Packet(codec::Packet::SubscribeAck(suback)), &self.codec).is_err() {
+            return Err(Stop::PeerGone(None));
         }
         conn.broker.deliver_retained(&conn.session, retained);
         Ok(None)
     }
 
     fn on_unsubscribe(&self, unsub: &codec::Unsubscribe) -> codec::Encoded {
-        let conn = &*self.session;
+        let conn = &self.conn;
         let results = conn.broker.unsubscribe(&conn.session, &unsub.topic_filters);
         let status = results
             .iter()
@@ -794,32 +724,33 @@ impl<S> InboundService<S> {
         }))
     }
 
-    fn on_disconnect(&self, d: &codec::Disconnect) {
-        let conn = &*self.session;
+    fn on_disconnect(&self, d: &codec::Disconnect) -> Handled {
         let expiry = d.session_expiry_interval_secs;
-        if expiry.is_some_and(|e| e > 0) && conn.client.connect_expiry == 0 {
-            // ntex-mqtt answers this protocol error [MQTT-3.14.2-2]; it is not a clean
-            // disconnect, so the will stays armed.
-            return;
+        if expiry.is_some_and(|e| e > 0) && self.client.connect_expiry == 0 {
+            // Not a clean disconnect, so the will stays armed.
+            return self.disconnect(
+                codec::DisconnectReasonCode::ProtocolError,
+                "DISCONNECT sets a Session Expiry Interval but CONNECT's was 0 [MQTT-3.14.2-2]",
+            );
         }
-        conn.disconnect.set(Some(crate::core::broker::DisconnectKind::Normal {
+        self.conn.disconnect.set(Some(crate::core::broker::DisconnectKind::Normal {
             publish_will: d.reason_code == codec::DisconnectReasonCode::DisconnectWithWillMessage,
             expiry: expiry.map(Expiry::from_interval),
         }));
+        Err(Stop::Disconnected)
     }
 }
 
 /// Encodes outgoing packets for a v5 client.
-struct Wire5 {
-    io: IoRef,
-    sink: v5::MqttSink,
+struct Wire5<'a> {
+    io: &'a IoBoxed,
     codec: codec::Codec,
     max_packet_size: Option<u32>,
     alias_max: u16,
     aliases: FxHashMap<ByteString, NonZeroU16>,
 }
 
-impl Wire5 {
+impl Wire5<'_> {
     /// Topic alias for `topic`: an existing one, a new one while the client's maximum
     /// allows, or none. Returns (alias, whether the topic must still be sent).
     fn alias(&mut self, topic: &ByteString) -> (Option<NonZeroU16>, bool) {
@@ -840,7 +771,7 @@ impl Wire5 {
     }
 }
 
-impl Wire for Wire5 {
+impl Wire for Wire5<'_> {
     type Ack = Ack5;
 
     fn send_ack(&mut self, ack: Ack5, durable: bool) -> Sent {
@@ -888,10 +819,8 @@ impl Wire for Wire5 {
                     properties,
                 };
                 if let Some(max) = self.max_packet_size {
-                    // Measured with the full topic, before any alias is assigned. `size(0)`:
-                    // the builder already counts `payload_size` in the Remaining Length.
-                    let remaining = self.sink.publish_pkt(pkt.clone()).size(0);
-                    if super::packet_size(remaining) > u64::from(max) {
+                    // Measured with the full topic, before any alias is assigned.
+                    if super::packet_size(publish_remaining_length(&pkt)) > u64::from(max) {
                         return Sent::TooLarge;
                     }
                 }
@@ -921,15 +850,13 @@ impl Wire for Wire5 {
             Kick::NotAuthorized => codec::DisconnectReasonCode::NotAuthorized,
             Kick::Detached => return,
         };
-        self.sink.close_with_reason(codec::Disconnect::new(code));
+        let disconnect = codec::Packet::Disconnect(codec::Disconnect::new(code));
+        let _ = self.io.encode(codec::Encoded::Packet(disconnect), &self.codec);
+        self.io.close();
     }
 
     fn is_closed(&self) -> bool {
         self.io.is_closed()
-    }
-
-    fn backpressure(&self) -> bool {
-        self.io.is_wr_backpressure()
     }
 
     fn send_now(&self) {
@@ -938,21 +865,114 @@ impl Wire for Wire5 {
     }
 
     fn ready(&self) -> impl Future<Output = bool> {
-        self.sink.ready()
+        poll_fn(|cx| self.io.poll_flush(cx, false).map(|r| r.is_ok()))
     }
+}
+
+/// The Remaining Length of `pkt` as the v5 codec encodes it, payload included. Written here
+/// because ntex-mqtt keeps its size computation crate-private; the test checks it against
+/// the codec's output.
+fn publish_remaining_length(pkt: &codec::Publish) -> u32 {
+    fn var_int_len(n: usize) -> usize {
+        match n {
+            0..=127 => 1,
+            128..=16_383 => 2,
+            16_384..=2_097_151 => 3,
+            _ => 4,
+        }
+    }
+    let str_len = |s: &ByteString| 2 + s.len();
+    let p = &pkt.properties;
+    let properties = p.topic_alias.map_or(0, |_| 3)
+        + p.correlation_data.as_ref().map_or(0, |d| 3 + d.len())
+        + p.message_expiry_interval.map_or(0, |_| 5)
+        + p.content_type.as_ref().map_or(0, |t| 1 + str_len(t))
+        + usize::from(p.is_utf8_payload) * 2
+        + p.response_topic.as_ref().map_or(0, |t| 1 + str_len(t))
+        + p.subscription_ids.iter().map(|id| 1 + var_int_len(id.get() as usize)).sum::<usize>()
+        + p.user_properties.iter().map(|(k, v)| 1 + str_len(k) + str_len(v)).sum::<usize>();
+    let packet_id = if pkt.qos == codec::QoS::AtMostOnce { 0 } else { 2 };
+    let total =
+        str_len(&pkt.topic) + packet_id + var_int_len(properties) + properties + pkt.payload_size as usize;
+    u32::try_from(total).unwrap_or(u32::MAX)
 }
 
 #[cfg(test)]
 mod tests {
+    use ntex::codec::Encoder as _;
+    use ntex::util::BytePages;
+
     use super::*;
+
+    /// The whole encoded packet, as the codec writes it.
+    fn encoded_len(pkt: codec::Publish) -> u64 {
+        let payload = ntex::util::Bytes::from(vec![b'x'; pkt.payload_size as usize]);
+        let mut out = BytePages::default();
+        codec::Codec::new().encodev(codec::Encoded::Publish(pkt, Some(payload)), &mut out).expect("encodes");
+        out.len() as u64
+    }
+
+    #[test]
+    fn publish_size_matches_the_codec() {
+        let id = NonZeroU32::new(300).expect("non-zero");
+        let mut cases = vec![
+            codec::Publish {
+                dup: false,
+                retain: false,
+                qos: codec::QoS::AtMostOnce,
+                packet_id: None,
+                topic: ByteString::from_static("a"),
+                payload_size: 0,
+                properties: codec::PublishProperties::default(),
+            },
+            codec::Publish {
+                dup: true,
+                retain: true,
+                qos: codec::QoS::ExactlyOnce,
+                packet_id: NonZeroU16::new(7),
+                topic: ByteString::from("sensors/".repeat(20)),
+                payload_size: 20_000,
+                properties: codec::PublishProperties {
+                    topic_alias: NonZeroU16::new(3),
+                    correlation_data: Some(ntex::util::Bytes::from_static(b"corr")),
+                    message_expiry_interval: NonZeroU32::new(60),
+                    content_type: Some(ByteString::from_static("text/plain")),
+                    is_utf8_payload: true,
+                    response_topic: Some(ByteString::from_static("reply/here")),
+                    subscription_ids: vec![
+                        NonZeroU32::MIN,
+                        id,
+                        NonZeroU32::new(268_435_455).expect("max id"),
+                    ],
+                    user_properties: vec![
+                        (ByteString::from_static("k"), ByteString::from_static("v")),
+                        (ByteString::from_static("key2"), ByteString::from("v".repeat(200))),
+                    ],
+                },
+            },
+        ];
+        // Property lengths around the one-byte limit of their own length field.
+        for n in [100, 110, 120, 130] {
+            let mut pkt = cases[0].clone();
+            pkt.qos = codec::QoS::AtLeastOnce;
+            pkt.packet_id = NonZeroU16::new(1);
+            pkt.properties.user_properties =
+                vec![(ByteString::from_static("k"), ByteString::from("v".repeat(n)))];
+            cases.push(pkt);
+        }
+        for pkt in cases {
+            let computed = super::super::packet_size(publish_remaining_length(&pkt));
+            assert_eq!(computed, encoded_len(pkt.clone()), "{pkt:?}");
+        }
+    }
 
     #[test]
     fn keepalive_policy() {
-        assert_eq!(keepalive(60, u16::MAX), (90, None));
-        assert_eq!(keepalive(1, u16::MAX), (2, None), "1.5 s rounds up, never down to 1 s");
-        assert_eq!(keepalive(0, u16::MAX), (u16::MAX, None), "no keep-alive requested and no cap");
-        assert_eq!(keepalive(0, 120), (180, Some(120)));
-        assert_eq!(keepalive(600, 120), (180, Some(120)));
-        assert_eq!(keepalive(u16::MAX, u16::MAX - 1), (u16::MAX, Some(u16::MAX - 1)));
+        assert_eq!(keepalive(60, u16::MAX), (Some(Seconds(90)), None));
+        assert_eq!(keepalive(1, u16::MAX), (Some(Seconds(2)), None), "1.5 s rounds up, never down to 1 s");
+        assert_eq!(keepalive(0, u16::MAX), (None, None), "no keep-alive requested and no cap");
+        assert_eq!(keepalive(0, 120), (Some(Seconds(180)), Some(120)));
+        assert_eq!(keepalive(600, 120), (Some(Seconds(180)), Some(120)));
+        assert_eq!(keepalive(u16::MAX, u16::MAX - 1), (Some(Seconds(u16::MAX)), Some(u16::MAX - 1)));
     }
 }

@@ -1,5 +1,5 @@
-//! The connection writer: one task per connection, on the connection's worker thread,
-//! moving the session's queued deliveries onto the socket.
+//! The connection writer: the half of a connection's task ([`super::connection`]) that moves
+//! the session's queued deliveries onto the socket.
 //!
 //! Publishers on any thread only append to the session queue and wake this task; it takes
 //! up to [`BATCH`] messages per lock and encodes them back to back, so many publishes leave
@@ -45,12 +45,11 @@ pub trait Wire {
     fn close(&mut self, reason: Kick);
     /// Whether the connection is closed.
     fn is_closed(&self) -> bool;
-    /// Whether the socket's write buffer is above its high-water mark.
-    fn backpressure(&self) -> bool;
     /// Writes what is buffered to the socket now, if the socket is idle, instead of waiting
     /// for ntex's write pass after every other task of this turn.
     fn send_now(&self);
-    /// Resolves when writing may continue; false when the connection closed.
+    /// Resolves when the socket's write buffer is below its high-water mark; false when the
+    /// connection closed.
     fn ready(&self) -> impl Future<Output = bool>;
 }
 
@@ -74,54 +73,47 @@ pub(crate) struct Writer<W: Wire> {
 ///
 /// Held acknowledgements go first, in arrival order, as soon as the store's watermark passes
 /// them: one watermark per connection replaces a task (and a cross-thread wake) per message.
-pub(crate) async fn run<W: Wire>(writer: Writer<W>) {
-    let Writer { mut wire, broker, session, generation, signal, acks } = writer;
-    let mut watermark = broker.store_watermark();
+pub(crate) async fn run<W: Wire>(writer: &mut Writer<W>) {
+    let mut watermark = writer.broker.store_watermark();
     // Allocated while there is something to send and given back when the writer goes idle:
     // 64 items of 48 bytes held by every idle connection were 3 KiB of its ~16 KiB.
     let mut batch = Vec::new();
     let mut ready_acks = Vec::new();
     loop {
-        if let Some(kick) = signal.kicked() {
+        if let Some(kick) = writer.signal.kicked() {
             if kick != Kick::Detached {
-                wire.close(kick);
+                writer.wire.close(kick);
             }
             return;
         }
-        if wire.is_closed() {
+        if writer.wire.is_closed() {
             return;
         }
-        let acks_waiting = acks.take_ready(&mut ready_acks);
+        let acks_waiting = writer.acks.take_ready(&mut ready_acks);
         for (ack, durable) in ready_acks.drain(..) {
-            match wire.send_ack(ack, durable) {
-                Sent::Written(bytes) => broker.metrics().bytes(0, bytes),
+            match writer.wire.send_ack(ack, durable) {
+                Sent::Written(bytes) => writer.broker.metrics().bytes(0, bytes),
                 Sent::TooLarge => {}
                 Sent::Closed => return,
             }
         }
-        if wire.backpressure() {
-            if !wire.ready().await {
-                return;
-            }
-            if wire.backpressure() {
-                // ntex raises the sink's flag from a spawned task; let it run.
-                tokio::task::yield_now().await;
-            }
-            continue;
+        // Under write back-pressure, wait for the socket (the session queue absorbs the rest).
+        if !writer.wire.ready().await {
+            return;
         }
         if batch.capacity() == 0 {
             batch.reserve_exact(BATCH);
         }
-        let stats = broker.next_batch(&session, generation, BATCH, &mut batch);
+        let stats = writer.broker.next_batch(&writer.session, writer.generation, BATCH, &mut batch);
         if stats.expired > 0 {
-            broker.metrics().dropped(DropReason::Expired, u64::from(stats.expired));
+            writer.broker.metrics().dropped(DropReason::Expired, u64::from(stats.expired));
         }
         if batch.is_empty() {
             batch = Vec::new();
             match watermark.as_mut() {
                 Some(progress) if acks_waiting => {
                     tokio::select! {
-                        () = signal.wait() => {}
+                        () = writer.signal.wait() => {}
                         changed = progress.changed() => {
                             if changed.is_err() {
                                 // The store is gone (shutdown): acknowledgements cannot complete.
@@ -130,7 +122,7 @@ pub(crate) async fn run<W: Wire>(writer: Writer<W>) {
                         }
                     }
                 }
-                _ => signal.wait().await,
+                _ => writer.signal.wait().await,
             }
             continue;
         }
@@ -145,23 +137,23 @@ pub(crate) async fn run<W: Wire>(writer: Writer<W>) {
                 Outgoing::Publish { delivery, packet_id, .. } => (Some(delivery.qos), *packet_id),
                 Outgoing::Release { .. } => (None, None),
             };
-            match wire.send(item, now) {
+            match writer.wire.send(item, now) {
                 Sent::Written(bytes) => match qos {
-                    Some(qos) => broker.metrics().message_sent(qos, bytes),
-                    None => broker.metrics().bytes(0, bytes),
+                    Some(qos) => writer.broker.metrics().message_sent(qos, bytes),
+                    None => writer.broker.metrics().bytes(0, bytes),
                 },
                 Sent::TooLarge => {
-                    broker.metrics().dropped(DropReason::TooLarge, 1);
+                    writer.broker.metrics().dropped(DropReason::TooLarge, 1);
                     if let Some(id) = packet_id {
-                        broker.discard(&session, id);
+                        writer.broker.discard(&writer.session, id);
                     }
-                    tracing::debug!(client_id = %session.client_id, "message larger than the client's Maximum Packet Size discarded");
+                    tracing::debug!(client_id = %writer.session.client_id, "message larger than the client's Maximum Packet Size discarded");
                 }
                 Sent::Closed => return,
             }
         }
         if drained {
-            wire.send_now();
+            writer.wire.send_now();
         }
     }
 }

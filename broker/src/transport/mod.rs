@@ -22,9 +22,8 @@ use ntex::service::boxed::{self, BoxServiceFactory};
 use ntex::service::cfg::SharedCfg;
 use ntex::service::{ServiceFactory, chain_factory, fn_service};
 use ntex::util::Ready;
-use ntex_mqtt::error::MqttError;
 
-use crate::frontend::{ConnectionSlots, FrontendError, ListenerContext};
+use crate::frontend::{ConnectionSlots, ListenerContext};
 
 /// Why a connection ended before or outside MQTT (logged at debug; MQTT-level reasons are
 /// logged by the front ends).
@@ -42,15 +41,9 @@ pub enum TransportError {
     /// The HTTP layer in front of WebSocket failed.
     #[error("HTTP: {0}")]
     Http(String),
-    /// The MQTT connection ended with an error.
-    #[error("{0:?}")]
-    Mqtt(MqttError<FrontendError>),
-}
-
-impl From<MqttError<FrontendError>> for TransportError {
-    fn from(err: MqttError<FrontendError>) -> Self {
-        TransportError::Mqtt(err)
-    }
+    /// The connection ended before MQTT started (no or a bad CONNECT).
+    #[error("{0}")]
+    Mqtt(String),
 }
 
 /// A token bucket: `rate` new connections per second, bursts up to one second's worth.
@@ -136,13 +129,31 @@ impl ListenerStack {
         let rate = self.rate.clone();
         let broker = ctx.broker.clone();
         let listener = ctx.name.clone();
-        let gate = fn_service(move |io: Io| {
+        let admit = move || {
             let admitted = rate.as_ref().is_none_or(|r| r.try_acquire());
             if !admitted {
                 broker.metrics().connection_rate_limited();
                 tracing::debug!(listener = %listener, "connection refused: connection rate limit");
             }
-            Ready::from(if admitted { Ok(io) } else { Err(TransportError::RateLimited) })
+            admitted
+        };
+        if self.protocol == ListenerProtocol::Mqtt && !self.proxy_protocol {
+            // The common case in one service: every chained layer keeps its own boxed future
+            // for the connection's life (about 250 bytes each).
+            let ctx = Rc::new(ctx);
+            return boxed::factory(fn_service(move |io: Io| {
+                let admitted = admit();
+                let ctx = ctx.clone();
+                async move {
+                    if !admitted {
+                        return Err(TransportError::RateLimited);
+                    }
+                    crate::frontend::connection::serve(io, ctx).await
+                }
+            }));
+        }
+        let gate = fn_service(move |io: Io| {
+            Ready::from(if admit() { Ok(io) } else { Err(TransportError::RateLimited) })
         });
         if self.proxy_protocol {
             let add = fn_service(|io: Io| {
@@ -185,7 +196,8 @@ impl ListenerStack {
 fn mqtt<F: Filter>(
     ctx: ListenerContext,
 ) -> impl ServiceFactory<Io<F>, SharedCfg, Response = (), Error = TransportError, InitError = ()> {
-    chain_factory(crate::server::mqtt_service::<F>(ctx)).map_err(TransportError::from)
+    let ctx = Rc::new(ctx);
+    fn_service(move |io: Io<F>| crate::frontend::connection::serve(io, ctx.clone()))
 }
 
 #[cfg(test)]

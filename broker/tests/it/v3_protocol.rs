@@ -78,3 +78,23 @@ async fn publish_split_across_segments_is_reassembled() {
         }
     }
 }
+
+#[tokio::test]
+async fn unsupported_protocol_level_gets_connack_0x01() {
+    let broker = common::broker();
+    let port = broker.addr().port();
+    // A CONNECT with protocol level 6 (no such MQTT version): MQTT 3.1.1 §3.1.2.2 asks for
+    // CONNACK 0x01 (unacceptable protocol level), then the close.
+    let mut connect = raw::v311("level6").encode();
+    assert_eq!(&connect[2..9], b"\x00\x04MQTT\x04", "fixed header of a short CONNECT, then name and level");
+    connect[8] = 6;
+    let mut c = Raw::open(port, false).await;
+    c.send(&connect).await;
+    let packets = c.expect_closed(Duration::from_secs(5)).await;
+    assert!(
+        matches!(packets.as_slice(), [Packet::ConnAck { code: 0x01, session_present: false, .. }]),
+        "{packets:?}"
+    );
+    // The listener still serves the next client.
+    let (_ok, _) = Raw::connect_ok(port, &raw::v311("after-level6")).await;
+}

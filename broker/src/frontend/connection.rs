@@ -1,0 +1,288 @@
+//! One client connection after its transport: the CONNECT handshake, then a single task that
+//! reads the client's packets and writes the session's deliveries until the connection ends.
+//!
+//! ntex-mqtt is used as the codec only. Its server (per-connection dispatcher, boxed service
+//! pipeline, readiness futures, sink) held about 9 KiB of every idle connection's 13 KiB and
+//! about 7 µs of every delivery's 23 µs (issue 6 profiles in BENCHMARKS.md), while the front
+//! ends already handled every packet but PINGREQ and DISCONNECT themselves. The reader and the
+//! writer ([`super::writer`]) are two halves of one future, so a connection is one task.
+
+use std::future::{Future, poll_fn};
+use std::io;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::time::Duration;
+
+use ntex::codec::{Decoder, Encoder};
+use ntex::io::{Filter, Io, IoBoxed, RecvError};
+use ntex::time::Seconds;
+use ntex::util::Either;
+use ntex_mqtt::error::DecodeError;
+use ntex_mqtt::v5::codec::DisconnectReasonCode;
+
+use super::preamble::{self, Preamble};
+use super::writer::{self, Wire, Writer};
+use super::{ConnState, ListenerContext, PublishRate};
+use crate::transport::TransportError;
+
+/// How long a new connection may take to send its CONNECT.
+pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a closing connection may take to flush its last packets.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Serves one client connection on a listener's transport.
+pub(crate) async fn serve<F: Filter>(io: Io<F>, ctx: Rc<ListenerContext>) -> Result<(), TransportError> {
+    let io = io.boxed();
+    let preamble = match ntex::time::timeout(CONNECT_TIMEOUT, preamble::normalize(&io)).await {
+        Ok(Ok(preamble)) => preamble,
+        Ok(Err(err)) => return Err(TransportError::Mqtt(err.to_string())),
+        Err(()) => return Err(TransportError::Mqtt("no CONNECT within 10 s".to_string())),
+    };
+    match preamble {
+        // Boxed: the connection holds only the protocol it speaks, not room for both.
+        Preamble::V3 { v3_1 } => Box::pin(super::v3::serve(io, ctx, v3_1)).await,
+        Preamble::V5 => Box::pin(super::v5::serve(io, ctx)).await,
+    }
+}
+
+/// Reads the first packet with `codec`, within [`CONNECT_TIMEOUT`].
+pub(crate) async fn first_packet<C: Decoder<Error = DecodeError>>(
+    io: &IoBoxed,
+    codec: &C,
+) -> Result<C::Item, TransportError> {
+    match ntex::time::timeout(CONNECT_TIMEOUT, io.recv(codec)).await {
+        Ok(Ok(Some(packet))) => Ok(packet),
+        Ok(Ok(None)) => Err(TransportError::Mqtt("closed before CONNECT".to_string())),
+        Ok(Err(Either::Left(err))) => Err(TransportError::Mqtt(format!("invalid CONNECT: {err}"))),
+        Ok(Err(Either::Right(err))) => {
+            Err(TransportError::Mqtt(format!("network error before CONNECT: {err}")))
+        }
+        Err(()) => Err(TransportError::Mqtt("no CONNECT within 10 s".to_string())),
+    }
+}
+
+/// Sends the last packets (a refusing CONNACK, a DISCONNECT) and closes the socket.
+pub(crate) async fn close(io: &IoBoxed) {
+    io.close();
+    let _ = ntex::time::timeout(CLOSE_TIMEOUT, io.shutdown()).await;
+}
+
+/// Why a connection's read side stopped.
+#[derive(Debug)]
+pub(crate) enum Stop {
+    /// The client sent DISCONNECT.
+    Disconnected,
+    /// The client broke a rule; `code` is MQTT 5's reason for its DISCONNECT.
+    Violation {
+        /// DISCONNECT reason code (MQTT 5 only).
+        code: DisconnectReasonCode,
+        /// What was wrong, for the log and the reason string.
+        reason: String,
+    },
+    /// The client's packet could not be decoded.
+    Decode(DecodeError),
+    /// Nothing arrived for one and a half keep-alive periods.
+    KeepAlive,
+    /// The socket closed (with the error, if one).
+    PeerGone(Option<io::Error>),
+}
+
+impl Stop {
+    /// A protocol violation.
+    pub(crate) fn violation(code: DisconnectReasonCode, reason: impl Into<String>) -> Self {
+        Stop::Violation { code, reason: reason.into() }
+    }
+
+    /// The disconnect log line's reason (`None` for DISCONNECT, which the session records).
+    fn reason(&self, client_id: &str) -> Option<String> {
+        Some(match self {
+            Stop::Disconnected => return None,
+            Stop::Violation { reason, .. } => format!("protocol error: {reason}"),
+            Stop::Decode(DecodeError::MaxSizeExceeded { size, max_size }) => {
+                tracing::warn!(
+                    client_id,
+                    "packet of {size} bytes exceeds limits.max_packet_size ({max_size} bytes); disconnecting"
+                );
+                format!("packet too large ({size} > {max_size} bytes)")
+            }
+            Stop::Decode(err) => format!("protocol error: {err}"),
+            Stop::KeepAlive => "keep-alive timeout".to_string(),
+            Stop::PeerGone(Some(err)) => format!("network error: {err}"),
+            Stop::PeerGone(None) => "connection closed by client without DISCONNECT".to_string(),
+        })
+    }
+
+    /// The MQTT 5 DISCONNECT the broker sends for this stop, with its reason string.
+    pub(crate) fn disconnect_code(&self) -> Option<(DisconnectReasonCode, String)> {
+        match self {
+            Stop::Disconnected | Stop::PeerGone(_) => None,
+            Stop::Violation { code, reason } => Some((*code, reason.clone())),
+            Stop::Decode(err @ DecodeError::MaxSizeExceeded { .. }) => {
+                Some((DisconnectReasonCode::PacketTooLarge, err.to_string()))
+            }
+            Stop::Decode(err) => Some((DisconnectReasonCode::MalformedPacket, err.to_string())),
+            Stop::KeepAlive => {
+                Some((DisconnectReasonCode::KeepAliveTimeout, "keep-alive timeout".to_string()))
+            }
+        }
+    }
+}
+
+/// What handling a packet asks for.
+pub(crate) enum Reply<'a, E> {
+    /// Nothing to send now.
+    None,
+    /// Send this answer.
+    Send(E),
+    /// Wait for this (a SUBSCRIBE waiting for the store), then send what it returns. Boxed:
+    /// the rare long wait is not kept in every connection's future.
+    Wait(Pin<Box<dyn Future<Output = Result<Option<E>, Stop>> + 'a>>),
+}
+
+impl<E> From<Option<E>> for Reply<'_, E> {
+    fn from(answer: Option<E>) -> Self {
+        answer.map_or(Reply::None, Reply::Send)
+    }
+}
+
+/// The read side of an accepted connection, one per protocol version.
+pub(crate) trait Inbound {
+    /// The protocol's codec.
+    type Codec: Decoder<Error = DecodeError> + Encoder;
+    /// The codec used for this connection.
+    fn codec(&self) -> &Self::Codec;
+    /// The connection's state.
+    fn conn(&self) -> &ConnState;
+    /// `limits.max_publish_rate` of this connection.
+    fn rate(&self) -> Option<&PublishRate>;
+    /// Handles one packet: what to answer, or why to stop.
+    #[allow(clippy::type_complexity)]
+    fn handle(
+        &self,
+        packet: <Self::Codec as Decoder>::Item,
+    ) -> Result<Reply<'_, <Self::Codec as Encoder>::Item>, Stop>;
+    /// The packet to send before closing for `stop` (MQTT 5's DISCONNECT).
+    fn farewell(&self, stop: &Stop) -> Option<<Self::Codec as Encoder>::Item>;
+}
+
+/// Runs an accepted connection until it ends: the read side and the `writer`, in one task.
+/// `keep_alive`: the idle timeout (`None`: none). Both halves are borrowed, so the
+/// connection's future holds each of them once.
+pub(crate) async fn run<I: Inbound, W: Wire>(
+    io: &IoBoxed,
+    inbound: &I,
+    writer: &mut Writer<W>,
+    keep_alive: Option<Seconds>,
+) {
+    if let Some(timeout) = keep_alive {
+        io.start_timer(timeout);
+    }
+    let stop = tokio::select! {
+        biased;
+        stop = read(io, inbound, keep_alive) => Some(stop),
+        // The writer stopped: the session moved on (it said goodbye) or the socket closed.
+        () = writer::run(writer) => None,
+    };
+    if let Some(stop) = stop {
+        let conn = inbound.conn();
+        if let Some(reason) = stop.reason(&conn.client_id) {
+            conn.set_close_reason(reason);
+        }
+        if let Some(packet) = inbound.farewell(&stop) {
+            let _ = io.encode(packet, inbound.codec());
+        }
+    }
+    close(io).await;
+}
+
+async fn read<I: Inbound>(io: &IoBoxed, inbound: &I, keep_alive: Option<Seconds>) -> Stop {
+    let codec = inbound.codec();
+    // A reply that has to wait (SUBSCRIBE), finished before the next packet is read.
+    let mut pending = None;
+    loop {
+        if let Some(later) = pending.take() {
+            match later.await {
+                Ok(Some(answer)) => {
+                    if io.encode(answer, codec).is_err() {
+                        return Stop::PeerGone(None);
+                    }
+                }
+                Ok(None) => {}
+                Err(stop) => return stop,
+            }
+        }
+        if let Some(rate) = inbound.rate()
+            && rate.wait().await
+        {
+            // Over limits.max_publish_rate: not reading lets TCP slow the client down.
+            inbound.conn().broker.metrics().publish_throttled();
+        }
+        let packet = match poll_fn(|cx| io.poll_recv(codec, cx)).await {
+            Ok(packet) => packet,
+            Err(RecvError::WriteBackpressure) => {
+                // The client does not read what it is sent: stop reading from it too.
+                if let Err(err) = io.flush(false).await {
+                    return Stop::PeerGone(Some(err));
+                }
+                continue;
+            }
+            Err(RecvError::KeepAlive) => return Stop::KeepAlive,
+            Err(RecvError::Decoder(err)) => return Stop::Decode(err),
+            Err(RecvError::PeerGone(err)) => return Stop::PeerGone(err),
+        };
+        if let Some(timeout) = keep_alive {
+            io.start_timer(timeout);
+        }
+        // No await below: the (large) packet types are not kept in the connection's future.
+        match inbound.handle(packet) {
+            Ok(Reply::None) => {}
+            Ok(Reply::Send(answer)) => {
+                if io.encode(answer, codec).is_err() {
+                    return Stop::PeerGone(None);
+                }
+            }
+            Ok(Reply::Wait(later)) => pending = Some(later),
+            Err(stop) => return stop,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stops_map_to_log_reasons_and_disconnect_codes() {
+        let too_big = Stop::Decode(DecodeError::MaxSizeExceeded { size: 300, max_size: 200 });
+        assert_eq!(too_big.reason("c").as_deref(), Some("packet too large (300 > 200 bytes)"));
+        assert_eq!(
+            too_big.disconnect_code().map(|(code, _)| code),
+            Some(DisconnectReasonCode::PacketTooLarge)
+        );
+        let malformed = Stop::Decode(DecodeError::MalformedPacket);
+        assert_eq!(
+            malformed.disconnect_code().map(|(code, _)| code),
+            Some(DisconnectReasonCode::MalformedPacket)
+        );
+        let alias = Stop::violation(DisconnectReasonCode::TopicAliasInvalid, "unknown topic alias");
+        assert_eq!(alias.reason("c").as_deref(), Some("protocol error: unknown topic alias"));
+        assert_eq!(
+            alias.disconnect_code(),
+            Some((DisconnectReasonCode::TopicAliasInvalid, "unknown topic alias".to_string()))
+        );
+        assert_eq!(Stop::KeepAlive.reason("c").as_deref(), Some("keep-alive timeout"));
+        assert_eq!(
+            Stop::KeepAlive.disconnect_code().map(|(code, _)| code),
+            Some(DisconnectReasonCode::KeepAliveTimeout)
+        );
+        // The client left: nothing to tell it; its DISCONNECT is logged from the session state.
+        assert_eq!(Stop::Disconnected.reason("c"), None);
+        assert!(Stop::Disconnected.disconnect_code().is_none());
+        assert!(Stop::PeerGone(None).disconnect_code().is_none());
+        assert_eq!(
+            Stop::PeerGone(None).reason("c").as_deref(),
+            Some("connection closed by client without DISCONNECT")
+        );
+    }
+}
