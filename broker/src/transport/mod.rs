@@ -138,18 +138,14 @@ impl ListenerStack {
             admitted
         };
         if self.protocol == ListenerProtocol::Mqtt && !self.proxy_protocol {
-            // The common case in one service: every chained layer keeps its own boxed future
-            // for the connection's life (about 250 bytes each).
+            // The common case in one service, without the chain's layers.
             let ctx = Rc::new(ctx);
             return boxed::factory(fn_service(move |io: Io| {
-                let admitted = admit();
-                let ctx = ctx.clone();
-                async move {
-                    if !admitted {
-                        return Err(TransportError::RateLimited);
-                    }
-                    crate::frontend::connection::serve(io, ctx).await
+                if !admit() {
+                    return Ready::Err(TransportError::RateLimited);
                 }
+                spawn_connection(io, ctx.clone());
+                Ready::Ok(())
             }));
         }
         let gate = fn_service(move |io: Io| {
@@ -197,7 +193,22 @@ fn mqtt<F: Filter>(
     ctx: ListenerContext,
 ) -> impl ServiceFactory<Io<F>, SharedCfg, Response = (), Error = TransportError, InitError = ()> {
     let ctx = Rc::new(ctx);
-    fn_service(move |io: Io<F>| crate::frontend::connection::serve(io, ctx.clone()))
+    fn_service(move |io: Io<F>| {
+        spawn_connection(io, ctx.clone());
+        Ready::Ok(())
+    })
+}
+
+/// Runs an MQTT connection as a task of its own on this worker, so the listener's service
+/// call (and every layer's boxed future around it) ends now: a connection's future is then
+/// polled directly by the runtime and is the only allocation it keeps.
+fn spawn_connection<F: Filter>(io: Io<F>, ctx: Rc<ListenerContext>) {
+    // Not awaited: the handle only reports the task's end, which the task logs itself.
+    drop(ntex::rt::spawn(async move {
+        if let Err(err) = crate::frontend::connection::serve(io, ctx.clone()).await {
+            tracing::debug!(listener = %ctx.name, "connection closed before MQTT started: {err}");
+        }
+    }));
 }
 
 #[cfg(test)]
