@@ -11,8 +11,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
+use futures::task::AtomicWaker;
 use rustc_hash::{FxHashMap, FxHashSet};
-use tokio::sync::Notify;
 
 use super::trie::Member;
 use super::types::{ByteString, Delivery, Message, QoS, SessionId, SubscriptionOptions};
@@ -86,28 +86,44 @@ pub enum Kick {
 }
 
 /// Per-connection wake-up and close request, shared between the session (any thread) and
-/// the connection's writer (its worker thread).
+/// the connection's writer (its worker thread). One waiter only (the connection's task):
+/// an `AtomicWaker` and a permit flag, so waiting costs no future state beyond a reference
+/// (tokio's `Notify` kept a waiter node of about 100 bytes in every idle connection).
 #[derive(Debug, Default)]
 pub struct ConnSignal {
-    notify: Notify,
+    waker: AtomicWaker,
+    woken: AtomicBool,
     kick: AtomicU8,
 }
 
 impl ConnSignal {
     /// Wakes the writer (a permit is stored if it is not waiting yet).
     pub fn wake(&self) {
-        self.notify.notify_one();
+        self.woken.store(true, Ordering::Release);
+        self.waker.wake();
     }
 
-    /// Waits for [`ConnSignal::wake`] or [`ConnSignal::kick`].
-    pub async fn wait(&self) {
-        self.notify.notified().await;
+    /// Waits for [`ConnSignal::wake`] or [`ConnSignal::kick`], consuming the permit. Dropping
+    /// the future before it is ready consumes nothing.
+    pub fn wait(&self) -> impl std::future::Future<Output = ()> + '_ {
+        std::future::poll_fn(move |cx| {
+            if self.woken.swap(false, Ordering::AcqRel) {
+                return std::task::Poll::Ready(());
+            }
+            self.waker.register(cx.waker());
+            // A wake between the check and the registration would otherwise be missed.
+            if self.woken.swap(false, Ordering::AcqRel) {
+                std::task::Poll::Ready(())
+            } else {
+                std::task::Poll::Pending
+            }
+        })
     }
 
     /// Asks the connection to close. The first reason wins.
     pub fn kick(&self, reason: Kick) {
         let _ = self.kick.compare_exchange(0, reason as u8, Ordering::AcqRel, Ordering::Acquire);
-        self.notify.notify_one();
+        self.wake();
     }
 
     /// The pending close request, if any.

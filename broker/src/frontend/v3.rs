@@ -82,37 +82,44 @@ pub(crate) async fn serve(io: IoBoxed, ctx: Rc<ListenerContext>, v3_1: bool) -> 
     // Payloads that arrive in pieces are reassembled ([`super::PayloadAssembly`]); big chunks
     // keep the pieces few.
     codec.set_min_chunk_size(max_packet);
-    let (connect, size) = match connection::first_packet(&io, &codec).await? {
-        codec::Decoded::Packet(codec::Packet::Connect(connect), size) => (connect, size),
-        _ => return Err(TransportError::Mqtt("the first packet is not CONNECT [MQTT-3.1.0-1]".to_string())),
-    };
-    let peer = io.query::<PeerAddr>().get().map(|p| p.0);
-    let span = super::connect_span(&connect.client_id, peer, &ctx.name);
-    // Boxed: the handshake's futures are not kept for the connection's life.
-    let handshake = Box::pin(accept(&io, &ctx, protocol, *connect, size, peer).instrument(span)).await;
-    let (inbound, mut writer, keep_alive) = match handshake {
-        Err(code) => {
-            if let Some(return_code) = code {
-                let ack = codec::ConnectAck { session_present: false, return_code };
-                let _ = io.encode(codec::Encoded::Packet(codec::Packet::ConnectAck(ack)), &codec);
+    // In a block, and the handshake's result matched without a binding: whatever is named
+    // here would otherwise keep its room in this future for the connection's life.
+    let (inbound, mut writer, keep_alive) = {
+        let (connect, size) = match connection::first_packet(&io, &codec).await? {
+            codec::Decoded::Packet(codec::Packet::Connect(connect), size) => (connect, size),
+            _ => {
+                return Err(TransportError::Mqtt(
+                    "the first packet is not CONNECT [MQTT-3.1.0-1]".to_string(),
+                ));
             }
-            connection::close(&io).await;
-            return Ok(());
-        }
-        Ok((conn, session_present, keep_alive)) => {
-            let limit = super::remaining_limit(max_packet);
-            if limit > 0 {
-                codec.set_max_size(limit);
-            }
-            let ack = codec::ConnectAck {
-                session_present,
-                return_code: codec::ConnectAckReason::ConnectionAccepted,
-            };
-            if io.encode(codec::Encoded::Packet(codec::Packet::ConnectAck(ack)), &codec).is_err() {
+        };
+        let peer = io.query::<PeerAddr>().get().map(|p| p.0);
+        let span = super::connect_span(&connect.client_id, peer, &ctx.name);
+        // Boxed: the handshake's futures are not kept for the connection's life.
+        match Box::pin(accept(&io, &ctx, protocol, *connect, size, peer).instrument(span)).await {
+            Err(code) => {
+                if let Some(return_code) = code {
+                    let ack = codec::ConnectAck { session_present: false, return_code };
+                    let _ = io.encode(codec::Encoded::Packet(codec::Packet::ConnectAck(ack)), &codec);
+                }
+                connection::close(&io).await;
                 return Ok(());
             }
-            let (inbound, writer) = halves(&io, conn, codec, max_packet, limits.max_publish_rate);
-            (inbound, writer, keep_alive)
+            Ok((conn, session_present, keep_alive)) => {
+                let limit = super::remaining_limit(max_packet);
+                if limit > 0 {
+                    codec.set_max_size(limit);
+                }
+                let ack = codec::ConnectAck {
+                    session_present,
+                    return_code: codec::ConnectAckReason::ConnectionAccepted,
+                };
+                if io.encode(codec::Encoded::Packet(codec::Packet::ConnectAck(ack)), &codec).is_err() {
+                    return Ok(());
+                }
+                let (inbound, writer) = halves(&io, conn, codec, max_packet, limits.max_publish_rate);
+                (inbound, writer, keep_alive)
+            }
         }
     };
     connection::run(&io, &inbound, &mut writer, keep_alive).await;

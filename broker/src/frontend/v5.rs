@@ -125,27 +125,34 @@ pub(crate) async fn serve(io: IoBoxed, ctx: Rc<ListenerContext>) -> Result<(), T
     // Payloads that arrive in pieces are reassembled ([`super::PayloadAssembly`]); big chunks
     // keep the pieces few.
     codec.set_min_chunk_size(max_packet);
-    let (connect, size) = match connection::first_packet(&io, &codec).await? {
-        codec::Decoded::Packet(codec::Packet::Connect(connect), size) => (connect, size),
-        _ => return Err(TransportError::Mqtt("the first packet is not CONNECT [MQTT-3.1.0-1]".to_string())),
-    };
-    let peer = io.query::<PeerAddr>().get().map(|p| p.0);
-    let span = super::connect_span(&connect.client_id, peer, &ctx.name);
-    // Boxed: the handshake's futures are not kept for the connection's life.
-    let handshake = Box::pin(accept(&io, &ctx, *connect, size, peer).instrument(span)).await;
-    let (inbound, mut writer, keep_alive) = match handshake {
-        Err(ack) => {
-            let _ = io.encode(codec::Encoded::Packet(codec::Packet::ConnectAck(ack)), &codec);
-            connection::close(&io).await;
-            return Ok(());
-        }
-        Ok((conn, client, ack, keep_alive)) => {
-            codec.set_max_inbound_size(max_packet);
-            if io.encode(codec::Encoded::Packet(codec::Packet::ConnectAck(ack)), &codec).is_err() {
+    // In a block, and the handshake's result matched without a binding: whatever is named
+    // here would otherwise keep its room in this future for the connection's life.
+    let (inbound, mut writer, keep_alive) = {
+        let (connect, size) = match connection::first_packet(&io, &codec).await? {
+            codec::Decoded::Packet(codec::Packet::Connect(connect), size) => (connect, size),
+            _ => {
+                return Err(TransportError::Mqtt(
+                    "the first packet is not CONNECT [MQTT-3.1.0-1]".to_string(),
+                ));
+            }
+        };
+        let peer = io.query::<PeerAddr>().get().map(|p| p.0);
+        let span = super::connect_span(&connect.client_id, peer, &ctx.name);
+        // Boxed: the handshake's futures are not kept for the connection's life.
+        match Box::pin(accept(&io, &ctx, *connect, size, peer).instrument(span)).await {
+            Err(ack) => {
+                let _ = io.encode(codec::Encoded::Packet(codec::Packet::ConnectAck(ack)), &codec);
+                connection::close(&io).await;
                 return Ok(());
             }
-            let (inbound, writer) = halves(&io, conn, client, codec, limits);
-            (inbound, writer, keep_alive)
+            Ok((conn, client, ack, keep_alive)) => {
+                codec.set_max_inbound_size(max_packet);
+                if io.encode(codec::Encoded::Packet(codec::Packet::ConnectAck(ack)), &codec).is_err() {
+                    return Ok(());
+                }
+                let (inbound, writer) = halves(&io, conn, client, codec, limits);
+                (inbound, writer, keep_alive)
+            }
         }
     };
     connection::run(&io, &inbound, &mut writer, keep_alive).await;

@@ -112,9 +112,11 @@ pub(crate) async fn run<W: Wire>(writer: &mut Writer<W>) {
             batch = Vec::new();
             match watermark.as_mut() {
                 Some(progress) if acks_waiting => {
+                    // Boxed: only connections with acknowledgements waiting for the store
+                    // need room for this future.
                     tokio::select! {
                         () = writer.signal.wait() => {}
-                        changed = progress.changed() => {
+                        changed = Box::pin(progress.changed()) => {
                             if changed.is_err() {
                                 // The store is gone (shutdown): acknowledgements cannot complete.
                                 watermark = None;
