@@ -46,20 +46,24 @@ pub(crate) async fn serve<F: Filter>(io: Io<F>, ctx: Rc<ListenerContext>) -> Res
     }
 }
 
-/// Reads the first packet with `codec`, within [`CONNECT_TIMEOUT`].
-pub(crate) async fn first_packet<C: Decoder<Error = DecodeError>>(
+/// Reads the first packet with `codec`, within [`CONNECT_TIMEOUT`], and takes the CONNECT
+/// out of it with `connect` (`None`: another packet, which ends the connection).
+pub(crate) async fn read_connect<C: Decoder<Error = DecodeError>, P>(
     io: &IoBoxed,
     codec: &C,
-) -> Result<C::Item, TransportError> {
-    match ntex::time::timeout(CONNECT_TIMEOUT, io.recv(codec)).await {
-        Ok(Ok(Some(packet))) => Ok(packet),
-        Ok(Ok(None)) => Err(TransportError::Mqtt("closed before CONNECT".to_string())),
-        Ok(Err(Either::Left(err))) => Err(TransportError::Mqtt(format!("invalid CONNECT: {err}"))),
+    connect: impl FnOnce(C::Item) -> Option<P>,
+) -> Result<P, TransportError> {
+    let packet = match ntex::time::timeout(CONNECT_TIMEOUT, io.recv(codec)).await {
+        Ok(Ok(Some(packet))) => packet,
+        Ok(Ok(None)) => return Err(TransportError::Mqtt("closed before CONNECT".to_string())),
+        Ok(Err(Either::Left(err))) => return Err(TransportError::Mqtt(format!("invalid CONNECT: {err}"))),
         Ok(Err(Either::Right(err))) => {
-            Err(TransportError::Mqtt(format!("network error before CONNECT: {err}")))
+            return Err(TransportError::Mqtt(format!("network error before CONNECT: {err}")));
         }
-        Err(()) => Err(TransportError::Mqtt("no CONNECT within 10 s".to_string())),
-    }
+        Err(()) => return Err(TransportError::Mqtt("no CONNECT within 10 s".to_string())),
+    };
+    connect(packet)
+        .ok_or_else(|| TransportError::Mqtt("the first packet is not CONNECT [MQTT-3.1.0-1]".to_string()))
 }
 
 /// Sends the last packets (a refusing CONNACK, a DISCONNECT) and closes the socket.

@@ -338,6 +338,11 @@ pub(crate) fn packet_size(remaining: u32) -> u64 {
     1 + length_bytes + u64::from(remaining)
 }
 
+/// `limits.max_packet_size` in bytes, as MQTT's 32-bit Maximum Packet Size.
+pub(crate) fn max_packet_size(limits: &fleetmq_config::Limits) -> u32 {
+    u32::try_from(limits.max_packet_size.as_u64()).unwrap_or(u32::MAX)
+}
+
 /// The largest Remaining Length whose whole packet fits in `max_packet` bytes.
 pub(crate) fn remaining_limit(max_packet: u32) -> u32 {
     (1..=4u32)

@@ -2,7 +2,6 @@
 //! deliveries, over ntex-mqtt's v3 codec.
 
 use std::cell::{Cell, RefCell};
-use std::future::{Future, poll_fn};
 use std::num::NonZeroU16;
 use std::rc::Rc;
 use std::time::{Duration, Instant, SystemTime};
@@ -74,7 +73,7 @@ fn will_in(w: &codec::LastWill, max_levels: usize) -> Result<Will, String> {
 pub(crate) async fn serve(io: IoBoxed, ctx: Rc<ListenerContext>, v3_1: bool) -> Result<(), TransportError> {
     let protocol = if v3_1 { ProtocolVersion::V3_1 } else { ProtocolVersion::V3_1_1 };
     let limits = &ctx.broker.config().limits;
-    let max_packet = u32::try_from(limits.max_packet_size.as_u64()).unwrap_or(u32::MAX);
+    let max_packet = super::max_packet_size(limits);
     let codec = codec::Codec::new();
     // CONNECT may be larger so the handshake can refuse it by name; the connection's limit is
     // set once CONNECT is accepted.
@@ -85,14 +84,11 @@ pub(crate) async fn serve(io: IoBoxed, ctx: Rc<ListenerContext>, v3_1: bool) -> 
     // In a block, and the handshake's result matched without a binding: whatever is named
     // here would otherwise keep its room in this future for the connection's life.
     let (inbound, mut writer, keep_alive) = {
-        let (connect, size) = match connection::first_packet(&io, &codec).await? {
-            codec::Decoded::Packet(codec::Packet::Connect(connect), size) => (connect, size),
-            _ => {
-                return Err(TransportError::Mqtt(
-                    "the first packet is not CONNECT [MQTT-3.1.0-1]".to_string(),
-                ));
-            }
-        };
+        let (connect, size) = connection::read_connect(&io, &codec, |packet| match packet {
+            codec::Decoded::Packet(codec::Packet::Connect(connect), size) => Some((connect, size)),
+            _ => None,
+        })
+        .await?;
         let peer = io.query::<PeerAddr>().get().map(|p| p.0);
         let span = super::connect_span(&connect.client_id, peer, &ctx.name);
         // Boxed: the handshake's futures are not kept for the connection's life.
@@ -182,7 +178,7 @@ async fn accept(
             "connection refused: {reason}"
         );
     };
-    let max_packet = u32::try_from(limits.max_packet_size.as_u64()).unwrap_or(u32::MAX);
+    let max_packet = super::max_packet_size(limits);
     if super::packet_size(packet_size) > u64::from(max_packet) {
         // v3 has no CONNACK code for this: close without one, as Mosquitto does.
         let reason = format!(
@@ -613,17 +609,8 @@ impl Wire for Wire3<'_> {
         }
     }
 
-    fn is_closed(&self) -> bool {
-        self.io.is_closed()
-    }
-
-    fn send_now(&self) {
-        // An error closes the connection; the writer sees it through `is_closed`.
-        let _ = self.io.send_buf();
-    }
-
-    fn ready(&self) -> impl Future<Output = bool> {
-        poll_fn(|cx| self.io.poll_flush(cx, false).map(|r| r.is_ok()))
+    fn io(&self) -> &IoBoxed {
+        self.io
     }
 }
 

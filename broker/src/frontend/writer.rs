@@ -8,6 +8,8 @@
 //! Maximum through the session's window.
 
 use std::future::Future;
+
+use ntex::io::IoBoxed;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -43,14 +45,23 @@ pub trait Wire {
     fn send(&mut self, item: Outgoing, now: Instant) -> Sent;
     /// Closes the connection for `reason` (v5 sends the matching DISCONNECT).
     fn close(&mut self, reason: Kick);
+    /// The connection's socket.
+    fn io(&self) -> &IoBoxed;
     /// Whether the connection is closed.
-    fn is_closed(&self) -> bool;
+    fn is_closed(&self) -> bool {
+        self.io().is_closed()
+    }
     /// Writes what is buffered to the socket now, if the socket is idle, instead of waiting
     /// for ntex's write pass after every other task of this turn.
-    fn send_now(&self);
+    fn send_now(&self) {
+        // An error closes the connection; the writer sees it through `is_closed`.
+        let _ = self.io().send_buf();
+    }
     /// Resolves when the socket's write buffer is below its high-water mark; false when the
     /// connection closed.
-    fn ready(&self) -> impl Future<Output = bool>;
+    fn ready(&self) -> impl Future<Output = bool> {
+        std::future::poll_fn(|cx| self.io().poll_flush(cx, false).map(|r| r.is_ok()))
+    }
 }
 
 /// What a connection's writer owns.
