@@ -37,7 +37,7 @@ pub(crate) async fn serve<F: Filter>(io: Io<F>, ctx: Rc<ListenerContext>) -> Res
     let preamble = match ntex::time::timeout(CONNECT_TIMEOUT, preamble::normalize(&io)).await {
         Ok(Ok(preamble)) => preamble,
         Ok(Err(err)) => return Err(TransportError::Mqtt(err.to_string())),
-        Err(()) => return Err(TransportError::Mqtt("no CONNECT within 10 s".to_string())),
+        Err(()) => return Err(no_connect()),
     };
     match preamble {
         // Boxed: the connection holds only the protocol it speaks, not room for both.
@@ -60,10 +60,14 @@ pub(crate) async fn read_connect<C: Decoder<Error = DecodeError>, P>(
         Ok(Err(Either::Right(err))) => {
             return Err(TransportError::Mqtt(format!("network error before CONNECT: {err}")));
         }
-        Err(()) => return Err(TransportError::Mqtt("no CONNECT within 10 s".to_string())),
+        Err(()) => return Err(no_connect()),
     };
     connect(packet)
         .ok_or_else(|| TransportError::Mqtt("the first packet is not CONNECT [MQTT-3.1.0-1]".to_string()))
+}
+
+fn no_connect() -> TransportError {
+    TransportError::Mqtt(format!("no CONNECT within {} s", CONNECT_TIMEOUT.as_secs()))
 }
 
 /// Sends the last packets (a refusing CONNACK, a DISCONNECT) and closes the socket.
