@@ -154,7 +154,9 @@ pub async fn serve(
             slots: stack.slots(),
             identity_as_username: stack.identity_as_username(),
         };
-        builder = builder.listen(name.clone(), socket, async move |_| stack.factory(ctx.clone()))?;
+        builder = builder
+            .listen(name.clone(), socket, async move |_| stack.factory(ctx.clone()))?
+            .config(name.clone(), crate::transport::io_config());
     }
     // POST /api/v1/drain does what SIGTERM does.
     let (drain_tx, mut drain_rx) = tokio::sync::watch::channel(false);

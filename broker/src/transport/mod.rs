@@ -17,11 +17,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use fleetmq_config::{Listener, ListenerProtocol};
-use ntex::io::{Filter, Io, Layer};
+use ntex::io::{Filter, Io, IoConfig, Layer};
 use ntex::service::boxed::{self, BoxServiceFactory};
 use ntex::service::cfg::SharedCfg;
 use ntex::service::{ServiceFactory, chain_factory, fn_service};
-use ntex::util::Ready;
+use ntex::util::{BytePageSize, Ready};
 
 use crate::frontend::{ConnectionSlots, ListenerContext};
 
@@ -209,6 +209,35 @@ fn spawn_connection<F: Filter>(io: Io<F>, ctx: Rc<ListenerContext>) {
             tracing::debug!(listener = %ctx.name, "connection closed before MQTT started: {err}");
         }
     }));
+}
+
+/// Write buffer page, and the buffered size at which encoding writes to the socket in place.
+///
+/// ntex's defaults (16 KiB pages, in-place write at 8 KiB) cost a `sendto` per eight 1 KiB
+/// messages. With 64 KiB pages and writes at 32 KiB, the 500-pair QoS 0 1 KiB flood went from
+/// 370k to 697k messages per broker CPU-second (fan-in 50→1: 431k → 450k); 64 B workloads did
+/// not change (issue 6, BENCHMARKS.md). Disabling in-place writes instead (threshold 0) halved
+/// fan-in throughput: everything then waits for ntex's shared write pass.
+const WRITE_PAGE: BytePageSize = BytePageSize::Size64;
+const WRITE_THRESHOLD: usize = 32 * 1024;
+/// Above this much unsent data a connection's writer stops taking messages from the session
+/// queue (which is bounded and shares payloads) until half of it has left. This caps a slow
+/// subscriber's encoded backlog at about one page plus one batch.
+const WRITE_HIGH_WATERMARK: usize = 64 * 1024;
+/// ntex's default low watermark and per-thread buffer cache.
+const WRITE_LOW_WATERMARK: usize = 512 + 24;
+const BUFFER_CACHE: usize = 128;
+
+/// The socket settings of the MQTT listeners (ntex reads them per accepted `Io`).
+pub fn io_config() -> SharedCfg {
+    SharedCfg::new("mqtt")
+        .add(
+            IoConfig::new()
+                .set_write_page_size(WRITE_PAGE)
+                .set_write_buf_threshold(WRITE_THRESHOLD)
+                .set_write_buf(WRITE_HIGH_WATERMARK, WRITE_LOW_WATERMARK, BUFFER_CACHE),
+        )
+        .into()
 }
 
 #[cfg(test)]
