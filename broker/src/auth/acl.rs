@@ -528,6 +528,12 @@ impl ClientAcl {
         ClientAcl { rules: None }
     }
 
+    /// Whether rules apply (an ACL file is loaded). Without one, [`ClientAcl::can_read`] is
+    /// always true and [`ClientAcl::can_publish`] refuses only `$SYS`.
+    pub fn has_rules(&self) -> bool {
+        self.rules.is_some()
+    }
+
     /// Whether the client may publish to the topic name `topic`. `$SYS` is never writable:
     /// this is the one place that rule lives.
     pub fn can_publish(&self, topic: &str) -> bool {

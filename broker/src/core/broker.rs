@@ -842,7 +842,7 @@ impl Broker {
         message.expires_at = expiry_deadline(Instant::now(), will.expiry_interval);
         message.origin = session.id;
         tracing::debug!(topic = %message.topic, "publishing will message");
-        self.dispatch(Arc::new(message));
+        self.dispatch(Arc::new(message), &self.inner.settings.load());
     }
 
     /// Ends a session: forgets its subscriptions, queue and registry entry, and publishes a
@@ -930,7 +930,8 @@ impl Broker {
             mqtt.matched = tracing::field::Empty,
         );
         let _entered = span.enter();
-        let max_levels = inner.settings.load().max_topic_levels;
+        let settings = inner.settings.load();
+        let max_levels = settings.max_topic_levels;
         if let Some(delayed) = topic::parse_delayed(&message.topic, max_levels) {
             let (delay, target) = delayed?;
             if acl.is_some_and(|acl| !acl.can_publish(&target)) {
@@ -956,9 +957,9 @@ impl Broker {
         }
         let message = Arc::new(message);
         let (matched, ticket) = if forward {
-            self.dispatch(message)
+            self.dispatch(message, &settings)
         } else {
-            self.route_local(message, &super::hooks::SharedMode::Local)
+            self.route_local(message, &super::hooks::SharedMode::Local, &settings)
         };
         span.record("mqtt.matched", matched);
         Ok((Published::Routed { matched }, self.durable(ticket)))
@@ -967,7 +968,7 @@ impl Broker {
     /// Publishes a broker-originated message (e.g. `$SYS`), bypassing client checks. Returns
     /// the number of sessions it matched.
     pub fn publish_internal(&self, message: Message) -> usize {
-        self.dispatch(Arc::new(message)).0
+        self.dispatch(Arc::new(message), &self.inner.settings.load()).0
     }
 
     /// Clustering: reports subscription changes to `watch` (install before
@@ -991,17 +992,23 @@ impl Broker {
     /// sessions only (never forwarded again, so nothing loops). Returns the sessions matched.
     /// `shared`: the `(group, filter)` pairs the sending node picked this node for.
     pub fn publish_from_peer(&self, message: Message, shared: Vec<(ByteString, ByteString)>) -> usize {
-        self.route_local(Arc::new(message), &super::hooks::SharedMode::Only(shared)).0
+        self.route_local(
+            Arc::new(message),
+            &super::hooks::SharedMode::Only(shared),
+            &self.inner.settings.load(),
+        )
+        .0
     }
 
     /// Routes a message here and, with clustering, to the peers that need it; returns the
     /// sessions matched and the store ticket an acknowledgement must wait for (0: none).
-    fn dispatch(&self, message: Arc<Message>) -> (usize, u64) {
+    /// `settings`: the caller's snapshot (one load per message).
+    fn dispatch(&self, message: Arc<Message>, settings: &Settings) -> (usize, u64) {
         match self.inner.forwarder.get() {
-            None => self.route_local(message, &super::hooks::SharedMode::Local),
+            None => self.route_local(message, &super::hooks::SharedMode::Local, settings),
             Some(forwarder) => {
                 let forwarded = forwarder.forward(&message);
-                let (matched, ticket) = self.route_local(message, &forwarded.shared);
+                let (matched, ticket) = self.route_local(message, &forwarded.shared, settings);
                 // Peers with subscribers count as matches (v5 "No matching subscribers").
                 (matched + forwarded.peers, ticket)
             }
@@ -1009,7 +1016,12 @@ impl Broker {
     }
 
     /// Stores retained state and routes a message to this node's sessions.
-    fn route_local(&self, message: Arc<Message>, shared: &super::hooks::SharedMode) -> (usize, u64) {
+    fn route_local(
+        &self,
+        message: Arc<Message>,
+        shared: &super::hooks::SharedMode,
+        settings: &Settings,
+    ) -> (usize, u64) {
         let inner = &*self.inner;
         let mut ticket = 0;
         if message.retain && inner.retained.set(message.clone()) && inner.store.is_persistent() {
@@ -1019,10 +1031,8 @@ impl Broker {
                 Op::RetainedSet(message.clone())
             });
         }
-        let settings = inner.settings.load();
         let conflate = !settings.conflate.is_empty()
             && settings.conflate.iter().any(|f| topic::matches(f, &message.topic));
-        drop(settings);
         let mut matched = 0;
         inner.router.route_with(&message, shared, |session, delivery| {
             matched += 1;
@@ -1233,7 +1243,7 @@ impl Broker {
                 }
                 match job {
                     Job::Publish(message, key) => {
-                        self.dispatch(Arc::new(message));
+                        self.dispatch(Arc::new(message), &self.inner.settings.load());
                         if let Some(key) = key {
                             self.inner.store.submit(Op::DelayedDelete(key));
                         }

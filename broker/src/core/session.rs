@@ -909,6 +909,10 @@ pub struct Session {
     /// The ACL rules of the client's last connection, checked for every delivery (read by
     /// publishers on any thread, replaced on connect and on auth reload).
     acl: ArcSwap<ClientAcl>,
+    /// Whether `acl` has rules. Without an ACL file (the common case) deliveries and
+    /// publishes skip loading `acl`: those loads were about 5 % of broker CPU in the QoS 0
+    /// 1 KiB fan-in flood (issue 6).
+    acl_has_rules: AtomicBool,
     /// Username of the last connection (the ACL is resolved again from it on reload).
     username: Mutex<Option<ByteString>>,
     state: Mutex<SessionState>,
@@ -929,6 +933,7 @@ impl Session {
             client_id,
             online: AtomicBool::new(false),
             acl: ArcSwap::from_pointee(ClientAcl::allow_all()),
+            acl_has_rules: AtomicBool::new(false),
             username: Mutex::new(None),
             state: Mutex::new(SessionState::new(expiry, limits)),
         }
@@ -939,9 +944,17 @@ impl Session {
         self.acl.load()
     }
 
+    /// The client's ACL rules when an ACL file applies; `None` means allow-all (only `$SYS`
+    /// writes refused, which the broker checks for every client anyway).
+    pub fn acl_rules(&self) -> Option<arc_swap::Guard<Arc<ClientAcl>>> {
+        self.acl_has_rules.load(Ordering::Acquire).then(|| self.acl.load())
+    }
+
     /// Replaces the client's ACL rules.
     pub fn set_acl(&self, acl: ClientAcl) {
+        let has_rules = acl.has_rules();
         self.acl.store(Arc::new(acl));
+        self.acl_has_rules.store(has_rules, Ordering::Release);
     }
 
     /// Username of the last connection.
@@ -973,7 +986,7 @@ impl Member for Arc<Session> {
     }
 
     fn may_read(&self, topic: &str) -> bool {
-        self.acl.load().can_read(topic)
+        self.acl_rules().is_none_or(|acl| acl.can_read(topic))
     }
 
     fn is_online(&self) -> bool {
@@ -1007,6 +1020,21 @@ mod tests {
     }
 
     const LIMITS: QueueLimits = QueueLimits { max_messages: 4, max_bytes: 0, max_inflight: 2 };
+
+    #[test]
+    fn acl_rules_are_skipped_only_without_an_acl_file() {
+        let session = Arc::new(Session::new(1, 1, "c".into(), Expiry::Never, LIMITS));
+        assert!(session.acl_rules().is_none());
+        assert!(session.may_read("anything/at/all") && session.may_read("$SYS/broker/uptime"));
+        let acl = crate::auth::Acl::parse("user alice\ntopic read a/#\n", "test").unwrap();
+        session.set_acl(acl.client(Some("alice"), "c"));
+        assert!(session.acl_rules().is_some());
+        assert!(session.may_read("a/b"));
+        assert!(!session.may_read("b"), "the file's rules apply to deliveries");
+        // A reload that removes the ACL file goes back to allow-all.
+        session.set_acl(ClientAcl::allow_all());
+        assert!(session.acl_rules().is_none() && session.may_read("b"));
+    }
 
     fn state() -> SessionState {
         SessionState::new(Expiry::Never, LIMITS)

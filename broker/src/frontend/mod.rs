@@ -439,8 +439,8 @@ impl ConnState {
             expires_at: expiry_deadline(Instant::now(), p.expiry_interval),
             origin: self.session.id,
         };
-        let acl = self.session.acl();
-        let (outcome, durable) = match self.broker.publish_as(message, Some(&acl)) {
+        let acl = self.session.acl_rules();
+        let (outcome, durable) = match self.broker.publish_as(message, acl.as_deref().map(|acl| &**acl)) {
             Ok((Published::Routed { matched }, durable)) => {
                 (PublishOutcome::Accepted { matched: matched > 0 }, durable)
             }
