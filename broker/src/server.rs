@@ -138,6 +138,7 @@ pub async fn serve(
             })
         })
         .collect();
+    let mut plain = crate::transport::PlainListeners::default();
     for ((index, (name, socket)), stack) in listeners.sockets.into_iter().enumerate().zip(listeners.stacks) {
         let listener = &config.listeners[index];
         let transport = match listener.protocol {
@@ -154,9 +155,13 @@ pub async fn serve(
             slots: stack.slots(),
             identity_as_username: stack.identity_as_username(),
         };
+        plain.add(&stack, ctx.clone());
         builder = builder
             .listen(name.clone(), socket, async move |_| stack.factory(ctx.clone()))?
             .config(name.clone(), crate::transport::io_config());
+    }
+    if !plain.is_empty() {
+        builder = builder.on_accept(async move |listener: Arc<str>, stream| plain.adopt(&listener, stream));
     }
     // POST /api/v1/drain does what SIGTERM does.
     let (drain_tx, mut drain_rx) = tokio::sync::watch::channel(false);

@@ -132,6 +132,9 @@ impl Drop for Telemetry {
     }
 }
 
+/// The `log` target of ntex-server's on-accept hook.
+const NTEX_ACCEPT_HOOK: &str = "ntex_server::net::factory";
+
 /// The live log filter, swapped by [`set_log_level`] on config reload.
 static LOG_FILTER: OnceLock<reload::Handle<EnvFilter, Registry>> = OnceLock::new();
 
@@ -160,8 +163,13 @@ fn log_filter(level: &str) -> Result<EnvFilter, TelemetryError> {
     let filter = EnvFilter::try_from_env("RUST_LOG")
         .or_else(|_| EnvFilter::try_new(&directives))
         .map_err(|e| TelemetryError::LogLevel { value: level.to_string(), reason: e.to_string() })?;
-    // Trace spans are for the exporter; in log lines they would only add noise.
-    Ok(filter.add_directive(format!("{SPANS}=off").parse().expect("static directive")))
+    // Trace spans are for the exporter; in log lines they would only add noise. ntex-server
+    // reports every plain TCP connection FleetMQ takes over as a failed on-accept callback
+    // (`transport::PlainListeners`); the target logs nothing else that FleetMQ can cause (its
+    // listener factories cannot fail and it has no worker-start callbacks).
+    Ok(filter
+        .add_directive(format!("{SPANS}=off").parse().expect("static directive"))
+        .add_directive(format!("{NTEX_ACCEPT_HOOK}=off").parse().expect("static directive")))
 }
 
 fn tracer_provider(settings: &OtlpSettings) -> Result<SdkTracerProvider, TelemetryError> {

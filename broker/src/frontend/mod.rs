@@ -13,6 +13,7 @@
 
 pub mod connection;
 pub mod preamble;
+pub mod socket;
 pub mod v3;
 pub mod v5;
 pub mod writer;
@@ -85,12 +86,13 @@ impl ListenerContext {
     /// Password. Returns the username to use and the credentials to check.
     pub(crate) fn credentials(
         &self,
-        io: &ntex::io::IoRef,
+        io: &impl socket::Socket,
         username: Option<&ByteString>,
         password: Option<&Bytes>,
     ) -> Result<(Option<ByteString>, Credentials), &'static str> {
         if self.identity_as_username {
-            let cn = crate::transport::tls::peer_common_name_ref(io)
+            let cn = io
+                .peer_common_name()
                 .ok_or("use_identity_as_username: the client certificate has no subject CN")?;
             return Ok((Some(ByteString::from(cn)), Credentials::Certificate));
         }

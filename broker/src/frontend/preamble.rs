@@ -15,7 +15,7 @@
 
 use std::io;
 
-use ntex::io::IoBoxed;
+use super::socket::Socket;
 use ntex::util::BytesMut;
 
 const V31_NAME: &[u8] = b"\x00\x06MQIsdp\x03";
@@ -37,11 +37,11 @@ pub enum Preamble {
 /// Waits for the start of the first packet, answers an empty-client-id CONNECT that ntex-mqtt's
 /// decoder cannot, rewrites a 3.1 CONNECT to 3.1.1, and reads the protocol level. An error
 /// means the connection has been answered (or is gone) and must be closed.
-pub async fn normalize(io: &IoBoxed) -> io::Result<Preamble> {
+pub(crate) async fn normalize<S: Socket>(io: &S) -> io::Result<Preamble> {
     loop {
         if let Some(version) = io.with_read_buf(empty_id_with_session) {
             tracing::info!(
-                peer = %super::display_peer(io.query::<ntex::io::types::PeerAddr>().get().map(|p| p.0)),
+                peer = %super::display_peer(io.peer_addr()),
                 protocol = version,
                 "connection refused: client identifier not valid (empty client id with clean session 0)"
             );

@@ -8,13 +8,12 @@ use std::time::{Duration, Instant, SystemTime};
 
 use tracing::Instrument as _;
 
-use ntex::io::IoBoxed;
-use ntex::io::types::PeerAddr;
 use ntex::time::Seconds;
 use ntex_mqtt::v3::codec;
 use ntex_mqtt::v5::codec::DisconnectReasonCode;
 
 use super::connection::{self, Inbound, Reply, Stop};
+use super::socket::Socket;
 use super::writer::{Sent, Wire, Writer};
 use super::{
     ConnState, InboundPublish, ListenerContext, PendingAcks, PublishOutcome, PublishRate, display_peer,
@@ -70,7 +69,12 @@ fn will_in(w: &codec::LastWill, max_levels: usize) -> Result<Will, String> {
 
 /// Serves an MQTT 3.1 / 3.1.1 connection whose CONNECT is next in the read buffer (`v3_1`: it
 /// was a 3.1 CONNECT, rewritten by the preamble).
-pub(crate) async fn serve(io: IoBoxed, ctx: Rc<ListenerContext>, v3_1: bool) -> Result<(), TransportError> {
+pub(crate) async fn serve<S: Socket + 'static>(
+    io: S,
+    ctx: Rc<ListenerContext>,
+    v3_1: bool,
+) -> Result<(), TransportError> {
+    let io = Rc::new(io);
     let protocol = if v3_1 { ProtocolVersion::V3_1 } else { ProtocolVersion::V3_1_1 };
     let limits = &ctx.broker.config().limits;
     let max_packet = super::max_packet_size(limits);
@@ -83,22 +87,22 @@ pub(crate) async fn serve(io: IoBoxed, ctx: Rc<ListenerContext>, v3_1: bool) -> 
     codec.set_min_chunk_size(max_packet);
     // In a block, and the handshake's result matched without a binding: whatever is named
     // here would otherwise keep its room in this future for the connection's life.
-    let (inbound, mut writer, keep_alive) = {
-        let (connect, size) = connection::read_connect(&io, &codec, |packet| match packet {
+    let (inbound, writer, keep_alive) = {
+        let (connect, size) = connection::read_connect(&*io, &codec, |packet| match packet {
             codec::Decoded::Packet(codec::Packet::Connect(connect), size) => Some((connect, size)),
             _ => None,
         })
         .await?;
-        let peer = io.query::<PeerAddr>().get().map(|p| p.0);
+        let peer = io.peer_addr();
         let span = super::connect_span(&connect.client_id, peer, &ctx.name);
         // Boxed: the handshake's futures are not kept for the connection's life.
-        match Box::pin(accept(&io, &ctx, protocol, *connect, size, peer).instrument(span)).await {
+        match Box::pin(accept(&*io, &ctx, protocol, *connect, size, peer).instrument(span)).await {
             Err(code) => {
                 if let Some(return_code) = code {
                     let ack = codec::ConnectAck { session_present: false, return_code };
                     let _ = io.encode(codec::Encoded::Packet(codec::Packet::ConnectAck(ack)), &codec);
                 }
-                connection::close(&io).await;
+                connection::close(&*io).await;
                 return Ok(());
             }
             Ok((conn, session_present, keep_alive)) => {
@@ -118,21 +122,21 @@ pub(crate) async fn serve(io: IoBoxed, ctx: Rc<ListenerContext>, v3_1: bool) -> 
             }
         }
     };
-    connection::run(&io, &inbound, &mut writer, keep_alive).await;
+    connection::spawn_established(io, inbound, writer, keep_alive);
     Ok(())
 }
 
 /// The read side and the writer of an accepted connection.
-fn halves<'a>(
-    io: &'a IoBoxed,
+fn halves<S: Socket>(
+    io: &Rc<S>,
     conn: ConnState,
     codec: codec::Codec,
     max_packet: u32,
     max_publish_rate: u32,
-) -> (Inbound3<'a>, Writer<Wire3<'a>>) {
+) -> (Inbound3<S>, Writer<Wire3<S>>) {
     let acks = Rc::new(PendingAcks::default());
     let writer = Writer {
-        wire: Wire3 { client_id: conn.client_id.clone(), io, codec: codec::Codec::new() },
+        wire: Wire3 { client_id: conn.client_id.clone(), io: io.clone(), codec: codec::Codec::new() },
         broker: conn.broker.clone(),
         session: conn.session.clone(),
         generation: conn.generation,
@@ -142,7 +146,7 @@ fn halves<'a>(
     let inbound = Inbound3 {
         max_packet: u64::from(max_packet),
         conn,
-        io,
+        io: io.clone(),
         codec,
         assembly: super::PayloadAssembly::default(),
         rate: PublishRate::new(max_publish_rate),
@@ -155,8 +159,8 @@ fn halves<'a>(
 /// code to refuse it with (`None`: close without CONNACK).
 type Accepted = Result<(ConnState, bool, Option<Seconds>), Option<codec::ConnectAckReason>>;
 
-async fn accept(
-    io: &IoBoxed,
+async fn accept<S: Socket>(
+    io: &S,
     ctx: &ListenerContext,
     protocol: ProtocolVersion,
     pkt: codec::Connect,
@@ -212,15 +216,14 @@ async fn accept(
         config.sessions.persistent_session_expiry.map_or(Expiry::Never, Expiry::After)
     };
     let keep_alive = pkt.keep_alive;
-    let (username, credentials) =
-        match ctx.credentials(&io.get_ref(), pkt.username.as_ref(), pkt.password.as_ref()) {
-            Ok(found) => found,
-            Err(reason) => {
-                broker.metrics().auth_failure();
-                refused(reason);
-                return Err(Some(Code::NotAuthorized));
-            }
-        };
+    let (username, credentials) = match ctx.credentials(io, pkt.username.as_ref(), pkt.password.as_ref()) {
+        Ok(found) => found,
+        Err(reason) => {
+            broker.metrics().auth_failure();
+            refused(reason);
+            return Err(Some(Code::NotAuthorized));
+        }
+    };
     if let Err(err) = broker.authenticate(credentials).await {
         refused(&err.to_string());
         return Err(Some(match err {
@@ -310,9 +313,9 @@ async fn accept(
 }
 
 /// The read side of a v3 connection.
-struct Inbound3<'a> {
+struct Inbound3<S> {
     conn: ConnState,
-    io: &'a IoBoxed,
+    io: Rc<S>,
     codec: codec::Codec,
     /// `limits.max_packet_size`, checked on the whole packet.
     max_packet: u64,
@@ -352,7 +355,7 @@ impl Ack3 {
 
 type Handled<'a> = Result<Reply<'a, codec::Encoded>, Stop>;
 
-impl Inbound for Inbound3<'_> {
+impl<S: Socket> Inbound for Inbound3<S> {
     type Codec = codec::Codec;
 
     fn codec(&self) -> &codec::Codec {
@@ -448,7 +451,7 @@ impl Inbound for Inbound3<'_> {
     }
 }
 
-impl Inbound3<'_> {
+impl<S: Socket> Inbound3<S> {
     /// The acknowledgement to answer with now, if its data is durable and none is held
     /// before it; otherwise the writer sends it later.
     fn ready_ack(&self, durable: crate::store::Durable, ack: Ack3) -> Option<codec::Encoded> {
@@ -459,7 +462,7 @@ impl Inbound3<'_> {
         if ack.confirms_publish() {
             self.conn.set_close_reason("message store unavailable");
         }
-        store_failed(&self.conn.client_id, self.io, ack);
+        store_failed(&self.conn.client_id, &*self.io, ack);
         None
     }
 
@@ -544,7 +547,7 @@ impl Inbound3<'_> {
 /// The store could not keep what `ack` would confirm. v3 has no negative acknowledgement:
 /// a PUBLISH is refused by closing the connection, so the client re-sends it later or
 /// elsewhere; a PUBREL is withheld (the client re-sends its PUBREC on reconnect).
-fn store_failed(client_id: &str, io: &IoBoxed, ack: Ack3) {
+fn store_failed<S: Socket>(client_id: &str, io: &S, ack: Ack3) {
     if ack.confirms_publish() {
         tracing::error!(client_id, "PUBLISH not acknowledged, closing: message store unavailable");
         io.close();
@@ -554,18 +557,20 @@ fn store_failed(client_id: &str, io: &IoBoxed, ack: Ack3) {
 }
 
 /// Encodes outgoing packets for a v3 client.
-struct Wire3<'a> {
+struct Wire3<S> {
     client_id: ByteString,
-    io: &'a IoBoxed,
+    io: Rc<S>,
     codec: codec::Codec,
 }
 
-impl Wire for Wire3<'_> {
+impl<S: Socket> Wire for Wire3<S> {
+    type Socket = S;
+
     type Ack = Ack3;
 
     fn send_ack(&mut self, ack: Ack3, durable: bool) -> Sent {
         if !durable {
-            store_failed(&self.client_id, self.io, ack);
+            store_failed(&self.client_id, &*self.io, ack);
             return if ack.confirms_publish() { Sent::Closed } else { Sent::Written(0) };
         }
         match self.io.encode(codec::Encoded::Packet(ack.packet()), &self.codec) {
@@ -609,8 +614,8 @@ impl Wire for Wire3<'_> {
         }
     }
 
-    fn io(&self) -> &IoBoxed {
-        self.io
+    fn io(&self) -> &S {
+        &self.io
     }
 }
 

@@ -8,13 +8,12 @@ use std::time::{Duration, Instant, SystemTime};
 
 use tracing::Instrument as _;
 
-use ntex::io::IoBoxed;
-use ntex::io::types::PeerAddr;
 use ntex::time::Seconds;
 use ntex_mqtt::v5::codec;
 use rustc_hash::FxHashMap;
 
 use super::connection::{self, Inbound, Reply, Stop};
+use super::socket::Socket;
 use super::writer::{Sent, Wire, Writer};
 use super::{
     ConnState, InboundPublish, ListenerContext, PendingAcks, PublishOutcome, PublishRate, display_peer,
@@ -114,7 +113,11 @@ fn refusal(code: codec::ConnectAckReason, reason: String) -> Box<codec::ConnectA
 }
 
 /// Serves an MQTT 5.0 connection whose CONNECT is next in the read buffer.
-pub(crate) async fn serve(io: IoBoxed, ctx: Rc<ListenerContext>) -> Result<(), TransportError> {
+pub(crate) async fn serve<S: Socket + 'static>(
+    io: S,
+    ctx: Rc<ListenerContext>,
+) -> Result<(), TransportError> {
+    let io = Rc::new(io);
     let limits = &ctx.broker.config().limits;
     let max_packet = super::max_packet_size(limits);
     let codec = codec::Codec::new();
@@ -126,19 +129,19 @@ pub(crate) async fn serve(io: IoBoxed, ctx: Rc<ListenerContext>) -> Result<(), T
     codec.set_min_chunk_size(max_packet);
     // In a block, and the handshake's result matched without a binding: whatever is named
     // here would otherwise keep its room in this future for the connection's life.
-    let (inbound, mut writer, keep_alive) = {
-        let (connect, size) = connection::read_connect(&io, &codec, |packet| match packet {
+    let (inbound, writer, keep_alive) = {
+        let (connect, size) = connection::read_connect(&*io, &codec, |packet| match packet {
             codec::Decoded::Packet(codec::Packet::Connect(connect), size) => Some((connect, size)),
             _ => None,
         })
         .await?;
-        let peer = io.query::<PeerAddr>().get().map(|p| p.0);
+        let peer = io.peer_addr();
         let span = super::connect_span(&connect.client_id, peer, &ctx.name);
         // Boxed: the handshake's futures are not kept for the connection's life.
-        match Box::pin(accept(&io, &ctx, *connect, size, peer).instrument(span)).await {
+        match Box::pin(accept(&*io, &ctx, *connect, size, peer).instrument(span)).await {
             Err(ack) => {
                 let _ = io.encode(codec::Encoded::Packet(codec::Packet::ConnectAck(ack)), &codec);
-                connection::close(&io).await;
+                connection::close(&*io).await;
                 return Ok(());
             }
             Ok((conn, client, ack, keep_alive)) => {
@@ -151,22 +154,22 @@ pub(crate) async fn serve(io: IoBoxed, ctx: Rc<ListenerContext>) -> Result<(), T
             }
         }
     };
-    connection::run(&io, &inbound, &mut writer, keep_alive).await;
+    connection::spawn_established(io, inbound, writer, keep_alive);
     Ok(())
 }
 
 /// The read side and the writer of an accepted connection.
-fn halves<'a>(
-    io: &'a IoBoxed,
+fn halves<S: Socket>(
+    io: &Rc<S>,
     conn: ConnState,
     client: ClientLimits,
     codec: codec::Codec,
     limits: &fleetmq_config::Limits,
-) -> (Inbound5<'a>, Writer<Wire5<'a>>) {
+) -> (Inbound5<S>, Writer<Wire5<S>>) {
     let acks = Rc::new(PendingAcks::default());
     let writer = Writer {
         wire: Wire5 {
-            io,
+            io: io.clone(),
             codec: codec::Codec::new(),
             max_packet_size: client.max_packet_size,
             alias_max: client.topic_alias_max,
@@ -184,7 +187,7 @@ fn halves<'a>(
         max_topic_alias: limits.max_topic_alias,
         conn,
         client,
-        io,
+        io: io.clone(),
         codec,
         aliases: RefCell::new(FxHashMap::default()),
         assembly: super::PayloadAssembly::default(),
@@ -199,8 +202,8 @@ fn halves<'a>(
 type Accepted =
     Result<(ConnState, ClientLimits, Box<codec::ConnectAck>, Option<Seconds>), Box<codec::ConnectAck>>;
 
-async fn accept(
-    io: &IoBoxed,
+async fn accept<S: Socket>(
+    io: &S,
     ctx: &ListenerContext,
     pkt: codec::Connect,
     packet_size: u32,
@@ -244,15 +247,14 @@ async fn accept(
         connect_expiry: pkt.session_expiry_interval_secs,
     };
     let keep_alive = pkt.keep_alive;
-    let (username, credentials) =
-        match ctx.credentials(&io.get_ref(), pkt.username.as_ref(), pkt.password.as_ref()) {
-            Ok(found) => found,
-            Err(reason) => {
-                broker.metrics().auth_failure();
-                refused(reason);
-                return Err(refusal(codec::ConnectAckReason::NotAuthorized, reason.to_string()));
-            }
-        };
+    let (username, credentials) = match ctx.credentials(io, pkt.username.as_ref(), pkt.password.as_ref()) {
+        Ok(found) => found,
+        Err(reason) => {
+            broker.metrics().auth_failure();
+            refused(reason);
+            return Err(refusal(codec::ConnectAckReason::NotAuthorized, reason.to_string()));
+        }
+    };
     if let Err(err) = broker.authenticate(credentials).await {
         refused(&err.to_string());
         let code = match err {
@@ -363,10 +365,10 @@ async fn accept(
 }
 
 /// The read side of a v5 connection.
-struct Inbound5<'a> {
+struct Inbound5<S> {
     conn: ConnState,
     client: ClientLimits,
-    io: &'a IoBoxed,
+    io: Rc<S>,
     codec: codec::Codec,
     /// Topic aliases the client set (Topic Alias → topic).
     aliases: RefCell<FxHashMap<u16, ByteString>>,
@@ -420,7 +422,7 @@ fn encode_ack(ack: Ack5, durable: bool) -> Option<codec::Encoded> {
 type Handled = Result<Option<codec::Encoded>, Stop>;
 type Reply5<'a> = Result<Reply<'a, codec::Encoded>, Stop>;
 
-impl Inbound for Inbound5<'_> {
+impl<S: Socket> Inbound for Inbound5<S> {
     type Codec = codec::Codec;
 
     fn codec(&self) -> &codec::Codec {
@@ -513,7 +515,7 @@ impl Inbound for Inbound5<'_> {
     }
 }
 
-impl Inbound5<'_> {
+impl<S: Socket> Inbound5<S> {
     /// Ends the connection with a DISCONNECT carrying `code` and `reason`.
     fn disconnect(&self, code: codec::DisconnectReasonCode, reason: &str) -> Handled {
         tracing::info!(client_id = %self.conn.client_id, "disconnecting client: {reason}");
@@ -745,15 +747,15 @@ impl Inbound5<'_> {
 }
 
 /// Encodes outgoing packets for a v5 client.
-struct Wire5<'a> {
-    io: &'a IoBoxed,
+struct Wire5<S> {
+    io: Rc<S>,
     codec: codec::Codec,
     max_packet_size: Option<u32>,
     alias_max: u16,
     aliases: FxHashMap<ByteString, NonZeroU16>,
 }
 
-impl Wire5<'_> {
+impl<S: Socket> Wire5<S> {
     /// Topic alias for `topic`: an existing one, a new one while the client's maximum
     /// allows, or none. Returns (alias, whether the topic must still be sent).
     fn alias(&mut self, topic: &ByteString) -> (Option<NonZeroU16>, bool) {
@@ -774,7 +776,9 @@ impl Wire5<'_> {
     }
 }
 
-impl Wire for Wire5<'_> {
+impl<S: Socket> Wire for Wire5<S> {
+    type Socket = S;
+
     type Ack = Ack5;
 
     fn send_ack(&mut self, ack: Ack5, durable: bool) -> Sent {
@@ -858,8 +862,8 @@ impl Wire for Wire5<'_> {
         self.io.close();
     }
 
-    fn io(&self) -> &IoBoxed {
-        self.io
+    fn io(&self) -> &S {
+        &self.io
     }
 }
 

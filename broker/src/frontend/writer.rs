@@ -9,13 +9,13 @@
 
 use std::future::Future;
 
-use ntex::io::IoBoxed;
 use std::sync::Arc;
 use std::time::Instant;
 
 use std::rc::Rc;
 
 use super::PendingAcks;
+use super::socket::Socket;
 use crate::core::broker::Broker;
 use crate::core::metrics::DropReason;
 use crate::core::session::{ConnSignal, Kick, Outgoing, Session};
@@ -45,8 +45,10 @@ pub trait Wire {
     fn send(&mut self, item: Outgoing, now: Instant) -> Sent;
     /// Closes the connection for `reason` (v5 sends the matching DISCONNECT).
     fn close(&mut self, reason: Kick);
+    /// The connection's socket type.
+    type Socket: Socket;
     /// The connection's socket.
-    fn io(&self) -> &IoBoxed;
+    fn io(&self) -> &Self::Socket;
     /// Whether the connection is closed.
     fn is_closed(&self) -> bool {
         self.io().is_closed()
@@ -54,8 +56,7 @@ pub trait Wire {
     /// Writes what is buffered to the socket now, if the socket is idle, instead of waiting
     /// for ntex's write pass after every other task of this turn.
     fn send_now(&self) {
-        // An error closes the connection; the writer sees it through `is_closed`.
-        let _ = self.io().send_buf();
+        self.io().send_buf();
     }
     /// Resolves when the socket's write buffer is below its high-water mark; false when the
     /// connection closed.

@@ -124,28 +124,30 @@ impl ListenerStack {
         self.slots.clone()
     }
 
+    /// Plain MQTT over TCP without the PROXY protocol: served on FleetMQ's own socket
+    /// ([`crate::frontend::socket::TcpSocket`]) instead of ntex's `Io`.
+    pub fn is_plain(&self) -> bool {
+        self.protocol == ListenerProtocol::Mqtt && !self.proxy_protocol
+    }
+
+    /// Counts a new connection against `max_connection_rate`; false when over it.
+    fn admit(&self, broker: &crate::core::Broker, listener: &str) -> bool {
+        let admitted = self.rate.as_ref().is_none_or(|r| r.try_acquire());
+        if !admitted {
+            broker.metrics().connection_rate_limited();
+            tracing::debug!(listener = %listener, "connection refused: connection rate limit");
+        }
+        admitted
+    }
+
     /// The service factory for one worker.
     pub fn factory(&self, ctx: ListenerContext) -> ListenerFactory {
-        let rate = self.rate.clone();
-        let broker = ctx.broker.clone();
-        let listener = ctx.name.clone();
-        let admit = move || {
-            let admitted = rate.as_ref().is_none_or(|r| r.try_acquire());
-            if !admitted {
-                broker.metrics().connection_rate_limited();
-                tracing::debug!(listener = %listener, "connection refused: connection rate limit");
-            }
-            admitted
-        };
-        if self.protocol == ListenerProtocol::Mqtt && !self.proxy_protocol {
-            // The common case in one service, without the chain's layers.
-            let ctx = Rc::new(ctx);
-            return boxed::factory(fn_service(move |io: Io| {
-                if !admit() {
-                    return Ready::Err(TransportError::RateLimited);
-                }
-                spawn_connection(io, ctx.clone());
-                Ready::Ok(())
+        let (stack, broker, listener) = (self.clone(), ctx.broker.clone(), ctx.name.clone());
+        let admit = move || stack.admit(&broker, &listener);
+        if self.is_plain() {
+            // Plain TCP connections are taken before ntex wraps them ([`PlainListeners`]).
+            return boxed::factory(fn_service(|_: Io| {
+                Ready::Err(TransportError::Mqtt("plain MQTT connections are served by PlainListeners".into()))
             }));
         }
         let gate = fn_service(move |io: Io| {
@@ -209,6 +211,85 @@ fn spawn_connection<F: Filter>(io: Io<F>, ctx: Rc<ListenerContext>) {
             tracing::debug!(listener = %ctx.name, "connection closed before MQTT started: {err}");
         }
     }));
+}
+
+/// The plain MQTT listeners ([`ListenerStack::is_plain`]) by name, for ntex-server's
+/// on-accept hook: their connections are taken as std `TcpStream`s before ntex wraps them in
+/// an `Io`, and served by [`crate::frontend::connection::serve_tcp`] on the accepting worker.
+///
+/// ntex-server 3.11 hands listeners only `Io`s. Its on-accept hook is the one place that sees
+/// the accepted stream, on the worker thread that will serve it, and the hook's error is how
+/// it keeps the stream: the server then drops the connection from its own bookkeeping and
+/// does nothing more with it (it logs the error through `log`, which FleetMQ does not
+/// install). Accepting, pausing on shutdown and spreading connections over the workers stay
+/// ntex-server's.
+#[derive(Clone, Default)]
+pub struct PlainListeners(Arc<std::collections::HashMap<String, (ListenerStack, ListenerContext)>>);
+
+/// The on-accept hook's "taken" result (see [`PlainListeners`]).
+#[derive(Debug)]
+pub struct Adopted;
+
+impl std::fmt::Display for Adopted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("served by FleetMQ's plain TCP front end")
+    }
+}
+
+thread_local! {
+    /// Each worker's contexts of the plain listeners, shared by its connections.
+    static PLAIN_CONTEXTS: std::cell::RefCell<std::collections::HashMap<String, Rc<ListenerContext>>> =
+        std::cell::RefCell::new(std::collections::HashMap::new());
+}
+
+impl PlainListeners {
+    /// Adds a listener (only plain ones are kept).
+    pub fn add(&mut self, stack: &ListenerStack, ctx: ListenerContext) {
+        if stack.is_plain() {
+            Arc::make_mut(&mut self.0).insert(ctx.name.clone(), (stack.clone(), ctx));
+        }
+    }
+
+    /// Whether there are any.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// ntex-server's on-accept hook: takes connections of plain listeners and returns the
+    /// others' streams to ntex.
+    pub fn adopt(
+        &self,
+        listener: &str,
+        stream: ntex::server::Stream,
+    ) -> Result<ntex::server::Stream, Adopted> {
+        let Some((stack, ctx)) = self.0.get(listener) else {
+            return Ok(stream);
+        };
+        let ntex::server::Stream::Tcp(stream) = stream else {
+            return Ok(stream);
+        };
+        if !stack.admit(&ctx.broker, &ctx.name) {
+            return Err(Adopted);
+        }
+        let stream = match stream.set_nonblocking(true).and_then(|()| tokio::net::TcpStream::from_std(stream))
+        {
+            Ok(stream) => stream,
+            Err(err) => {
+                tracing::warn!(listener, "cannot register an accepted connection: {err}");
+                return Err(Adopted);
+            }
+        };
+        let ctx = PLAIN_CONTEXTS.with(|contexts| {
+            contexts.borrow_mut().entry(ctx.name.clone()).or_insert_with(|| Rc::new(ctx.clone())).clone()
+        });
+        // Not awaited: the handle only reports the task's end, which the task logs itself.
+        drop(ntex::rt::spawn(async move {
+            if let Err(err) = crate::frontend::connection::serve_tcp(stream, ctx.clone()).await {
+                tracing::debug!(listener = %ctx.name, "connection closed before MQTT started: {err}");
+            }
+        }));
+        Err(Adopted)
+    }
 }
 
 /// Write buffer page, and the buffered size at which encoding writes to the socket in place.
