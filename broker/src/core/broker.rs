@@ -476,7 +476,7 @@ impl Broker {
             client_id: session.client_id.clone(),
             expiry: st.expiry,
             subscriptions: st.subscriptions.iter().map(|(f, o)| (f.clone(), *o)).collect(),
-            will: st.will.clone(),
+            will: st.will.as_deref().cloned(),
             disconnected_at: st.disconnected_at,
         })))
     }
@@ -522,7 +522,7 @@ impl Broker {
                 st.persisted = true;
                 st.disconnected_at = Some(record.disconnected_at.unwrap_or(wall));
                 // A will only survives if its connection had already ended abnormally.
-                st.will = record.will.filter(|_| gone_for.is_some());
+                st.will = record.will.filter(|_| gone_for.is_some()).map(Box::new);
                 for (raw, options) in &record.subscriptions {
                     st.subscriptions.insert(raw.clone(), *options);
                 }
@@ -705,7 +705,7 @@ impl Broker {
                     let was_persisted = st.persisted;
                     st.attach(generation, signal.clone(), req.receive_max);
                     st.expiry = expiry;
-                    st.will = req.will;
+                    st.will = req.will.map(Box::new);
                     existing.set_online(true);
                     if self.persist_session(&existing, &mut st) == 0 && was_persisted {
                         // Resumed with Session Expiry Interval 0: the stored copy must go.
@@ -732,7 +732,7 @@ impl Broker {
                     {
                         let mut st = session.lock();
                         st.attach(generation, signal.clone(), req.receive_max);
-                        st.will = req.will;
+                        st.will = req.will.map(Box::new);
                         session.set_online(true);
                     }
                     registry.insert(client_id.clone(), session.clone());
@@ -753,7 +753,7 @@ impl Broker {
             self.persist_session(&session, &mut st);
         }
         if let Some(will) = will_now {
-            self.publish_will(will, &session);
+            self.publish_will(*will, &session);
         }
         session.set_acl(acl_for(&inner.auth.load(), req.username.as_deref(), &client_id));
         session.set_username(req.username.clone());
@@ -828,7 +828,7 @@ impl Broker {
             will
         };
         if let Some(will) = will {
-            self.publish_will(will, session);
+            self.publish_will(*will, session);
         }
     }
 
@@ -883,7 +883,7 @@ impl Broker {
             }
         }
         if let Some(will) = will {
-            self.publish_will(will, session);
+            self.publish_will(*will, session);
         }
         true
     }

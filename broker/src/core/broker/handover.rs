@@ -64,7 +64,7 @@ impl Broker {
             (LoadedSession { record, deliveries, inbound, floor }, will_now)
         };
         if let Some(will) = will_now {
-            self.publish_will(will, &session);
+            self.publish_will(*will, &session);
         }
         if let Some((relay, grace)) = relay {
             // Subscribed before the session's own subscriptions go, so its routes never drop
