@@ -11,31 +11,35 @@ use std::cell::{Cell, RefCell};
 use std::future::poll_fn;
 use std::io::{self, IoSlice};
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use ntex::codec::{Decoder, Encoder};
 use ntex::io::{IoBoxed, RecvError};
 use ntex::time::{Seconds, Sleep};
 use ntex::util::{BytePageSize, BytePages, BytesMut};
-use std::pin::Pin;
-
 use tokio::io::{AsyncRead, ReadBuf};
 use tokio::net::TcpStream;
 
-/// Unsent bytes above which the writer pauses and the read side stops reading from a client
-/// that does not read (the same bounds as the ntex listeners' `transport::io_config`).
-const WRITE_HIGH_WATERMARK: usize = 64 * 1024;
+/// Unsent bytes above which the writer stops taking messages from the session queue (which
+/// is bounded and shares payloads) and the read side stops reading from a client that does
+/// not read. This caps a slow subscriber's encoded backlog at about one batch more. Also the
+/// ntex listeners' setting (`transport::io_config`).
+pub(crate) const WRITE_HIGH_WATERMARK: usize = 64 * 1024;
 /// Buffered bytes at which encoding writes to the socket at once instead of at the end of
-/// the batch.
-const WRITE_THRESHOLD: usize = 32 * 1024;
+/// the batch. ntex's default, 8 KiB, cost a `sendto` per eight 1 KiB messages; at 32 KiB the
+/// 500-pair QoS 0 1 KiB flood went from 370k to 697k messages per broker CPU-second (fan-in
+/// 50→1: 431k → 450k), and 64 B workloads did not change (issue 6, BENCHMARKS.md). Also the
+/// ntex listeners' setting.
+pub(crate) const WRITE_THRESHOLD: usize = 32 * 1024;
 /// Bytes taken from the socket per read.
 const READ_CHUNK: usize = 64 * 1024;
 /// Slices per `writev`.
 const MAX_SLICES: usize = 16;
 
 /// The socket operations the MQTT front ends use. All take `&self`: the read side and the
-/// writer of one connection share the socket inside one task.
-// A connection is a task on one worker thread: these futures are never sent elsewhere.
+/// writer of one connection share the socket inside one task, on one worker thread, so the
+/// futures are never sent elsewhere (hence no `Send` bounds).
 #[allow(async_fn_in_trait)]
 pub trait Socket {
     /// The client's address, for logs.

@@ -23,6 +23,7 @@ use ntex::service::cfg::SharedCfg;
 use ntex::service::{ServiceFactory, chain_factory, fn_service};
 use ntex::util::{BytePageSize, Ready};
 
+use crate::frontend::socket::{WRITE_HIGH_WATERMARK, WRITE_THRESHOLD};
 use crate::frontend::{ConnectionSlots, ListenerContext};
 
 /// Why a connection ended before or outside MQTT (logged at debug; MQTT-level reasons are
@@ -279,8 +280,9 @@ impl PlainListeners {
                 return Err(Adopted);
             }
         };
-        let ctx = PLAIN_CONTEXTS.with(|contexts| {
-            contexts.borrow_mut().entry(ctx.name.clone()).or_insert_with(|| Rc::new(ctx.clone())).clone()
+        let ctx = PLAIN_CONTEXTS.with_borrow_mut(|contexts| match contexts.get(&ctx.name) {
+            Some(shared) => shared.clone(),
+            None => contexts.entry(ctx.name.clone()).or_insert_with(|| Rc::new(ctx.clone())).clone(),
         });
         // Not awaited: the handle only reports the task's end, which the task logs itself.
         drop(ntex::rt::spawn(async move {
@@ -292,19 +294,11 @@ impl PlainListeners {
     }
 }
 
-/// Write buffer page, and the buffered size at which encoding writes to the socket in place.
-///
-/// ntex's defaults (16 KiB pages, in-place write at 8 KiB) cost a `sendto` per eight 1 KiB
-/// messages. With 64 KiB pages and writes at 32 KiB, the 500-pair QoS 0 1 KiB flood went from
-/// 370k to 697k messages per broker CPU-second (fan-in 50→1: 431k → 450k); 64 B workloads did
-/// not change (issue 6, BENCHMARKS.md). Disabling in-place writes instead (threshold 0) halved
-/// fan-in throughput: everything then waits for ntex's shared write pass.
+/// Write buffer page for the ntex listeners: 64 KiB, so a write at
+/// [`WRITE_THRESHOLD`] (32 KiB) needs no page chain. The threshold matters more: with 16 KiB
+/// pages the pairs flood read 331k against 378k msg/CPU-s (medians of 3 bimodal runs), and
+/// idle RSS did not change.
 const WRITE_PAGE: BytePageSize = BytePageSize::Size64;
-const WRITE_THRESHOLD: usize = 32 * 1024;
-/// Above this much unsent data a connection's writer stops taking messages from the session
-/// queue (which is bounded and shares payloads) until half of it has left. This caps a slow
-/// subscriber's encoded backlog at about one page plus one batch.
-const WRITE_HIGH_WATERMARK: usize = 64 * 1024;
 /// ntex's default low watermark and per-thread buffer cache.
 const WRITE_LOW_WATERMARK: usize = 512 + 24;
 const BUFFER_CACHE: usize = 128;
