@@ -151,7 +151,7 @@ pub async fn serve(
         tracing::info!(listener = %name, "listening on {} ({transport}{proxy}; MQTT 3.1, 3.1.1, 5.0)", socket.local_addr()?);
         let ctx = ListenerContext {
             broker: broker.clone(),
-            name: name.clone(),
+            name: name.as_str().into(),
             slots: stack.slots(),
             identity_as_username: stack.identity_as_username(),
         };

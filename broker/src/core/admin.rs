@@ -28,7 +28,7 @@ pub struct ConnectionInfo {
     /// Keep-alive in seconds as in effect (v5: after the server's cap; 0 = none).
     pub keep_alive: u16,
     /// Name of the listener the client connected to.
-    pub listener: String,
+    pub listener: Arc<str>,
     /// User Name from CONNECT, if any.
     pub username: Option<ByteString>,
     /// When the connection was accepted.
@@ -142,10 +142,10 @@ fn snapshot(session: &Session) -> ClientInfo {
 impl Broker {
     /// Records who is behind the connection `generation` of `session` (a no-op if that
     /// connection is gone already). Front ends call it right after a successful connect.
-    pub fn set_connection_info(&self, session: &Session, generation: u64, info: ConnectionInfo) {
+    pub fn set_connection_info(&self, session: &Session, generation: u64, info: Arc<ConnectionInfo>) {
         let mut st = session.lock();
         if let Some(attachment) = st.attachment.as_mut().filter(|a| a.generation == generation) {
-            attachment.info = Some(Arc::new(info));
+            attachment.info = Some(info);
         }
     }
 
@@ -202,9 +202,9 @@ impl Broker {
                 totals.connected += 1;
                 if let Some(info) = &attachment.info {
                     // Few listeners: a linear search beats hashing every connection.
-                    match by_listener.iter_mut().find(|(name, _)| *name == info.listener) {
+                    match by_listener.iter_mut().find(|(name, _)| **name == *info.listener) {
                         Some((_, n)) => *n += 1,
-                        None => by_listener.push((info.listener.clone(), 1)),
+                        None => by_listener.push((info.listener.to_string(), 1)),
                     }
                 }
             }
@@ -351,9 +351,13 @@ mod tests {
             username: None,
             connected_at: SystemTime::now(),
         };
-        broker.set_connection_info(&a.session, a.generation, info.clone());
+        broker.set_connection_info(&a.session, a.generation, Arc::new(info.clone()));
         // A stale generation changes nothing.
-        broker.set_connection_info(&a.session, a.generation + 100, ConnectionInfo { keep_alive: 1, ..info });
+        broker.set_connection_info(
+            &a.session,
+            a.generation + 100,
+            Arc::new(ConnectionInfo { keep_alive: 1, ..info }),
+        );
         let totals = broker.session_totals();
         assert_eq!((totals.sessions, totals.connected), (2, 2));
         assert_eq!(totals.by_listener, vec![("main".to_string(), 1)]);

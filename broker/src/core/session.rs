@@ -419,15 +419,25 @@ pub struct SessionState {
     queue: Queue,
     /// Sent and unacknowledged, in sequence order.
     inflight: VecDeque<Inflight>,
-    outbound_ids: FxHashSet<u16>,
     /// Inflight entries sent on the current connection (they use the client's window).
     sent_count: usize,
     next_seq: u64,
-    /// Inbound QoS 2 packet ids received (PUBREC sent) and not yet released.
-    inbound_qos2: FxHashSet<u16>,
     /// Set on the stand-in left behind when the session moved to another cluster node: what
     /// is routed to it goes there (see `core::hooks::Relay`).
     pub relay: Option<super::hooks::RelayTo>,
+    /// Packet-id bookkeeping and conflation, allocated when first needed.
+    ids: Option<Box<Ids>>,
+}
+
+/// The parts of a session's state that only QoS 1/2 traffic and offline conflation use.
+/// Boxed: an idle session, or one with QoS 0 traffic only, keeps one pointer instead of three
+/// empty hash tables (96 bytes of every idle connection, issue 6).
+#[derive(Debug, Default)]
+struct Ids {
+    /// Packet ids of the outbound messages in flight.
+    outbound: FxHashSet<u16>,
+    /// Inbound QoS 2 packet ids received (PUBREC sent) and not yet released.
+    inbound_qos2: FxHashSet<u16>,
     /// Offline conflation: topic → sequence number of its queued message.
     conflated: FxHashMap<ByteString, u64>,
 }
@@ -448,13 +458,19 @@ impl SessionState {
             overflow: OverflowPolicy::DropNewest,
             queue: Queue::default(),
             inflight: VecDeque::new(),
-            outbound_ids: FxHashSet::default(),
             sent_count: 0,
             next_seq: 0,
-            inbound_qos2: FxHashSet::default(),
             relay: None,
-            conflated: FxHashMap::default(),
+            ids: None,
         }
+    }
+
+    fn ids(&self) -> Option<&Ids> {
+        self.ids.as_deref()
+    }
+
+    fn ids_mut(&mut self) -> &mut Ids {
+        self.ids.get_or_insert_default()
     }
 
     /// Empties the session for a handover to another cluster node: every delivery in sequence
@@ -472,9 +488,8 @@ impl SessionState {
         deliveries.sort_by_key(|(seq, _, _)| *seq);
         self.queue.bytes = 0;
         self.queue.qos0.clear();
-        self.outbound_ids.clear();
-        self.conflated.clear();
-        Restored { deliveries, inbound: self.inbound_qos2.drain().collect(), floor: self.next_seq }
+        let inbound = self.ids.take().map_or_else(Vec::new, |ids| ids.inbound_qos2.into_iter().collect());
+        Restored { deliveries, inbound, floor: self.next_seq }
     }
 
     /// Puts back what the store kept: messages with an outstanding PUBREL go in flight (their
@@ -488,7 +503,7 @@ impl SessionState {
             self.next_seq = self.next_seq.max(seq + 1);
             if phase == Some(Phase::AwaitPubcomp) {
                 let packet_id = packet_id_of(seq);
-                if self.outbound_ids.insert(packet_id) {
+                if self.ids_mut().outbound.insert(packet_id) {
                     self.inflight.push_back(Inflight {
                         seq,
                         packet_id,
@@ -501,7 +516,9 @@ impl SessionState {
             }
             self.queue.push(Queued { seq, delivery, maybe_sent: true });
         }
-        self.inbound_qos2.extend(restored.inbound);
+        if !restored.inbound.is_empty() {
+            self.ids_mut().inbound_qos2.extend(restored.inbound);
+        }
     }
 
     /// Messages waiting to be sent.
@@ -526,7 +543,7 @@ impl SessionState {
 
     /// Inbound QoS 2 packet ids awaiting PUBREL.
     pub fn inbound_qos2(&self) -> impl Iterator<Item = u16> + '_ {
-        self.inbound_qos2.iter().copied()
+        self.ids().into_iter().flat_map(|ids| ids.inbound_qos2.iter().copied())
     }
 
     /// Whether a connection with this generation is the one attached.
@@ -566,7 +583,9 @@ impl SessionState {
         self.sent_count = 0;
         self.disconnected_at = None;
         // Conflation is for offline queues only.
-        self.conflated.clear();
+        if let Some(ids) = self.ids.as_mut() {
+            ids.conflated.clear();
+        }
     }
 
     /// Detaches the connection if it is still the attached one, and stops its writer.
@@ -586,11 +605,9 @@ impl SessionState {
     pub fn clear(&mut self) {
         self.queue.clear();
         self.inflight.clear();
-        self.outbound_ids.clear();
+        self.ids = None;
         self.sent_count = 0;
-        self.inbound_qos2.clear();
         self.subscriptions.clear();
-        self.conflated.clear();
     }
 
     /// Offers a delivery. Overflow policy when the queue is full (by count or bytes): evict
@@ -608,7 +625,8 @@ impl SessionState {
         let mut conflated = false;
         if conflate
             && self.attachment.is_none()
-            && let Some(old_seq) = self.conflated.get(&delivery.message.topic).copied()
+            && let Some(old_seq) =
+                self.ids().and_then(|ids| ids.conflated.get(&delivery.message.topic).copied())
             && let Some(old) = self.queue.remove_seq(old_seq)
         {
             if old.delivery.qos != QoS::AtMostOnce {
@@ -630,8 +648,8 @@ impl SessionState {
                 if old.delivery.qos != QoS::AtMostOnce {
                     journal.removed(old.seq);
                 }
-                if !self.conflated.is_empty() {
-                    self.conflated.retain(|_, seq| *seq != old.seq);
+                if let Some(ids) = self.ids.as_mut().filter(|ids| !ids.conflated.is_empty()) {
+                    ids.conflated.retain(|_, seq| *seq != old.seq);
                 }
                 evicted += 1;
                 continue;
@@ -644,7 +662,7 @@ impl SessionState {
             journal.queued(seq, &delivery);
         }
         if conflate && self.attachment.is_none() {
-            self.conflated.insert(delivery.message.topic.clone(), seq);
+            self.ids_mut().conflated.insert(delivery.message.topic.clone(), seq);
         }
         self.queue.push(Queued { seq, delivery, maybe_sent: false });
         if evicted > 0 {
@@ -754,7 +772,9 @@ impl SessionState {
                 QoS::AtMostOnce if !qos0_ok => break,
                 QoS::AtMostOnce => {}
                 // Window full, or the derived packet id is still in use by an older message.
-                _ if self.sent_count >= window || self.outbound_ids.contains(&packet_id_of(head.seq)) => {
+                _ if self.sent_count >= window
+                    || self.ids().is_some_and(|ids| ids.outbound.contains(&packet_id_of(head.seq))) =>
+                {
                     break;
                 }
                 _ => {}
@@ -764,7 +784,7 @@ impl SessionState {
                 QoS::AtMostOnce => None,
                 qos => {
                     let packet_id = packet_id_of(q.seq);
-                    self.outbound_ids.insert(packet_id);
+                    self.ids_mut().outbound.insert(packet_id);
                     let entry = Inflight {
                         seq: q.seq,
                         packet_id,
@@ -807,7 +827,9 @@ impl SessionState {
             .iter()
             .position(|e| e.packet_id == packet_id && expect.is_none_or(|p| e.phase == p))?;
         let entry = self.inflight.remove(pos)?;
-        self.outbound_ids.remove(&packet_id);
+        if let Some(ids) = self.ids.as_mut() {
+            ids.outbound.remove(&packet_id);
+        }
         if self.attachment.as_ref().is_some_and(|a| a.generation == entry.sent_on) {
             self.sent_count -= 1;
         }
@@ -872,10 +894,11 @@ impl SessionState {
     /// its PUBREC again. A non-DUP reuse of an id whose PUBREL never arrived starts over:
     /// clients only reuse an id after completing the exchange.
     pub fn begin_inbound_qos2(&mut self, packet_id: u16, dup: bool, journal: &mut impl Journal) -> bool {
-        if self.inbound_qos2.contains(&packet_id) && dup {
+        let inbound = &mut self.ids_mut().inbound_qos2;
+        if inbound.contains(&packet_id) && dup {
             return false;
         }
-        if self.inbound_qos2.insert(packet_id) {
+        if inbound.insert(packet_id) {
             journal.inbound(packet_id, true);
         }
         true
@@ -883,7 +906,7 @@ impl SessionState {
 
     /// Inbound PUBREL: forget the packet id. Returns whether it was known.
     pub fn release_inbound_qos2(&mut self, packet_id: u16, journal: &mut impl Journal) -> bool {
-        let known = self.inbound_qos2.remove(&packet_id);
+        let known = self.ids.as_mut().is_some_and(|ids| ids.inbound_qos2.remove(&packet_id));
         if known {
             journal.inbound(packet_id, false);
         }
@@ -892,7 +915,7 @@ impl SessionState {
 
     /// Inbound QoS 2 exchanges awaiting PUBREL (they count against Receive Maximum).
     pub fn inbound_qos2_len(&self) -> usize {
-        self.inbound_qos2.len()
+        self.ids().map_or(0, |ids| ids.inbound_qos2.len())
     }
 }
 
@@ -919,6 +942,14 @@ pub struct Session {
     state: Mutex<SessionState>,
 }
 
+/// The permissions without an ACL file, one copy shared by every session (an allocation per
+/// session otherwise, issue 6).
+fn allow_all() -> Arc<ClientAcl> {
+    static ALLOW_ALL: std::sync::LazyLock<Arc<ClientAcl>> =
+        std::sync::LazyLock::new(|| Arc::new(ClientAcl::allow_all()));
+    ALLOW_ALL.clone()
+}
+
 impl Session {
     /// A new, detached session.
     pub fn new(
@@ -933,7 +964,7 @@ impl Session {
             store_id,
             client_id,
             online: AtomicBool::new(false),
-            acl: ArcSwap::from_pointee(ClientAcl::allow_all()),
+            acl: ArcSwap::new(allow_all()),
             acl_has_rules: AtomicBool::new(false),
             username: Mutex::new(None),
             state: Mutex::new(SessionState::new(expiry, limits)),
@@ -954,7 +985,7 @@ impl Session {
     /// Replaces the client's ACL rules.
     pub fn set_acl(&self, acl: ClientAcl) {
         let has_rules = acl.has_rules();
-        self.acl.store(Arc::new(acl));
+        self.acl.store(if has_rules { Arc::new(acl) } else { allow_all() });
         self.acl_has_rules.store(has_rules, Ordering::Release);
     }
 
@@ -1080,6 +1111,26 @@ mod tests {
                 Outgoing::Release { packet_id } => (Some(*packet_id), true),
             })
             .collect()
+    }
+
+    #[test]
+    fn packet_id_bookkeeping_is_allocated_only_when_used() {
+        // Issue 6: an idle session, or one with QoS 0 traffic only, keeps no hash tables.
+        assert!(std::mem::size_of::<SessionState>() <= 288, "{} bytes", std::mem::size_of::<SessionState>());
+        let mut st = state();
+        st.attach(1, Arc::new(ConnSignal::default()), 10);
+        st.enqueue_test(delivery("a", QoS::AtMostOnce));
+        assert_eq!(ids(&batch(&mut st, 1)), vec![(None, false)]);
+        assert!(st.ids.is_none(), "QoS 0 needs no packet ids");
+        st.enqueue_test(delivery("a", QoS::AtLeastOnce));
+        assert_eq!(ids(&batch(&mut st, 1)), vec![(Some(2), false)]);
+        assert!(st.ids.is_some());
+        assert_eq!(st.on_puback_t(2).map(|e| e.packet_id), Some(2));
+        assert!(st.on_puback_t(2).is_none(), "the id was released");
+        assert!(st.begin_inbound_qos2_t(9, false));
+        assert_eq!(st.inbound_qos2().collect::<Vec<_>>(), vec![9]);
+        st.clear();
+        assert!(st.ids.is_none() && st.inbound_qos2_len() == 0, "a clean start frees them");
     }
 
     #[test]

@@ -146,7 +146,6 @@ pub(crate) struct TcpSocket {
     /// In a cell for `AsyncRead::poll_read`, which needs `&mut`: unlike `try_read`, it takes
     /// a short read as "drained" and skips the read that would only return `EAGAIN`.
     stream: RefCell<TcpStream>,
-    peer: Option<SocketAddr>,
     /// Bytes read and not yet decoded (`None` when there are none).
     read: RefCell<Option<BytesMut>>,
     write: RefCell<Option<BytePages>>,
@@ -167,10 +166,8 @@ impl TcpSocket {
     pub(crate) fn new(stream: TcpStream) -> Self {
         // Like ntex's listeners: MQTT packets are small and latency-bound.
         let _ = stream.set_nodelay(true);
-        let peer = stream.peer_addr().ok();
         TcpSocket {
             stream: RefCell::new(stream),
-            peer,
             read: RefCell::new(None),
             write: RefCell::new(None),
             closing: Cell::new(false),
@@ -280,7 +277,8 @@ thread_local! {
 
 impl Socket for TcpSocket {
     fn peer_addr(&self) -> Option<SocketAddr> {
-        self.peer
+        // Asked once, at CONNECT (the connection's info keeps it): not stored here.
+        self.stream.borrow().peer_addr().ok()
     }
 
     fn peer_common_name(&self) -> Option<String> {

@@ -1,9 +1,11 @@
 //! MQTT 3.1 / 3.1.1 front end: the handshake, the client's packets, and the encoding of
 //! deliveries, over ntex-mqtt's v3 codec.
 
-use std::cell::{Cell, RefCell};
+use std::cell::Cell;
+use std::marker::PhantomData;
 use std::num::NonZeroU16;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use tracing::Instrument as _;
@@ -14,7 +16,7 @@ use ntex_mqtt::v5::codec::DisconnectReasonCode;
 
 use super::connection::{self, Inbound, Reply, Stop};
 use super::socket::Socket;
-use super::writer::{Sent, Wire, Writer};
+use super::writer::{Sent, Wire};
 use super::{
     ConnState, InboundPublish, ListenerContext, PendingAcks, PublishOutcome, PublishRate, display_peer,
 };
@@ -22,7 +24,7 @@ use crate::core::admin::ConnectionInfo;
 use crate::core::broker::{ConnectError, ConnectRequest, DisconnectKind, SubscribeRequest};
 use crate::core::session::{Expiry, Kick, Outgoing, Will};
 use crate::core::topic;
-use crate::core::types::{ByteString, Message, ProtocolVersion, QoS, SubscriptionOptions};
+use crate::core::types::{Message, ProtocolVersion, QoS, SubscriptionOptions};
 use crate::transport::TransportError;
 
 fn qos_in(qos: codec::QoS) -> QoS {
@@ -117,12 +119,16 @@ pub(crate) async fn serve<S: Socket + 'static>(
                 if io.encode(codec::Encoded::Packet(codec::Packet::ConnectAck(ack)), &codec).is_err() {
                     return Ok(());
                 }
+                // Out now rather than with the connection's first write pass: a burst of
+                // connects otherwise held a write page per pending CONNACK, and the heap kept
+                // that peak (issue 6, heaptrack).
+                io.send_buf();
                 let (inbound, writer) = halves(&io, conn, codec, max_packet, limits.max_publish_rate);
                 (inbound, writer, keep_alive)
             }
         }
     };
-    connection::spawn_established(io, inbound, writer, keep_alive);
+    connection::spawn_established(inbound, writer, keep_alive);
     Ok(())
 }
 
@@ -133,26 +139,17 @@ fn halves<S: Socket>(
     codec: codec::Codec,
     max_packet: u32,
     max_publish_rate: u32,
-) -> (Inbound3<S>, Writer<Wire3<S>>) {
-    let acks = Rc::new(PendingAcks::default());
-    let writer = Writer {
-        wire: Wire3 { client_id: conn.client_id.clone(), io: io.clone(), codec: codec::Codec::new() },
-        broker: conn.broker.clone(),
-        session: conn.session.clone(),
-        generation: conn.generation,
-        signal: conn.signal.clone(),
-        acks: acks.clone(),
-    };
+) -> (Inbound3<S>, Wire3<S>) {
     let inbound = Inbound3 {
         max_packet: u64::from(max_packet),
         conn,
         io: io.clone(),
         codec,
         assembly: super::PayloadAssembly::default(),
-        rate: PublishRate::new(max_publish_rate),
-        acks,
+        rate: PublishRate::new(max_publish_rate).map(Box::new),
+        acks: PendingAcks::default(),
     };
-    (inbound, writer)
+    (inbound, Wire3 { codec: codec::Codec::new(), socket: PhantomData })
 }
 
 /// The accepted connection (state, session present, idle timeout), or the CONNACK return
@@ -273,18 +270,15 @@ async fn accept<S: Socket>(
         }
     };
     let id = connected.assigned_client_id.clone().unwrap_or(client_id);
-    broker.set_connection_info(
-        &connected.session,
-        connected.generation,
-        ConnectionInfo {
-            peer,
-            protocol,
-            keep_alive,
-            listener: ctx.name.clone(),
-            username: pkt.username.clone(),
-            connected_at: SystemTime::now(),
-        },
-    );
+    let info = Arc::new(ConnectionInfo {
+        peer,
+        protocol,
+        keep_alive,
+        listener: ctx.name.clone(),
+        username: pkt.username.clone(),
+        connected_at: SystemTime::now(),
+    });
+    broker.set_connection_info(&connected.session, connected.generation, info.clone());
     tracing::info!(
         client_id = %id,
         peer = %display_peer(peer),
@@ -300,14 +294,9 @@ async fn accept<S: Socket>(
         session: connected.session.clone(),
         generation: connected.generation,
         signal: connected.signal.clone(),
-        client_id: id,
-        protocol,
-        peer,
-        listener: ctx.name.clone(),
+        info,
         _slot: slot,
-        disconnect: Cell::new(None),
-        close_reason: RefCell::new(None),
-        connected_at: Instant::now(),
+        ending: Cell::new(None),
     };
     Ok((state, connected.session_present, (!timeout.is_zero()).then_some(timeout)))
 }
@@ -321,10 +310,10 @@ struct Inbound3<S> {
     max_packet: u64,
     /// PUBLISH whose payload is still arriving.
     assembly: super::PayloadAssembly<codec::Publish>,
-    /// `limits.max_publish_rate` of this connection.
-    rate: Option<PublishRate>,
+    /// `limits.max_publish_rate` of this connection (boxed: most connections have none).
+    rate: Option<Box<PublishRate>>,
     /// Acknowledgements waiting for the store (sent by the writer).
-    acks: Rc<PendingAcks<Ack3>>,
+    acks: PendingAcks<Ack3>,
 }
 
 /// A v3 acknowledgement held until durable.
@@ -357,6 +346,16 @@ type Handled<'a> = Result<Reply<'a, codec::Encoded>, Stop>;
 
 impl<S: Socket> Inbound for Inbound3<S> {
     type Codec = codec::Codec;
+    type Socket = S;
+    type Ack = Ack3;
+
+    fn io(&self) -> &S {
+        &self.io
+    }
+
+    fn acks(&self) -> &PendingAcks<Ack3> {
+        &self.acks
+    }
 
     fn codec(&self) -> &codec::Codec {
         &self.codec
@@ -367,7 +366,7 @@ impl<S: Socket> Inbound for Inbound3<S> {
     }
 
     fn rate(&self) -> Option<&PublishRate> {
-        self.rate.as_ref()
+        self.rate.as_deref()
     }
 
     fn handle(&self, packet: codec::Decoded) -> Handled<'_> {
@@ -381,7 +380,7 @@ impl<S: Socket> Inbound for Inbound3<S> {
                 super::packet_size(*size),
                 self.max_packet
             );
-            tracing::warn!(client_id = %conn.client_id, "{reason}; disconnecting");
+            tracing::warn!(client_id = %conn.client_id(), "{reason}; disconnecting");
             return Err(Stop::violation(DisconnectReasonCode::PacketTooLarge, reason));
         }
         match packet {
@@ -430,7 +429,7 @@ impl<S: Socket> Inbound for Inbound3<S> {
                     Ok(Reply::Send(codec::Encoded::Packet(codec::Packet::PingResponse)))
                 }
                 codec::Packet::Disconnect => {
-                    conn.disconnect.set(Some(DisconnectKind::Normal { publish_will: false, expiry: None }));
+                    conn.set_disconnect(DisconnectKind::Normal { publish_will: false, expiry: None });
                     Err(Stop::Disconnected)
                 }
                 codec::Packet::Connect(_) => Err(Stop::violation(
@@ -462,7 +461,7 @@ impl<S: Socket> Inbound3<S> {
         if ack.confirms_publish() {
             self.conn.set_close_reason("message store unavailable");
         }
-        store_failed(&self.conn.client_id, &*self.io, ack);
+        store_failed(self.conn.client_id(), &*self.io, ack);
         None
     }
 
@@ -522,17 +521,17 @@ impl<S: Socket> Inbound3<S> {
             .map(|(result, req)| match result {
                 Ok(_) if stored.is_err() => codec::SubscribeReturnCode::Failure,
                 Ok(qos) => {
-                    tracing::debug!(client_id = %conn.client_id, "subscribed to '{}' (QoS {})", req.filter, qos.level());
+                    tracing::debug!(client_id = %conn.client_id(), "subscribed to '{}' (QoS {})", req.filter, qos.level());
                     codec::SubscribeReturnCode::Success(qos_out(*qos))
                 }
                 Err(err) => {
-                    tracing::info!(client_id = %conn.client_id, "subscription to '{}' refused: {err}", req.filter);
+                    tracing::info!(client_id = %conn.client_id(), "subscription to '{}' refused: {err}", req.filter);
                     codec::SubscribeReturnCode::Failure
                 }
             })
             .collect();
         if let Err(err) = &stored {
-            tracing::error!(client_id = %conn.client_id, "subscriptions not stored: {err}");
+            tracing::error!(client_id = %conn.client_id(), "subscriptions not stored: {err}");
         }
         // Encode the SUBACK now so retained messages queued next can only follow it.
         let suback = codec::Packet::SubscribeAck { packet_id, status };
@@ -556,30 +555,28 @@ fn store_failed<S: Socket>(client_id: &str, io: &S, ack: Ack3) {
     }
 }
 
-/// Encodes outgoing packets for a v3 client.
+/// Encodes outgoing packets for a v3 client. Its own codec: the read side's limits the
+/// size of what the client may send, and ntex-mqtt's v3 encoder applies it to PUBLISH too.
 struct Wire3<S> {
-    client_id: ByteString,
-    io: Rc<S>,
     codec: codec::Codec,
+    socket: PhantomData<fn() -> S>,
 }
 
 impl<S: Socket> Wire for Wire3<S> {
-    type Socket = S;
+    type Inbound = Inbound3<S>;
 
-    type Ack = Ack3;
-
-    fn send_ack(&mut self, ack: Ack3, durable: bool) -> Sent {
+    fn send_ack(&mut self, on: &Inbound3<S>, ack: Ack3, durable: bool) -> Sent {
         if !durable {
-            store_failed(&self.client_id, &*self.io, ack);
+            store_failed(on.conn.client_id(), &*on.io, ack);
             return if ack.confirms_publish() { Sent::Closed } else { Sent::Written(0) };
         }
-        match self.io.encode(codec::Encoded::Packet(ack.packet()), &self.codec) {
+        match on.io.encode(codec::Encoded::Packet(ack.packet()), &self.codec) {
             Ok(()) => Sent::Written(4),
             Err(_) => Sent::Closed,
         }
     }
 
-    fn send(&mut self, item: Outgoing, _now: Instant) -> Sent {
+    fn send(&mut self, on: &Inbound3<S>, item: Outgoing, _now: Instant) -> Sent {
         let (encoded, bytes) = match item {
             Outgoing::Release { packet_id } => {
                 let Some(packet_id) = NonZeroU16::new(packet_id) else { return Sent::Written(0) };
@@ -599,7 +596,7 @@ impl<S: Socket> Wire for Wire3<S> {
                 (codec::Encoded::Publish(pkt, Some(message.payload.clone())), bytes)
             }
         };
-        match self.io.encode(encoded, &self.codec) {
+        match on.io.encode(encoded, &self.codec) {
             Ok(()) => Sent::Written(bytes),
             Err(err) => {
                 tracing::debug!("encoding PUBLISH failed: {err}");
@@ -608,20 +605,25 @@ impl<S: Socket> Wire for Wire3<S> {
         }
     }
 
-    fn close(&mut self, reason: Kick) {
+    fn close(&mut self, on: &Inbound3<S>, reason: Kick) {
         if reason != Kick::Detached {
-            self.io.close();
+            on.io.close();
         }
-    }
-
-    fn io(&self) -> &S {
-        &self.io
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn connection_halves_stay_small() {
+        // Both live in every v3 connection's task (issue 6: ≤ 2 KB per idle connection).
+        use super::super::socket::TcpSocket;
+        let inbound = std::mem::size_of::<Inbound3<TcpSocket>>();
+        let wire = std::mem::size_of::<Wire3<TcpSocket>>();
+        assert!(inbound <= 120 && wire <= 24, "Inbound3 {inbound} bytes, Wire3 {wire} bytes");
+    }
 
     #[test]
     fn idle_timeout_policy() {

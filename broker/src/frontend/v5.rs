@@ -2,8 +2,10 @@
 //! over ntex-mqtt's v5 codec.
 
 use std::cell::{Cell, RefCell};
+use std::marker::PhantomData;
 use std::num::{NonZeroU16, NonZeroU32};
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use tracing::Instrument as _;
@@ -14,7 +16,7 @@ use rustc_hash::FxHashMap;
 
 use super::connection::{self, Inbound, Reply, Stop};
 use super::socket::Socket;
-use super::writer::{Sent, Wire, Writer};
+use super::writer::{Sent, Wire};
 use super::{
     ConnState, InboundPublish, ListenerContext, PendingAcks, PublishOutcome, PublishRate, display_peer,
 };
@@ -149,12 +151,16 @@ pub(crate) async fn serve<S: Socket + 'static>(
                 if io.encode(codec::Encoded::Packet(codec::Packet::ConnectAck(ack)), &codec).is_err() {
                     return Ok(());
                 }
+                // Out now rather than with the connection's first write pass: a burst of
+                // connects otherwise held a write page per pending CONNACK, and the heap kept
+                // that peak (issue 6, heaptrack).
+                io.send_buf();
                 let (inbound, writer) = halves(&io, conn, client, codec, limits);
                 (inbound, writer, keep_alive)
             }
         }
     };
-    connection::spawn_established(io, inbound, writer, keep_alive);
+    connection::spawn_established(inbound, writer, keep_alive);
     Ok(())
 }
 
@@ -165,21 +171,13 @@ fn halves<S: Socket>(
     client: ClientLimits,
     codec: codec::Codec,
     limits: &fleetmq_config::Limits,
-) -> (Inbound5<S>, Writer<Wire5<S>>) {
-    let acks = Rc::new(PendingAcks::default());
-    let writer = Writer {
-        wire: Wire5 {
-            io: io.clone(),
-            codec: codec::Codec::new(),
-            max_packet_size: client.max_packet_size,
-            alias_max: client.topic_alias_max,
-            aliases: FxHashMap::default(),
-        },
-        broker: conn.broker.clone(),
-        session: conn.session.clone(),
-        generation: conn.generation,
-        signal: conn.signal.clone(),
-        acks: acks.clone(),
+) -> (Inbound5<S>, Wire5<S>) {
+    let writer = Wire5 {
+        codec: codec::Codec::new(),
+        max_packet_size: client.max_packet_size,
+        alias_max: client.topic_alias_max,
+        aliases: FxHashMap::default(),
+        socket: PhantomData,
     };
     let inbound = Inbound5 {
         max_packet: limits.max_packet_size.as_u64(),
@@ -191,8 +189,8 @@ fn halves<S: Socket>(
         codec,
         aliases: RefCell::new(FxHashMap::default()),
         assembly: super::PayloadAssembly::default(),
-        rate: PublishRate::new(limits.max_publish_rate),
-        acks,
+        rate: PublishRate::new(limits.max_publish_rate).map(Box::new),
+        acks: PendingAcks::default(),
     };
     (inbound, writer)
 }
@@ -309,18 +307,15 @@ async fn accept<S: Socket>(
         }
     };
     let id = connected.assigned_client_id.clone().unwrap_or(client_id);
-    broker.set_connection_info(
-        &connected.session,
-        connected.generation,
-        ConnectionInfo {
-            peer,
-            protocol: ProtocolVersion::V5,
-            keep_alive: server_keepalive.unwrap_or(keep_alive),
-            listener: ctx.name.clone(),
-            username: pkt.username.clone(),
-            connected_at: SystemTime::now(),
-        },
-    );
+    let info = Arc::new(ConnectionInfo {
+        peer,
+        protocol: ProtocolVersion::V5,
+        keep_alive: server_keepalive.unwrap_or(keep_alive),
+        listener: ctx.name.clone(),
+        username: pkt.username.clone(),
+        connected_at: SystemTime::now(),
+    });
+    broker.set_connection_info(&connected.session, connected.generation, info.clone());
     tracing::info!(
         client_id = %id,
         peer = %display_peer(peer),
@@ -336,14 +331,9 @@ async fn accept<S: Socket>(
         session: connected.session.clone(),
         generation: connected.generation,
         signal: connected.signal.clone(),
-        client_id: id,
-        protocol: ProtocolVersion::V5,
-        peer,
-        listener: ctx.name.clone(),
+        info,
         _slot: slot,
-        disconnect: Cell::new(None),
-        close_reason: RefCell::new(None),
-        connected_at: Instant::now(),
+        ending: Cell::new(None),
     };
     let granted_expiry = connected.expiry.as_interval();
     let ack = codec::ConnectAck {
@@ -380,10 +370,10 @@ struct Inbound5<S> {
     max_topic_alias: u16,
     /// PUBLISH whose payload is still arriving.
     assembly: super::PayloadAssembly<codec::Publish>,
-    /// `limits.max_publish_rate` of this connection.
-    rate: Option<PublishRate>,
+    /// `limits.max_publish_rate` of this connection (boxed: most connections have none).
+    rate: Option<Box<PublishRate>>,
     /// Acknowledgements waiting for the store (sent by the writer).
-    acks: Rc<PendingAcks<Ack5>>,
+    acks: PendingAcks<Ack5>,
 }
 
 /// A v5 acknowledgement held until durable.
@@ -424,6 +414,16 @@ type Reply5<'a> = Result<Reply<'a, codec::Encoded>, Stop>;
 
 impl<S: Socket> Inbound for Inbound5<S> {
     type Codec = codec::Codec;
+    type Socket = S;
+    type Ack = Ack5;
+
+    fn io(&self) -> &S {
+        &self.io
+    }
+
+    fn acks(&self) -> &PendingAcks<Ack5> {
+        &self.acks
+    }
 
     fn codec(&self) -> &codec::Codec {
         &self.codec
@@ -434,7 +434,7 @@ impl<S: Socket> Inbound for Inbound5<S> {
     }
 
     fn rate(&self) -> Option<&PublishRate> {
-        self.rate.as_ref()
+        self.rate.as_deref()
     }
 
     fn handle(&self, packet: codec::Decoded) -> Reply5<'_> {
@@ -447,7 +447,7 @@ impl<S: Socket> Inbound for Inbound5<S> {
                 super::packet_size(*size),
                 self.max_packet
             );
-            tracing::warn!(client_id = %self.conn.client_id, "{reason}; disconnecting");
+            tracing::warn!(client_id = %self.conn.client_id(), "{reason}; disconnecting");
             return self.disconnect(codec::DisconnectReasonCode::PacketTooLarge, &reason).map(Reply::from);
         }
         match packet {
@@ -518,7 +518,7 @@ impl<S: Socket> Inbound for Inbound5<S> {
 impl<S: Socket> Inbound5<S> {
     /// Ends the connection with a DISCONNECT carrying `code` and `reason`.
     fn disconnect(&self, code: codec::DisconnectReasonCode, reason: &str) -> Handled {
-        tracing::info!(client_id = %self.conn.client_id, "disconnecting client: {reason}");
+        tracing::info!(client_id = %self.conn.client_id(), "disconnecting client: {reason}");
         Err(Stop::violation(code, reason))
     }
 
@@ -623,7 +623,7 @@ impl<S: Socket> Inbound5<S> {
         });
         let (release, durable) = self.acks.offer(durable, release, &conn.signal)?;
         if !durable {
-            tracing::error!(client_id = %conn.client_id, "PUBREL withheld: message store unavailable");
+            tracing::error!(client_id = %conn.client_id(), "PUBREL withheld: message store unavailable");
         }
         encode_ack(release, durable)
     }
@@ -675,7 +675,7 @@ impl<S: Socket> Inbound5<S> {
             .zip(&requests)
             .map(|(result, req)| match result {
                 Ok(qos) => {
-                    tracing::debug!(client_id = %conn.client_id, "subscribed to '{}' (QoS {})", req.filter, qos.level());
+                    tracing::debug!(client_id = %conn.client_id(), "subscribed to '{}' (QoS {})", req.filter, qos.level());
                     match qos {
                         QoS::AtMostOnce => codec::SubscribeAckReason::GrantedQos0,
                         QoS::AtLeastOnce => codec::SubscribeAckReason::GrantedQos1,
@@ -683,7 +683,7 @@ impl<S: Socket> Inbound5<S> {
                     }
                 }
                 Err(err) => {
-                    tracing::info!(client_id = %conn.client_id, "subscription to '{}' refused: {err}", req.filter);
+                    tracing::info!(client_id = %conn.client_id(), "subscription to '{}' refused: {err}", req.filter);
                     reason_string.get_or_insert_with(|| ByteString::from(format!("{}: {err}", req.filter)));
                     match err {
                         SubscribeError::NotAuthorized => codec::SubscribeAckReason::NotAuthorized,
@@ -695,7 +695,7 @@ impl<S: Socket> Inbound5<S> {
         let (status, reason_string) = match stored {
             Ok(()) => (status, reason_string),
             Err(err) => {
-                tracing::error!(client_id = %conn.client_id, "subscriptions not stored: {err}");
+                tracing::error!(client_id = %conn.client_id(), "subscriptions not stored: {err}");
                 let failed = vec![codec::SubscribeAckReason::UnspecifiedError; status.len()];
                 (failed, Some(ByteString::from_static("subscription store unavailable")))
             }
@@ -738,21 +738,21 @@ impl<S: Socket> Inbound5<S> {
                 "DISCONNECT sets a Session Expiry Interval but CONNECT's was 0 [MQTT-3.14.2-2]",
             );
         }
-        self.conn.disconnect.set(Some(crate::core::broker::DisconnectKind::Normal {
+        self.conn.set_disconnect(crate::core::broker::DisconnectKind::Normal {
             publish_will: d.reason_code == codec::DisconnectReasonCode::DisconnectWithWillMessage,
             expiry: expiry.map(Expiry::from_interval),
-        }));
+        });
         Err(Stop::Disconnected)
     }
 }
 
 /// Encodes outgoing packets for a v5 client.
 struct Wire5<S> {
-    io: Rc<S>,
     codec: codec::Codec,
     max_packet_size: Option<u32>,
     alias_max: u16,
     aliases: FxHashMap<ByteString, NonZeroU16>,
+    socket: PhantomData<fn() -> S>,
 }
 
 impl<S: Socket> Wire5<S> {
@@ -777,19 +777,17 @@ impl<S: Socket> Wire5<S> {
 }
 
 impl<S: Socket> Wire for Wire5<S> {
-    type Socket = S;
+    type Inbound = Inbound5<S>;
 
-    type Ack = Ack5;
-
-    fn send_ack(&mut self, ack: Ack5, durable: bool) -> Sent {
+    fn send_ack(&mut self, on: &Inbound5<S>, ack: Ack5, durable: bool) -> Sent {
         let Some(encoded) = encode_ack(ack, durable) else { return Sent::Written(0) };
-        match self.io.encode(encoded, &self.codec) {
+        match on.io.encode(encoded, &self.codec) {
             Ok(()) => Sent::Written(4),
             Err(_) => Sent::Closed,
         }
     }
 
-    fn send(&mut self, item: Outgoing, now: Instant) -> Sent {
+    fn send(&mut self, on: &Inbound5<S>, item: Outgoing, now: Instant) -> Sent {
         let encoded = match item {
             Outgoing::Release { packet_id } => {
                 let Some(packet_id) = NonZeroU16::new(packet_id) else { return Sent::Written(0) };
@@ -799,7 +797,7 @@ impl<S: Socket> Wire for Wire5<S> {
                     properties: Vec::new(),
                     reason_string: None,
                 });
-                return match self.io.encode(codec::Encoded::Packet(pkt), &self.codec) {
+                return match on.io.encode(codec::Encoded::Packet(pkt), &self.codec) {
                     Ok(()) => Sent::Written(4),
                     Err(_) => Sent::Closed,
                 };
@@ -840,7 +838,7 @@ impl<S: Socket> Wire for Wire5<S> {
                 (codec::Encoded::Publish(pkt, Some(message.payload.clone())), bytes)
             }
         };
-        match self.io.encode(encoded.0, &self.codec) {
+        match on.io.encode(encoded.0, &self.codec) {
             Ok(()) => Sent::Written(encoded.1),
             Err(err) => {
                 tracing::debug!("encoding PUBLISH failed: {err}");
@@ -849,7 +847,7 @@ impl<S: Socket> Wire for Wire5<S> {
         }
     }
 
-    fn close(&mut self, reason: Kick) {
+    fn close(&mut self, on: &Inbound5<S>, reason: Kick) {
         let code = match reason {
             Kick::TakenOver => codec::DisconnectReasonCode::SessionTakenOver,
             Kick::ServerShuttingDown => codec::DisconnectReasonCode::ServerShuttingDown,
@@ -858,12 +856,8 @@ impl<S: Socket> Wire for Wire5<S> {
             Kick::Detached => return,
         };
         let disconnect = codec::Packet::Disconnect(codec::Disconnect::new(code));
-        let _ = self.io.encode(codec::Encoded::Packet(disconnect), &self.codec);
-        self.io.close();
-    }
-
-    fn io(&self) -> &S {
-        &self.io
+        let _ = on.io.encode(codec::Encoded::Packet(disconnect), &self.codec);
+        on.io.close();
     }
 }
 

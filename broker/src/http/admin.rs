@@ -268,7 +268,7 @@ impl From<&ClientInfo> for ClientJson {
             address: conn.and_then(|i| i.peer).map(|p| p.to_string()),
             protocol: conn.map(|i| i.protocol.as_str()),
             keep_alive: conn.map(|i| i.keep_alive),
-            listener: conn.map(|i| i.listener.clone()),
+            listener: conn.map(|i| i.listener.to_string()),
             username: conn.and_then(|i| i.username.as_ref()).map(|u| u.to_string()),
             connected_at: conn.map(|i| unix_secs(i.connected_at)),
             disconnected_at: c.disconnected_at.map(unix_secs),

@@ -247,7 +247,7 @@ impl PlainListeners {
     /// Adds a listener (only plain ones are kept).
     pub fn add(&mut self, stack: &ListenerStack, ctx: ListenerContext) {
         if stack.is_plain() {
-            Arc::make_mut(&mut self.0).insert(ctx.name.clone(), (stack.clone(), ctx));
+            Arc::make_mut(&mut self.0).insert(ctx.name.to_string(), (stack.clone(), ctx));
         }
     }
 
@@ -280,9 +280,9 @@ impl PlainListeners {
                 return Err(Adopted);
             }
         };
-        let ctx = PLAIN_CONTEXTS.with_borrow_mut(|contexts| match contexts.get(&ctx.name) {
+        let ctx = PLAIN_CONTEXTS.with_borrow_mut(|contexts| match contexts.get(&*ctx.name) {
             Some(shared) => shared.clone(),
-            None => contexts.entry(ctx.name.clone()).or_insert_with(|| Rc::new(ctx.clone())).clone(),
+            None => contexts.entry(ctx.name.to_string()).or_insert_with(|| Rc::new(ctx.clone())).clone(),
         });
         // Not awaited: the handle only reports the task's end, which the task logs itself.
         drop(ntex::rt::spawn(async move {
