@@ -1171,7 +1171,7 @@ impl Broker {
     ) -> BatchStats {
         let mut st = session.lock();
         let mut journal = self.journal(session, &st);
-        st.next_batch(generation, true, max, Instant::now(), out, &mut journal)
+        st.next_batch(generation, true, max, Instant::now, out, &mut journal)
     }
 
     /// PUBACK from the client.

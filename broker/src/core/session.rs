@@ -722,12 +722,14 @@ impl SessionState {
     /// was in flight on an earlier connection (in the original order, MQTT 5.0 §4.6), then
     /// queued messages, while the client's window allows. `qos0_ok` is false while the socket
     /// is under write back-pressure. Marks the writer idle when nothing is left to send.
+    /// `now` is asked only for messages with an expiry: most have none, and reading the clock
+    /// was 1 % of the broker's CPU in the 1→100 fan-out at 500 msg/s (issue 6).
     pub fn next_batch(
         &mut self,
         generation: u64,
         qos0_ok: bool,
         max: usize,
-        now: Instant,
+        now: impl Fn() -> Instant,
         out: &mut Vec<Outgoing>,
         journal: &mut impl Journal,
     ) -> BatchStats {
@@ -759,7 +761,7 @@ impl SessionState {
         }
         while out.len() < max {
             let Some(head) = self.queue.front() else { break };
-            if head.delivery.message.is_expired(now) {
+            if head.delivery.message.expires_at.is_some() && head.delivery.message.is_expired(now()) {
                 if let Some(q) = self.queue.pop_front()
                     && q.delivery.qos != QoS::AtMostOnce
                 {
@@ -1078,7 +1080,7 @@ mod tests {
 
     fn batch(st: &mut SessionState, generation: u64) -> Vec<Outgoing> {
         let mut out = Vec::new();
-        st.next_batch(generation, true, 100, Instant::now(), &mut out, &mut NoJournal);
+        st.next_batch(generation, true, 100, Instant::now, &mut out, &mut NoJournal);
         out
     }
 
@@ -1340,9 +1342,32 @@ mod tests {
         st.enqueue_test(Delivery::new(Arc::new(msg), QoS::AtLeastOnce, false));
         st.enqueue_test(delivery("b", QoS::AtLeastOnce));
         let mut out = Vec::new();
-        let stats = st.next_batch(1, true, 10, Instant::now(), &mut out, &mut NoJournal);
+        let stats = st.next_batch(1, true, 10, Instant::now, &mut out, &mut NoJournal);
         assert_eq!(stats.expired, 1);
         assert_eq!(out.len(), 1);
+    }
+
+    #[test]
+    fn the_clock_is_read_only_for_messages_that_can_expire() {
+        let mut st = state();
+        st.attach(1, Arc::new(ConnSignal::default()), 10);
+        st.enqueue_test(delivery("a", QoS::AtLeastOnce));
+        st.enqueue_test(delivery("b", QoS::AtMostOnce));
+        let reads = std::cell::Cell::new(0);
+        let clock = || {
+            reads.set(reads.get() + 1);
+            Instant::now()
+        };
+        let mut out = Vec::new();
+        st.next_batch(1, true, 10, clock, &mut out, &mut NoJournal);
+        assert_eq!((out.len(), reads.get()), (2, 0), "no expiry, no clock");
+
+        let mut msg = Message::new("c", "p", QoS::AtLeastOnce, false);
+        msg.expires_at = Some(Instant::now() + Duration::from_secs(60));
+        st.enqueue_test(Delivery::new(Arc::new(msg), QoS::AtLeastOnce, false));
+        out.clear();
+        let stats = st.next_batch(1, true, 10, clock, &mut out, &mut NoJournal);
+        assert_eq!((out.len(), stats.expired, reads.get()), (1, 0, 1), "not yet expired: sent");
     }
 
     #[test]
@@ -1397,7 +1422,7 @@ mod tests {
         st.enqueue(delivery("q1", QoS::AtLeastOnce), false, &mut j);
         st.enqueue(delivery("q2", QoS::ExactlyOnce), false, &mut j);
         let mut out = Vec::new();
-        st.next_batch(1, true, 10, Instant::now(), &mut out, &mut j);
+        st.next_batch(1, true, 10, Instant::now, &mut out, &mut j);
         assert!(st.on_puback(packet_id_of(1), &mut j).is_some());
         assert!(st.on_pubrec(packet_id_of(2), 1, &mut j));
         assert!(st.on_pubcomp(packet_id_of(2), &mut j).is_some());
@@ -1428,13 +1453,13 @@ mod tests {
             st.enqueue(delivery(topic, QoS::AtLeastOnce), false, &mut j);
         }
         let mut out = Vec::new();
-        st.next_batch(1, true, 2, Instant::now(), &mut out, &mut j);
+        st.next_batch(1, true, 2, Instant::now, &mut out, &mut j);
         j.0.clear();
         // c and d are still queued (batch of 2): acknowledging b (not the oldest) deletes it.
         assert!(st.on_puback(packet_id_of(1), &mut j).is_some());
         assert!(st.on_puback(packet_id_of(0), &mut j).is_some());
         assert_eq!(j.0, ["removed 1", "acked below 2"], "the floor never passes a held message");
-        st.next_batch(1, true, 10, Instant::now(), &mut out, &mut j);
+        st.next_batch(1, true, 10, Instant::now, &mut out, &mut j);
         assert!(st.on_puback(packet_id_of(2), &mut j).is_some());
         assert!(st.on_puback(packet_id_of(3), &mut j).is_some());
         assert_eq!(j.0[2..], ["acked below 3", "acked below 4"]);
