@@ -299,6 +299,16 @@ def render(cases, results, args) -> str:
                 f"{med(f, 'latency_p99_ms'):.2f} ms | {med(m, 'latency_p99_ms'):.2f} ms | "
                 f"{med(f, 'per_cpu_s'):,.0f} | {med(m, 'per_cpu_s'):,.0f} | {losses(f)}, {losses(m)} |")
         lines.append("")
+        for _, name, _, _, _ in lat:
+            f, m = results[name]["fleetmq"], results[name]["mosquitto"]
+            if name.startswith("fan-out") and all("last_delivery_p50_ms" in r for r in f + m):
+                lines += [
+                    f"{name}, per message (medians): first of its deliveries "
+                    f"{med(f, 'first_delivery_p50_ms'):.2f} ms (FleetMQ) / {med(m, 'first_delivery_p50_ms'):.2f} ms "
+                    f"(Mosquitto), last {med(f, 'last_delivery_p50_ms'):.2f} / {med(m, 'last_delivery_p50_ms'):.2f} ms; "
+                    f"p99.9 of all deliveries {med(f, 'latency_p999_ms'):.2f} / {med(m, 'latency_p999_ms'):.2f} ms.",
+                    "",
+                ]
     idle_cases = [c for c in cases if c[0] == "idle"]
     if idle_cases:
         lines += [

@@ -118,6 +118,11 @@ struct Report {
     delivery_rate: f64,
     latency_p50_ms: f64,
     latency_p99_ms: f64,
+    latency_p999_ms: f64,
+    /// Per published message, the latency of its first and of its last delivery (medians
+    /// over the messages): how long a fan-out takes to reach every subscriber.
+    first_delivery_p50_ms: f64,
+    last_delivery_p50_ms: f64,
 }
 
 /// The `n`th port of `ports` round robin, or `--port`.
@@ -294,12 +299,14 @@ async fn run(args: Args) -> anyhow::Result<Report> {
     }
     let publish_seconds = started.elapsed().as_secs_f64();
     // Deliveries still in flight: wait until quiet.
-    let mut seen: HashMap<(u32, u64), u32> = HashMap::new();
+    // Per message: deliveries, first and last latency.
+    let mut seen: HashMap<(u32, u64), (u32, u64, u64)> = HashMap::new();
     let mut latencies = Vec::new();
     let quiet = Duration::from_millis(if args.persistent { 2000 } else { 700 });
     // Collection ends after `quiet` without a delivery.
     while let Ok(Some((publisher, seq, latency))) = tokio::time::timeout(quiet, rx.recv()).await {
-        *seen.entry((publisher, seq)).or_default() += 1;
+        let entry = seen.entry((publisher, seq)).or_insert((0, u64::MAX, 0));
+        *entry = (entry.0 + 1, entry.1.min(latency), entry.2.max(latency));
         latencies.push(latency);
     }
     let delivered_seconds = started.elapsed().as_secs_f64() - quiet.as_secs_f64();
@@ -308,13 +315,20 @@ async fn run(args: Args) -> anyhow::Result<Report> {
         _ => 1,
     };
     report.expected = report.acknowledged * fanout;
-    report.delivered = seen.values().map(|c| u64::from(*c)).sum();
-    report.duplicates = seen.values().map(|c| u64::from(*c).saturating_sub(fanout)).sum();
-    let distinct: u64 = seen.values().map(|c| u64::from(*c).min(fanout)).sum();
+    report.delivered = seen.values().map(|c| u64::from(c.0)).sum();
+    report.duplicates = seen.values().map(|c| u64::from(c.0).saturating_sub(fanout)).sum();
+    let distinct: u64 = seen.values().map(|c| u64::from(c.0).min(fanout)).sum();
     report.lost = report.expected.saturating_sub(distinct);
     latencies.sort_unstable();
     report.latency_p50_ms = percentile(&latencies, 0.50);
     report.latency_p99_ms = percentile(&latencies, 0.99);
+    report.latency_p999_ms = percentile(&latencies, 0.999);
+    let mut firsts: Vec<u64> = seen.values().map(|c| c.1).collect();
+    let mut lasts: Vec<u64> = seen.values().map(|c| c.2).collect();
+    firsts.sort_unstable();
+    lasts.sort_unstable();
+    report.first_delivery_p50_ms = percentile(&firsts, 0.50);
+    report.last_delivery_p50_ms = percentile(&lasts, 0.50);
     report.workload = format!("{:?}", args.workload).to_lowercase();
     report.qos = args.qos;
     report.payload = args.payload;
