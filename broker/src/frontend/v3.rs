@@ -6,7 +6,7 @@ use std::marker::PhantomData;
 use std::num::NonZeroU16;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use tracing::Instrument as _;
 
@@ -576,7 +576,7 @@ impl<S: Socket> Wire for Wire3<S> {
         }
     }
 
-    fn send(&mut self, on: &Inbound3<S>, item: Outgoing, _now: Instant) -> Sent {
+    fn send(&mut self, on: &Inbound3<S>, item: Outgoing) -> Sent {
         let (encoded, bytes) = match item {
             Outgoing::Release { packet_id } => {
                 let Some(packet_id) = NonZeroU16::new(packet_id) else { return Sent::Written(0) };

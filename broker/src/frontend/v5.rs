@@ -787,7 +787,7 @@ impl<S: Socket> Wire for Wire5<S> {
         }
     }
 
-    fn send(&mut self, on: &Inbound5<S>, item: Outgoing, now: Instant) -> Sent {
+    fn send(&mut self, on: &Inbound5<S>, item: Outgoing) -> Sent {
         let encoded = match item {
             Outgoing::Release { packet_id } => {
                 let Some(packet_id) = NonZeroU16::new(packet_id) else { return Sent::Written(0) };
@@ -812,7 +812,11 @@ impl<S: Socket> Wire for Wire5<S> {
                     properties.correlation_data = p.correlation_data.clone();
                     properties.user_properties = p.user_properties.clone();
                 }
-                properties.message_expiry_interval = message.remaining_expiry(now).and_then(NonZeroU32::new);
+                // The clock only for messages that expire (most do not; see `next_batch`).
+                if message.expires_at.is_some() {
+                    properties.message_expiry_interval =
+                        message.remaining_expiry(Instant::now()).and_then(NonZeroU32::new);
+                }
                 properties.subscription_ids = delivery.subscription_ids.clone();
                 let mut pkt = codec::Publish {
                     dup,

@@ -7,8 +7,6 @@
 //! session queue, which is bounded, absorbs the rest) and respects the client's Receive
 //! Maximum through the session's window.
 
-use std::time::Instant;
-
 use super::connection::Inbound;
 use super::socket::Socket;
 use crate::core::metrics::DropReason;
@@ -39,7 +37,7 @@ pub(crate) trait Wire {
     /// confirms (v5 answers with an error reason, v3 can only close the connection).
     fn send_ack(&mut self, on: &Self::Inbound, ack: <Self::Inbound as Inbound>::Ack, durable: bool) -> Sent;
     /// Encodes `item` into the connection's write buffer.
-    fn send(&mut self, on: &Self::Inbound, item: Outgoing, now: Instant) -> Sent;
+    fn send(&mut self, on: &Self::Inbound, item: Outgoing) -> Sent;
     /// Closes the connection for `reason` (v5 sends the matching DISCONNECT).
     fn close(&mut self, on: &Self::Inbound, reason: Kick);
 }
@@ -140,7 +138,6 @@ fn send_batch<W: Wire>(on: &W::Inbound, wire: &mut W) -> Batch {
     // turn) keeps light-load latency low; full batches under load still leave in as few
     // writes as before.
     let drained = batch.len() < BATCH;
-    let now = Instant::now();
     let mut outcome = Batch::Sent;
     for item in batch.drain(..) {
         if matches!(outcome, Batch::Closed) {
@@ -151,7 +148,7 @@ fn send_batch<W: Wire>(on: &W::Inbound, wire: &mut W) -> Batch {
             Outgoing::Publish { delivery, packet_id, .. } => (Some(delivery.qos), *packet_id),
             Outgoing::Release { .. } => (None, None),
         };
-        match wire.send(on, item, now) {
+        match wire.send(on, item) {
             Sent::Written(bytes) => match qos {
                 Some(qos) => conn.broker.metrics().message_sent(qos, bytes),
                 None => conn.broker.metrics().bytes(0, bytes),
