@@ -211,7 +211,16 @@ impl TcpSocket {
                 *slot = IoSlice::new(chunk);
                 count += 1;
             }
-            match self.stream.borrow().try_write_vectored(&slices[..count]) {
+            // One slice (a light-load delivery or reply) goes out with `send`, which skips the
+            // VFS layers `writev` passes through: 2.7 % less broker CPU per delivery in the
+            // 1→100 fan-out at 500 msg/s and 7 % at 500 pairs at 10k msg/s (medians of 6 and
+            // 4 alternating runs); the QoS 1 flood, which writes many slices, did not change.
+            let result = if count == 1 {
+                self.stream.borrow().try_write(&slices[0])
+            } else {
+                self.stream.borrow().try_write_vectored(&slices[..count])
+            };
+            match result {
                 Ok(0) => {
                     drop(write);
                     self.fail(Some(io::ErrorKind::WriteZero.into()));
