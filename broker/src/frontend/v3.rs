@@ -285,7 +285,8 @@ async fn accept<S: Socket>(
         listener = %ctx.name,
         protocol = protocol.as_str(),
         keep_alive,
-        clean_session = !connected.session_present,
+        clean_session = pkt.clean_session,
+        session_present = connected.session_present,
         "client connected"
     );
     super::record_connect(protocol, "accepted");

@@ -322,7 +322,8 @@ async fn accept<S: Socket>(
         listener = %ctx.name,
         protocol = "5.0",
         keep_alive,
-        clean_start = !connected.session_present,
+        clean_start = pkt.clean_start,
+        session_present = connected.session_present,
         "client connected"
     );
     super::record_connect(ProtocolVersion::V5, "accepted");
