@@ -105,9 +105,10 @@ def test_no_will_when_mosquitto_sub_exits_normally(broker, clients, mosq_sub, ve
 @pytest.mark.parametrize("version", VERSIONS)
 def test_persistent_session_receives_messages_queued_while_offline(broker, mosq_sub, version):
     args = ["-c", "-q", "1", "-i", f"persist-{version[-2:]}"]
-    # -E: DISCONNECT and exit once subscribed; the session stays (-c). Not SIGINT after the
-    # SUBACK line: mosquitto_sub's SIGINT handler logs through the mutex its SUBACK log line
-    # may still hold, and it hung there in one CI run out of many.
+    # -E: DISCONNECT and exit once subscribed; the session stays (-c). Not SIGINT right after
+    # the SUBACK line: mosquitto_sub's SIGINT handler calls mosquitto_disconnect_v5, which
+    # takes the library's mutexes and logs (not safe in a signal handler), and one CI run
+    # hung there without sending DISCONNECT.
     first = mosq_sub(broker, ["persist/t"], version=version, extra=[*args, "-E"])
     assert first.wait_exit() == 0
     client = f"client_id=persist-{version[-2:]}"
