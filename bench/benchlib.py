@@ -19,10 +19,21 @@ def target_dir() -> pathlib.Path:
     return pathlib.Path(json.loads(meta.stdout)["target_directory"]) / "release"
 
 
+# Ports handed out by free_port in this process. The kernel may give bind(0) the port it
+# just released, so two free_port() calls in a row (a test's listener, then the fixture's
+# http port) could collide; CI saw exactly that once.
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A TCP port on 127.0.0.1 that is free now and not handed out before in this process."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
 def pinned(cpu: int) -> list[str]:

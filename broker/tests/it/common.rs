@@ -39,9 +39,18 @@ pub fn broker() -> RunningBroker {
     broker_with(|_| {})
 }
 
-/// A TCP port on 127.0.0.1 that was free a moment ago (for the broker binary).
+/// A TCP port on 127.0.0.1 that was free a moment ago (for the broker binary) and was not
+/// handed out before in this test process: the kernel may give `bind(0)` the port it just
+/// released, and tests run in parallel threads, so two calls could otherwise collide.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    static HANDED_OUT: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    loop {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        if HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner()).insert(port) {
+            return port;
+        }
+    }
 }
 
 /// A temporary directory, removed when dropped.
