@@ -20,8 +20,9 @@ def target_dir() -> pathlib.Path:
 
 
 # Ports handed out by free_port in this process. The kernel may give bind(0) the port it
-# just released, so two free_port() calls in a row (a test's listener, then the fixture's
-# http port) could collide; CI saw exactly that once.
+# just released, so two free_port() calls in a row (two brokers of one run, or a cluster's
+# nodes) could collide; the Python tests' copy of this helper (tests/python/conftest.py) hit
+# exactly that in CI once.
 _HANDED_OUT: set[int] = set()
 
 
